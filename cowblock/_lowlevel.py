@@ -1,0 +1,65 @@
+"""The compiled core and the one place where its return codes become exceptions.
+
+``ffi`` and ``lib`` are the cffi objects of ``cowblock._cowblock``;
+:func:`raise_for` turns a negative return code into the matching exception.
+Importing this module checks that the compiled module was built from the
+same sources as this package, so a stale build fails loudly.
+"""
+import errno as _errno
+
+from . import errors
+
+try:
+    from ._cowblock import ffi, lib
+except ImportError as exc:  # pragma: no cover - depends on the build
+    raise ImportError(
+        "cowblock's C core is not built: install the package with "
+        "`pip install .` (or `pip install -e .`), which compiles it"
+    ) from exc
+
+BUILD_ID = "cowblock-core 0.1.0 abi 1"
+
+_built = ffi.string(lib.cb_build_id()).decode()
+if _built != BUILD_ID:  # pragma: no cover - depends on the build
+    raise ImportError(
+        f"cowblock's compiled core is stale: it reports build id {_built!r}, "
+        f"this package needs {BUILD_ID!r}; rebuild with `pip install -e .`"
+    )
+
+_CLASSES = {
+    lib.CB_EINVAL: errors.InvalidArgumentError,
+    lib.CB_ENOENT: errors.NotFoundError,
+    lib.CB_EEXIST: errors.ExistsError,
+    lib.CB_EROFS: errors.ReadOnlyError,
+    lib.CB_ENOSPC: errors.PoolFullError,
+    lib.CB_ECORRUPT: errors.CorruptError,
+    lib.CB_EFAILED: errors.PoolFailedError,
+    lib.CB_EBUSY: errors.BusyError,
+    lib.CB_ETOOMANY: errors.LimitError,
+    lib.CB_EVERSION: errors.UnsupportedVersionError,
+    lib.CB_EEXTERNAL: errors.ExternalOriginError,
+}
+
+
+def strerror(code):
+    """The core's description of a return code."""
+    return ffi.string(lib.cb_strerror(code)).decode()
+
+
+def raise_for(code, what):
+    """Raise the exception for a negative return code of the core.
+
+    ``what`` names the operation and its object, e.g. ``"write to 'base'"``.
+    """
+    message = f"{what}: {strerror(code)}"
+    cls = _CLASSES.get(code)
+    if cls is not None:
+        raise cls(message, code=code)
+    if code == lib.CB_ENOMEM:
+        raise MemoryError(message)
+    err = -code
+    if err in (_errno.ENOSPC, _errno.EDQUOT):
+        raise errors.PoolFullError(message, code=code)
+    exc = errors.IOFailedError(err, message)
+    exc.code = code
+    raise exc

@@ -1,0 +1,77 @@
+"""Exceptions raised by cowblock.
+
+Every library error derives from :class:`CowblockError`.  Errors that come
+from the C core carry its code in ``code`` (None for errors raised in
+Python).  Misuse errors also derive from the matching builtin, so
+``except ValueError`` catches a bad argument the way it would for a file.
+"""
+
+
+class CowblockError(Exception):
+    """Base of every cowblock error."""
+
+    code = None
+
+    def __init__(self, *args, code=None):
+        super().__init__(*args)
+        if code is not None:
+            self.code = code
+
+
+class InvalidArgumentError(CowblockError, ValueError, TypeError):
+    """An argument is of the wrong type or out of range; nothing was changed."""
+
+
+class NotFoundError(CowblockError, LookupError):
+    """No device, snapshot, image, layer, container or volume of that name."""
+
+
+class ExistsError(CowblockError):
+    """Something of that name exists already."""
+
+
+class ReadOnlyError(CowblockError):
+    """The pool or the device is read-only."""
+
+
+class PoolFullError(CowblockError):
+    """The pool (or the file system under it) has no free block left.
+
+    The write that could not be served did not happen; earlier data is
+    intact and the pool stays usable: deleting devices makes room.
+    """
+
+
+class CorruptError(CowblockError):
+    """Metadata or data failed validation."""
+
+
+class UnsupportedVersionError(CorruptError):
+    """The pool was written by a newer, incompatible version of cowblock."""
+
+
+class BusyError(CowblockError):
+    """The pool is in use by another process, or the object still has users."""
+
+
+class PoolFailedError(CowblockError):
+    """A metadata write failed; the pool refuses everything but close().
+
+    Nothing that was flushed is lost: reopen the pool to continue.
+    """
+
+
+class LimitError(CowblockError):
+    """A fixed limit was reached (number of devices or external origins)."""
+
+
+class ExternalOriginError(CowblockError, OSError):
+    """The raw image file used as a device's external origin cannot be read."""
+
+
+class ClosedError(CowblockError, ValueError):
+    """The pool or device was closed."""
+
+
+class IOFailedError(CowblockError, OSError):
+    """An operating-system IO error (errno in ``errno``)."""

@@ -1,0 +1,673 @@
+"""Pools and thin devices: the public objects over the C core.
+
+A :class:`Pool` is a directory holding a sparse data file and the metadata
+of its devices.  A :class:`Device` is a thin block device in it: reads of
+unwritten ranges return zeros, snapshots are O(1) and share every block
+with their origin until one side writes to it.
+"""
+import dataclasses
+import os
+import threading
+import weakref
+
+import numpy as np
+
+from . import errors
+from ._lowlevel import ffi, lib, raise_for
+
+__all__ = ["Pool", "Device", "DeviceInfo", "DeviceUsage", "PoolUsage", "CheckReport"]
+
+DEFAULT_BLOCK_SIZE = 64 * 1024
+MAX_DEVICE_SIZE = lib.CB_MAX_DEV_SIZE
+NAME_MAX = lib.CB_NAME_MAX
+
+
+def _bad(message):
+    return errors.InvalidArgumentError(message)
+
+
+def _int(value, what):
+    """An int argument (bools and floats refused, numpy integers accepted)."""
+    if value.__class__ is int:
+        return value
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise _bad(f"{what} must be an integer, not {type(value).__name__}")
+    return value.__index__()
+
+
+def _path(path, what="path"):
+    try:
+        return os.fsencode(path)
+    except TypeError:
+        raise _bad(f"{what} must be a str or os.PathLike, not {type(path).__name__}") from None
+
+
+def _name(name, what="device name"):
+    """Encode and check a device name: 1..127 bytes of UTF-8, no '/' or NUL."""
+    if not isinstance(name, str):
+        raise _bad(f"{what} must be a str, not {type(name).__name__}")
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(f"{what} {name!r} is not valid UTF-8") from None
+    if not raw:
+        raise _bad(f"{what} must not be empty")
+    if len(raw) > NAME_MAX:
+        raise _bad(f"{what} {name!r} is {len(raw)} bytes long; the limit is {NAME_MAX}")
+    if b"/" in raw or b"\0" in raw:
+        raise _bad(f"{what} {name!r} must not contain '/' or NUL")
+    return raw
+
+
+def _size(size, what="size"):
+    size = _int(size, what)
+    if size <= 0 or size % 512:
+        raise _bad(f"{what} must be a positive multiple of 512 bytes, not {size}")
+    if size > MAX_DEVICE_SIZE:
+        raise _bad(f"{what} {size} exceeds the limit of {MAX_DEVICE_SIZE} bytes")
+    return size
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceUsage:
+    """Space a device reads from, in bytes; ``mapped == exclusive + shared``.
+
+    ``exclusive`` is what deleting the device alone would give back;
+    ``shared`` is what it shares with other devices (snapshots, origins).
+    """
+
+    mapped: int
+    exclusive: int
+    shared: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolUsage:
+    """Space of a whole pool, in bytes, with each device's share."""
+
+    size: int
+    used: int
+    block_size: int
+    devices: dict
+
+    @property
+    def free(self):
+        return self.size - self.used
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceInfo:
+    """What the pool records about a device."""
+
+    name: str
+    id: int
+    size: int
+    readonly: bool
+    origin: "str | None"   # device it was snapshotted from, if it still exists
+    external: "str | None"  # raw image file used as its read-only base
+    created: float          # Unix time
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckReport:
+    """Result of :meth:`Pool.check`."""
+
+    errors: int
+    leaked_blocks: int
+    leaked_pages: int
+    repaired: int
+    nodes: int
+    mapped_entries: int
+    messages: list
+
+    @property
+    def ok(self):
+        """True when nothing is wrong, leaks included."""
+        return self.errors == 0 and self.leaked_blocks == 0 and self.leaked_pages == 0
+
+    @property
+    def leaks(self):
+        return self.leaked_blocks + self.leaked_pages
+
+
+class Pool:
+    """A pool of thin devices in a directory.  Use :meth:`create` or :meth:`open`.
+
+    Pools are context managers; :meth:`close` commits and is idempotent.
+    All methods may be called from several threads at once.
+    """
+
+    def __init__(self, handle, path, readonly):
+        self._h = handle
+        self._path = os.fsdecode(path)
+        self._readonly = readonly
+        self._devices = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+        st = self._stat()
+        self._block_size = st.block_size
+        self._size = st.nblocks * st.block_size
+
+    # -- lifecycle ------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path, size, block_size=DEFAULT_BLOCK_SIZE, *, direct=False):
+        """Make a new pool in directory ``path`` (created if missing).
+
+        ``size`` is the data capacity in bytes; ``block_size`` the unit of
+        allocation and sharing, a power of two from 4 KiB to 1 MiB.  With
+        ``direct``, data IO bypasses the page cache (O_DIRECT).
+        """
+        raw = _path(path)
+        size = _int(size, "size")
+        block_size = _int(block_size, "block_size")
+        if not (lib.CB_MIN_BLOCK_SIZE <= block_size <= lib.CB_MAX_BLOCK_SIZE) or (
+            block_size & (block_size - 1)
+        ):
+            raise _bad(
+                f"block_size must be a power of two from {lib.CB_MIN_BLOCK_SIZE} "
+                f"to {lib.CB_MAX_BLOCK_SIZE} bytes, not {block_size}"
+            )
+        if size < block_size:
+            raise _bad(f"size must hold at least one block of {block_size} bytes, not {size}")
+        if os.path.exists(os.path.join(raw, b"meta")):
+            raise errors.ExistsError(f"a pool exists already in {os.fsdecode(raw)!r}")
+        out = ffi.new("cb_pool **")
+        flags = lib.CB_OPEN_DIRECT if direct else 0
+        rc = lib.cb_pool_create(raw, size, block_size, flags, out)
+        if rc:
+            raise_for(rc, f"create pool in {os.fsdecode(raw)!r}")
+        return cls(out[0], raw, False)
+
+    @classmethod
+    def open(cls, path, readonly=False, *, direct=False):
+        """Open an existing pool.  ``readonly`` pools refuse every change."""
+        raw = _path(path)
+        if not os.path.isdir(raw):
+            raise errors.NotFoundError(f"no pool directory at {os.fsdecode(raw)!r}")
+        out = ffi.new("cb_pool **")
+        flags = (lib.CB_OPEN_READONLY if readonly else 0) | (lib.CB_OPEN_DIRECT if direct else 0)
+        rc = lib.cb_pool_open(raw, flags, out)
+        if rc:
+            if rc == lib.CB_ENOENT:
+                raise errors.NotFoundError(f"no pool in {os.fsdecode(raw)!r}", code=rc)
+            raise_for(rc, f"open pool {os.fsdecode(raw)!r}")
+        return cls(out[0], raw, bool(readonly))
+
+    def close(self):
+        """Commit and release the pool.  Idempotent; device objects become unusable."""
+        with self._lock:
+            h, self._h = self._h, None
+            if h is None:
+                return
+            for dev in list(self._devices.values()):
+                dev._h = None  # freed by the pool below
+            self._devices.clear()
+        rc = lib.cb_pool_close(h)
+        if rc:
+            raise_for(rc, f"close pool {self._path!r}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_h", None) is not None:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    def __repr__(self):
+        state = "closed" if self._h is None else f"{len(self.devices())} devices"
+        return f"<cowblock.Pool {self._path!r} {state}>"
+
+    @property
+    def closed(self):
+        return self._h is None
+
+    def _handle(self):
+        h = self._h
+        if h is None:
+            raise errors.ClosedError(f"pool {self._path!r} is closed")
+        return h
+
+    # -- properties -------------------------------------------------------------
+
+    @property
+    def path(self):
+        return self._path
+
+    @property
+    def block_size(self):
+        return self._block_size
+
+    @property
+    def size(self):
+        """Data capacity in bytes."""
+        return self._size
+
+    @property
+    def used(self):
+        """Bytes of data blocks allocated (blocks in use times block size)."""
+        return self._stat().used_blocks * self._block_size
+
+    @property
+    def readonly(self):
+        return self._readonly
+
+    def _stat(self):
+        st = ffi.new("cb_stat *")
+        rc = lib.cb_pool_stat(self._handle(), st)
+        if rc:
+            raise_for(rc, f"stat pool {self._path!r}")
+        return st
+
+    def flush(self):
+        """Make everything written so far durable (the durability point)."""
+        rc = lib.cb_pool_flush(self._handle())
+        if rc:
+            raise_for(rc, f"flush pool {self._path!r}")
+
+    # -- devices ------------------------------------------------------------------
+
+    def create_device(self, name, size, *, external=None):
+        """Make a thin device of ``size`` bytes that reads as zeros.
+
+        With ``external``, the path of an existing raw image file, the device
+        reads unwritten blocks from that file, used in place and never
+        written (an external origin); ``size`` may then be None for the
+        file's size rounded up to 512 bytes.
+        """
+        raw = _name(name)
+        if external is not None:
+            ext = _path(external, "external")
+            if not os.path.isfile(ext):
+                raise errors.NotFoundError(f"external origin {os.fsdecode(ext)!r} is not a file")
+            size = 0 if size is None else _size(size)
+        else:
+            ext = ffi.NULL
+            size = _size(size)
+        rc = lib.cb_pool_create_device(self._handle(), raw, size, ext)
+        if rc:
+            raise_for(rc, f"create device {name!r}")
+        return self.device(name)
+
+    def snapshot(self, source_name, name, readonly=False):
+        """Make device ``name`` a snapshot of ``source_name``: O(1), allocates nothing."""
+        src = _name(source_name, "source device name")
+        raw = _name(name)
+        flags = lib.CB_DEV_READONLY if readonly else 0
+        rc = lib.cb_pool_snapshot(self._handle(), src, raw, flags)
+        if rc:
+            raise_for(rc, f"snapshot {source_name!r} as {name!r}")
+        return self.device(name)
+
+    def device(self, name):
+        """The device called ``name`` (NotFoundError if there is none)."""
+        raw = _name(name)
+        with self._lock:
+            dev = self._devices.get(name)
+            if dev is not None and dev._h is not None:
+                return dev
+            out = ffi.new("cb_dev **")
+            rc = lib.cb_dev_open(self._handle(), raw, out)
+            if rc:
+                raise_for(rc, f"open device {name!r}")
+            dev = Device(self, out[0], name)
+            self._devices[name] = dev
+            return dev
+
+    def _infos(self):
+        h = self._handle()
+        count = ffi.new("size_t *")
+        while True:
+            rc = lib.cb_pool_list(h, ffi.NULL, 0, count)
+            if rc:
+                raise_for(rc, "list devices")
+            n = count[0]
+            arr = ffi.new("cb_devinfo[]", max(n, 1))
+            rc = lib.cb_pool_list(h, arr, n, count)
+            if rc:
+                raise_for(rc, "list devices")
+            if count[0] <= n:
+                return [arr[i] for i in range(count[0])]
+
+    def devices(self):
+        """Names of all devices, sorted."""
+        return sorted(ffi.string(i.name).decode("utf-8") for i in self._infos())
+
+    def __contains__(self, name):
+        try:
+            raw = _name(name)
+        except errors.InvalidArgumentError:
+            return False
+        out = ffi.new("cb_devinfo *")
+        rc = lib.cb_pool_info(self._handle(), raw, out)
+        if rc == lib.CB_ENOENT:
+            return False
+        if rc:
+            raise_for(rc, f"look up device {name!r}")
+        return True
+
+    def delete(self, name):
+        """Delete a device; blocks no other device needs are freed."""
+        raw = _name(name)
+        rc = lib.cb_pool_delete(self._handle(), raw)
+        if rc:
+            raise_for(rc, f"delete device {name!r}")
+        with self._lock:
+            self._devices.pop(name, None)
+
+    def info(self, name):
+        """A :class:`DeviceInfo` for device ``name``."""
+        raw = _name(name)
+        out = ffi.new("cb_devinfo *")
+        rc = lib.cb_pool_info(self._handle(), raw, out)
+        if rc:
+            raise_for(rc, f"describe device {name!r}")
+        return self._info(out, {i.id: i for i in self._infos()})
+
+    def _info(self, i, by_id):
+        origin = by_id.get(i.origin_id) if i.origin_id else None
+        external = None
+        if i.external_id:
+            buf = ffi.new("char[]", 4096)
+            rc = lib.cb_pool_external_path(self._handle(), i.external_id, buf, 4096)
+            if rc:
+                raise_for(rc, "read external origin path")
+            external = os.fsdecode(ffi.string(buf))
+        return DeviceInfo(
+            name=ffi.string(i.name).decode("utf-8"),
+            id=i.id,
+            size=i.size,
+            readonly=bool(i.flags & lib.CB_DEV_READONLY),
+            origin=ffi.string(origin.name).decode("utf-8") if origin is not None else None,
+            external=external,
+            created=i.created_ns / 1e9,
+        )
+
+    def usage(self):
+        """Exact space accounting for the pool and every device (one walk of all metadata)."""
+        h = self._handle()
+        infos = self._infos()
+        arr = ffi.new("cb_usage[]", max(len(infos), 1))
+        count = ffi.new("size_t *")
+        rc = lib.cb_pool_usage(h, arr, len(infos), count)
+        if rc:
+            raise_for(rc, "compute usage")
+        names = {i.id: ffi.string(i.name).decode("utf-8") for i in infos}
+        bs = self._block_size
+        devices = {}
+        for k in range(min(count[0], len(infos))):
+            u = arr[k]
+            devices[names[u.id]] = DeviceUsage(u.mapped * bs, u.exclusive * bs, u.shared * bs)
+        return PoolUsage(size=self._size, used=self.used, block_size=bs, devices=devices)
+
+    def stats(self):
+        """Counters since open and on-disk figures, as a dict of ints."""
+        st = self._stat()
+        out = {f: getattr(st, f) for f in (
+            "reads", "bytes_read", "writes", "bytes_written", "data_bytes_written",
+            "copyups", "copyup_bytes", "commits", "punched_blocks", "generation",
+            "time", "ndevices", "used_blocks", "meta_pages", "meta_file_pages")}
+        out["block_size"] = self._block_size
+        out["size"] = self._size
+        out["used"] = st.used_blocks * self._block_size
+        out["meta_bytes"] = st.meta_pages * 4096
+        out["data_bytes_on_disk"] = _disk_bytes(os.path.join(self._path, "data"))
+        out["meta_bytes_on_disk"] = _disk_bytes(os.path.join(self._path, "meta"))
+        return out
+
+    def check(self, repair=False):
+        """Verify all metadata against the invariants (see ``cowblock pool check``).
+
+        A writable pool is committed first.  With ``repair``, leaked space is
+        given back; corruption is reported, never guessed at.
+        """
+        out = ffi.new("cb_check *")
+        buf = ffi.new("char[]", 1 << 16)
+        rc = lib.cb_pool_check(self._handle(), 1 if repair else 0, out, buf, 1 << 16)
+        if rc:
+            raise_for(rc, f"check pool {self._path!r}")
+        messages = [m for m in ffi.string(buf).decode("utf-8", "replace").splitlines() if m]
+        return CheckReport(
+            errors=out.errors, leaked_blocks=out.leaked_blocks,
+            leaked_pages=out.leaked_pages, repaired=out.repaired, nodes=out.nodes,
+            mapped_entries=out.mapped_entries, messages=messages,
+        )
+
+
+def _disk_bytes(path):
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return 0
+
+
+class Device:
+    """A thin block device of a pool.  Get one from :meth:`Pool.device`.
+
+    Offsets and lengths are in bytes and must lie within the device.
+    Methods may be called from several threads at once.
+    """
+
+    __slots__ = ("_h", "_pool", "_name", "_size", "_readonly", "_bs", "__weakref__")
+
+    def __init__(self, pool, handle, name):
+        self._pool = pool
+        self._h = handle
+        self._name = name
+        info = ffi.new("cb_devinfo *")
+        rc = lib.cb_dev_info(handle, info)
+        if rc:
+            raise_for(rc, f"describe device {name!r}")
+        self._size = info.size
+        self._readonly = bool(info.flags & lib.CB_DEV_READONLY) or pool.readonly
+        self._bs = pool.block_size
+
+    def __repr__(self):
+        return f"<cowblock.Device {self._name!r} size={self._size}{' ro' if self._readonly else ''}>"
+
+    def __del__(self):
+        h = getattr(self, "_h", None)
+        if h is not None and self._pool._h is not None:
+            self._h = None
+            lib.cb_dev_close(h)
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def size(self):
+        return self._size
+
+    @property
+    def readonly(self):
+        return self._readonly
+
+    @property
+    def pool(self):
+        return self._pool
+
+    @property
+    def block_size(self):
+        return self._bs
+
+    def _handle(self):
+        h = self._h
+        if h is None:
+            raise errors.ClosedError(f"device {self._name!r}: its pool is closed")
+        return h
+
+    def _range(self, offset, length, what):
+        if offset.__class__ is not int:
+            offset = _int(offset, "offset")
+        if length.__class__ is not int:
+            length = _int(length, "length")
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise _bad(
+                f"{what} of {length} bytes at offset {offset} is outside device "
+                f"{self._name!r} of {self._size} bytes"
+            )
+        return offset, length
+
+    # -- byte IO ---------------------------------------------------------------
+
+    def read(self, offset, length):
+        """``length`` bytes from ``offset``; unwritten ranges read as zeros."""
+        offset, length = self._range(offset, length, "read")
+        buf = bytearray(length)
+        rc = lib.cb_dev_read(self._handle(), ffi.from_buffer(buf), length, offset)
+        if rc:
+            raise_for(rc, f"read from {self._name!r}")
+        return bytes(buf)
+
+    def readinto(self, offset, buffer):
+        """Fill ``buffer`` (any writable buffer) from ``offset``; returns its length."""
+        try:
+            cbuf = ffi.from_buffer(buffer, require_writable=True)
+        except TypeError:
+            raise _bad(f"readinto needs a writable buffer, not {type(buffer).__name__}") from None
+        n = len(ffi.buffer(cbuf))
+        offset, n = self._range(offset, n, "read")
+        rc = lib.cb_dev_read(self._handle(), cbuf, n, offset)
+        if rc:
+            raise_for(rc, f"read from {self._name!r}")
+        return n
+
+    def write(self, offset, data):
+        """Write bytes-like ``data`` at ``offset``; returns the number of bytes written."""
+        if isinstance(data, str):
+            raise _bad("write needs bytes-like data, not str")
+        try:
+            cbuf = ffi.from_buffer(data)
+        except TypeError:
+            raise _bad(f"write needs bytes-like data, not {type(data).__name__}") from None
+        n = len(ffi.buffer(cbuf))
+        offset, n = self._range(offset, n, "write")
+        if self._readonly:
+            raise errors.ReadOnlyError(f"device {self._name!r} is read-only")
+        rc = lib.cb_dev_write(self._handle(), cbuf, n, offset)
+        if rc:
+            raise_for(rc, f"write to {self._name!r}")
+        return n
+
+    def discard(self, offset, length):
+        """Make the range read as zeros; whole blocks nobody needs are freed."""
+        offset, length = self._range(offset, length, "discard")
+        if self._readonly:
+            raise errors.ReadOnlyError(f"device {self._name!r} is read-only")
+        rc = lib.cb_dev_discard(self._handle(), length, offset)
+        if rc:
+            raise_for(rc, f"discard on {self._name!r}")
+
+    def flush(self):
+        """Make everything written so far durable (same as :meth:`Pool.flush`)."""
+        rc = lib.cb_dev_flush(self._handle())
+        if rc:
+            raise_for(rc, f"flush {self._name!r}")
+
+    # -- batch IO --------------------------------------------------------------
+
+    def _indices(self, indices):
+        arr = np.asarray(indices)
+        if arr.size == 0:
+            return np.zeros(0, dtype=np.uint64)
+        if arr.dtype.kind not in "iu":
+            raise _bad(f"indices must be integers, not {arr.dtype}")
+        if arr.dtype.kind == "i" and (arr < 0).any():
+            raise _bad("indices must not be negative")
+        idx = np.ascontiguousarray(arr, dtype=np.uint64).reshape(-1)
+        whole = self._size // self._bs
+        if int(idx.max()) >= whole:
+            raise _bad(
+                f"block {int(idx.max())} is outside device {self._name!r} "
+                f"({whole} whole blocks of {self._bs} bytes)"
+            )
+        return idx
+
+    def read_blocks(self, indices, out=None):
+        """Read whole blocks in one call: an (n, block_size) uint8 array."""
+        idx = self._indices(indices)
+        n = idx.size
+        if out is None:
+            out = np.empty((n, self._bs), dtype=np.uint8)
+        try:
+            cbuf = ffi.from_buffer(out, require_writable=True)
+        except TypeError:
+            raise _bad("out must be a writable buffer") from None
+        if len(ffi.buffer(cbuf)) != n * self._bs:
+            raise _bad(f"out must hold exactly {n} blocks of {self._bs} bytes")
+        rc = lib.cb_dev_read_blocks(self._handle(), ffi.from_buffer("uint64_t[]", idx), n, cbuf)
+        if rc:
+            raise_for(rc, f"read blocks from {self._name!r}")
+        return out
+
+    def write_blocks(self, indices, data):
+        """Write whole blocks in one call; ``data`` holds n * block_size bytes."""
+        idx = self._indices(indices)
+        n = idx.size
+        if isinstance(data, str):
+            raise _bad("data must be bytes-like, not str")
+        try:
+            cbuf = ffi.from_buffer(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data)
+        except TypeError:
+            raise _bad(f"data must be bytes-like, not {type(data).__name__}") from None
+        if len(ffi.buffer(cbuf)) != n * self._bs:
+            raise _bad(f"data must hold exactly {n} blocks of {self._bs} bytes")
+        if self._readonly:
+            raise errors.ReadOnlyError(f"device {self._name!r} is read-only")
+        rc = lib.cb_dev_write_blocks(self._handle(), ffi.from_buffer("uint64_t[]", idx), n, cbuf)
+        if rc:
+            raise_for(rc, f"write blocks to {self._name!r}")
+        return n * self._bs
+
+    # -- what it holds -----------------------------------------------------------
+
+    def usage(self):
+        """:class:`DeviceUsage` of this device."""
+        out = ffi.new("cb_usage *")
+        rc = lib.cb_dev_usage(self._handle(), out)
+        if rc:
+            raise_for(rc, f"usage of {self._name!r}")
+        bs = self._bs
+        return DeviceUsage(out.mapped * bs, out.exclusive * bs, out.shared * bs)
+
+    def changed_blocks(self):
+        """Virtual block numbers written or discarded through this device since it was made."""
+        nblocks = -(-self._size // self._bs)
+        bits = np.zeros((nblocks + 7) // 8, dtype=np.uint8)
+        rc = lib.cb_dev_changed(self._handle(), ffi.from_buffer(bits), bits.size)
+        if rc:
+            raise_for(rc, f"changed blocks of {self._name!r}")
+        flags = np.unpackbits(bits, bitorder="little")[:nblocks]
+        return np.flatnonzero(flags).astype(np.uint64)
+
+    def extents(self):
+        """(offset, length) byte ranges that may hold data; the rest reads as zeros."""
+        h = self._handle()
+        count = ffi.new("size_t *")
+        n = 64
+        while True:
+            pairs = ffi.new("uint64_t[]", 2 * n)
+            rc = lib.cb_dev_extents(h, pairs, n, count)
+            if rc:
+                raise_for(rc, f"extents of {self._name!r}")
+            if count[0] <= n:
+                break
+            n = count[0]
+        bs, size = self._bs, self._size
+        out = []
+        for k in range(count[0]):
+            start = pairs[2 * k] * bs
+            out.append((start, min(pairs[2 * k + 1] * bs, size - start)))
+        return out
+
+    def open(self, mode="rb"):
+        """This device as a file: an ``io.RawIOBase`` ("rb" or "r+b")."""
+        from .deviceio import DeviceIO
+
+        return DeviceIO(self, mode)

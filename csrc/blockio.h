@@ -1,0 +1,49 @@
+/*
+ * blockio.h - the IO backend under the pool: positioned reads and writes,
+ * durability, and giving space back.  The mapping code sees only this
+ * vtable, so another backend (an object store, a fault-injecting test
+ * backend) plugs in without touching it.
+ *
+ * Every call returns 0 or a negative code (-errno, or CB_ENOSPC when the
+ * file system is full).  pread zero-fills whatever lies past the end of the
+ * file, so a short file reads like a sparse one.
+ */
+#ifndef CB_BLOCKIO_H
+#define CB_BLOCKIO_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct cb_io cb_io;
+
+struct cb_io_ops {
+    int (*pread)(cb_io *io, void *buf, size_t len, uint64_t off);
+    int (*pwrite)(cb_io *io, const void *buf, size_t len, uint64_t off);
+    int (*sync)(cb_io *io);                         /* fdatasync */
+    int (*punch)(cb_io *io, uint64_t off, uint64_t len);
+    int (*size)(cb_io *io, uint64_t *out);          /* bytes the file spans */
+    int (*truncate)(cb_io *io, uint64_t size);
+    /* Next byte >= off that may hold data (SEEK_DATA); *out = UINT64_MAX
+     * when none.  Backends without the notion report every byte as data. */
+    int (*next_data)(cb_io *io, uint64_t off, uint64_t *out, uint64_t *hole);
+    void (*close)(cb_io *io);
+};
+
+struct cb_io {
+    const struct cb_io_ops *ops;
+};
+
+#define CB_IO_CREATE   1u  /* create; fail if it exists */
+#define CB_IO_READONLY 2u
+#define CB_IO_DIRECT   4u  /* O_DIRECT; unaligned requests go through a bounce buffer */
+
+/* Open a plain file as an IO backend. */
+int cb_file_open(const char *path, unsigned flags, cb_io **out);
+/* The file descriptor under a file backend, for locking; -1 for others. */
+int cb_file_fd(cb_io *io);
+
+static inline int cb_io_pread(cb_io *io, void *b, size_t n, uint64_t o) { return io->ops->pread(io, b, n, o); }
+static inline int cb_io_pwrite(cb_io *io, const void *b, size_t n, uint64_t o) { return io->ops->pwrite(io, b, n, o); }
+static inline int cb_io_sync(cb_io *io) { return io->ops->sync(io); }
+static inline int cb_io_punch(cb_io *io, uint64_t o, uint64_t n) { return io->ops->punch(io, o, n); }
+
+#endif

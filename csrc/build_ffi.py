@@ -1,0 +1,43 @@
+"""cffi build of cowblock's C core (API mode, out of line).
+
+Holds no logic but the build: the declarations live in cowblock.cdef.h,
+the values of constants come from cowblock.h at compile time.  Set
+COWBLOCK_DEBUG=1 for -O0 -g with assertions, COWBLOCK_SANITIZE=1 for
+AddressSanitizer and UndefinedBehaviorSanitizer on top of that.
+"""
+import os
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = ["crc32c.c", "blockio.c", "meta.c", "spacemap.c", "mapping.c",
+           "thin.c", "txn.c", "check.c", "pool.c"]
+HEADERS = ["cowblock.h", "crc32c.h", "blockio.h", "meta.h", "spacemap.h",
+           "mapping.h", "thin.h", "pool.h", "cowblock.cdef.h"]
+
+flags = ["-std=gnu11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-fvisibility=hidden"]
+link = []
+if os.environ.get("COWBLOCK_DEBUG") or os.environ.get("COWBLOCK_SANITIZE"):
+    flags += ["-O0", "-g", "-UNDEBUG"]
+else:
+    flags += ["-O2"]
+if os.environ.get("COWBLOCK_SANITIZE"):
+    flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+              "-fno-sanitize-recover=undefined"]
+    link += ["-fsanitize=address,undefined"]
+
+ffibuilder = FFI()
+with open(os.path.join(HERE, "cowblock.cdef.h")) as f:
+    ffibuilder.cdef(f.read())
+ffibuilder.set_source(
+    "cowblock._cowblock",
+    '#include "cowblock.h"',
+    sources=[os.path.join("csrc", s) for s in SOURCES],
+    include_dirs=["csrc"],
+    depends=[os.path.join("csrc", h) for h in HEADERS],
+    extra_compile_args=flags,
+    extra_link_args=link,
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

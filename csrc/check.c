@@ -1,0 +1,286 @@
+/*
+ * check.c - verify a pool against its invariants, and repair what can be
+ * repaired without guessing.
+ *
+ * Runs under the exclusive lock.  A writable pool is committed first, so
+ * that everything in memory is also on disk.  Then:
+ *   1. every committed page reachable from the superblock is read back and
+ *      its header and checksum verified;
+ *   2. node reference counts are recomputed from the trees;
+ *   3. data reference counts are recomputed from the leaves and compared
+ *      with the space map, and every entry is checked (flags, bitmap,
+ *      blocks in range);
+ *   4. the space map's busy bits agree with the counts;
+ *   5. the data file is scanned (SEEK_DATA) for free blocks that still
+ *      hold data: a leak of disk space, repaired by punching it out;
+ *   6. metadata pages marked in use but unreachable: leaked pages,
+ *      repaired by marking them free.
+ * Corruption (1-4) is reported, never "repaired": we refuse to guess.
+ */
+#include "pool.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct checker {
+    struct cb_pool *p;
+    cb_check *r;
+    char *buf;
+    size_t len, used;
+    unsigned char *pg;
+    uint64_t *reach;     /* bitmap of reachable metadata pages */
+    uint64_t npages;
+    uint32_t **cnt;      /* recomputed data counts, by chunk */
+};
+
+static void say(struct checker *c, const char *fmt, ...)
+{
+    if (!c->buf || c->used + 1 >= c->len)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(c->buf + c->used, c->len - c->used, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        c->used += (size_t)n < c->len - c->used ? (size_t)n : c->len - c->used - 1;
+    if (c->used + 1 < c->len)
+        c->buf[c->used++] = '\n';
+    c->buf[c->used] = 0;
+}
+
+static void error(struct checker *c, const char *what, uint64_t a, uint64_t b)
+{
+    if (c->r->errors++ < 100)
+        say(c, "error: %s (%llu, %llu)", what, (unsigned long long)a, (unsigned long long)b);
+}
+
+static void reach(struct checker *c, uint64_t page)
+{
+    if (page < c->npages)
+        c->reach[page / 64] |= 1ull << (page % 64);
+}
+
+static void verify_page(struct checker *c, uint64_t page, uint32_t type)
+{
+    reach(c, page);
+    if (cb_io_pread(c->p->meta, c->pg, CB_PAGE, page * CB_PAGE) != 0 ||
+        cb_page_verify(c->pg, type, page, c->p->generation) != 0)
+        error(c, "metadata page fails verification (page, type)", page, type);
+}
+
+static int count(struct checker *c, uint64_t b)
+{
+    struct cb_pool *p = c->p;
+    if (b >= p->nblocks) {
+        error(c, "entry names a block outside the data file (block, nblocks)", b, p->nblocks);
+        return 0;
+    }
+    uint32_t **slot = &c->cnt[b / CB_SM_CHUNK];
+    if (!*slot && !(*slot = calloc(CB_SM_CHUNK, sizeof(uint32_t))))
+        return CB_ENOMEM;
+    (*slot)[b % CB_SM_CHUNK]++;
+    return 0;
+}
+
+static int walk(struct checker *c, struct cb_node *n, unsigned level)
+{
+    struct cb_pool *p = c->p;
+    if (n->level != level)
+        error(c, "node at the wrong level (level, expected)", n->level, level);
+    n->aux++; /* parents seen */
+    if (n->mark)
+        return 0;
+    n->mark = 1;
+    c->r->nodes++;
+    if (n->dirty)
+        error(c, "node not committed after commit (page, level)", n->page, n->level);
+    else
+        verify_page(c, n->page, level ? CB_PT_NODE : CB_PT_LEAF);
+    int rc = 0;
+    if (level == 0) {
+        for (unsigned i = 0; i < CB_LEAF_ENTRIES && !rc; i++) {
+            const struct cb_entry *e = &n->u.e[i];
+            if (e->flags & ~CB_E_KNOWN || (e->bitmap & ~p->full_bitmap) ||
+                ((e->flags & CB_E_ORIGIN) && !(e->flags & CB_E_MAPPED)) ||
+                ((e->flags & CB_E_MAPPED) && e->bitmap == 0) ||
+                ((e->flags & CB_E_ORIGIN) && e->bitmap == p->full_bitmap))
+                error(c, "malformed entry (page, index)", n->page, i);
+            if (e->flags & CB_E_MAPPED) {
+                c->r->mapped_entries++;
+                rc = count(c, e->block);
+            }
+            if (!rc && (e->flags & CB_E_ORIGIN))
+                rc = count(c, e->origin);
+        }
+        return rc;
+    }
+    for (unsigned i = 0; i < CB_NODE_FANOUT && !rc; i++)
+        if (n->u.c[i])
+            rc = walk(c, n->u.c[i], level - 1);
+    return rc;
+}
+
+static void compare_nodes(struct checker *c, struct cb_node *n)
+{
+    if (!n || n->mark != 1)
+        return;
+    n->mark = 2;
+    if (n->aux != n->rc)
+        error(c, "node reference count wrong (page, count)", n->page, n->rc);
+    if (n->level)
+        for (unsigned i = 0; i < CB_NODE_FANOUT; i++)
+            compare_nodes(c, n->u.c[i]);
+}
+
+static void reset_marks(struct cb_node *n)
+{
+    if (!n || n->mark == 0)
+        return;
+    n->mark = 0;
+    n->aux = 0;
+    if (n->level)
+        for (unsigned i = 0; i < CB_NODE_FANOUT; i++)
+            reset_marks(n->u.c[i]);
+}
+
+static void compare_counts(struct checker *c)
+{
+    struct cb_pool *p = c->p;
+    for (uint64_t ci = 0; ci < p->sm.nchunks; ci++) {
+        const struct cb_sm_chunk *ch = p->sm.chunks[ci];
+        const uint32_t *want = c->cnt[ci];
+        uint64_t base = ci * CB_SM_CHUNK;
+        uint64_t limit = p->nblocks - base < CB_SM_CHUNK ? p->nblocks - base : CB_SM_CHUNK;
+        for (uint64_t i = 0; i < limit; i++) {
+            uint32_t have = ch ? ch->rc[i] : 0, w = want ? want[i] : 0;
+            int busy = ch && (ch->busy[i / 64] >> (i % 64)) & 1;
+            if (have != w)
+                error(c, "data block reference count wrong (block, count)", base + i, have);
+            if (busy != (w > 0))
+                error(c, "block both free and used (block, count)", base + i, w);
+        }
+    }
+}
+
+static int scan_leaks(struct checker *c, int repair)
+{
+    struct cb_pool *p = c->p;
+    uint64_t bs = p->block_size, off = 0, end = p->nblocks * bs;
+    while (off < end) {
+        uint64_t data, hole;
+        int rc = p->data->ops->next_data(p->data, off, &data, &hole);
+        if (rc)
+            return rc;
+        if (data >= end)
+            break;
+        if (hole > end)
+            hole = end;
+        for (uint64_t b = data / bs; b * bs < hole; b++) {
+            if (cb_sm_rc(&p->sm, b))
+                continue;
+            uint64_t first = b;
+            while ((b + 1) * bs < hole && cb_sm_rc(&p->sm, b + 1) == 0)
+                b++;
+            c->r->leaked_blocks += b - first + 1;
+            if (repair && cb_io_punch(p->data, first * bs, (b - first + 1) * bs) == 0)
+                c->r->repaired += b - first + 1;
+        }
+        off = hole > off ? (hole + bs - 1) / bs * bs : off + bs;
+    }
+    if (c->r->leaked_blocks)
+        say(c, "leak: %llu free data blocks still hold data in the file%s",
+            (unsigned long long)c->r->leaked_blocks, repair ? " (punched out)" : "");
+    return 0;
+}
+
+static void scan_pages(struct checker *c, int repair)
+{
+    struct cb_pagemap *pm = &c->p->pm;
+    for (uint64_t pg = 2; pg < pm->npages; pg++) {
+        int used = cb_pm_test(pm, pg);
+        int reached = pg < c->npages && (c->reach[pg / 64] >> (pg % 64)) & 1;
+        if (used && !reached) {
+            c->r->leaked_pages++;
+            if (repair) {
+                pm->busy[pg / 64] &= ~(1ull << (pg % 64));
+                pm->nbusy--;
+                c->r->repaired++;
+            }
+        } else if (reached && !used) {
+            error(c, "reachable metadata page marked free (page, 0)", pg, 0);
+        }
+    }
+    if (c->r->leaked_pages)
+        say(c, "leak: %llu metadata pages in use but unreachable%s",
+            (unsigned long long)c->r->leaked_pages, repair ? " (freed)" : "");
+}
+
+int cb_check_run(struct cb_pool *p, int repair, cb_check *out, char *buf, size_t len)
+{
+    memset(out, 0, sizeof *out);
+    if (buf && len)
+        buf[0] = 0;
+    int rc = cb_txn_commit(p);
+    if (rc)
+        return rc;
+    struct checker c = {p, out, buf, len, 0, malloc(CB_PAGE), NULL, p->pm.npages, NULL};
+    c.reach = calloc((c.npages + 63) / 64 + 1, sizeof *c.reach);
+    c.cnt = calloc(p->sm.nchunks ? p->sm.nchunks : 1, sizeof *c.cnt);
+    if (!c.pg || !c.reach || !c.cnt) {
+        rc = CB_ENOMEM;
+        goto out;
+    }
+    /* superblock slot of the last commit, device table, externals, free log */
+    reach(&c, 0);
+    reach(&c, 1);
+    if (cb_io_pread(p->meta, c.pg, CB_PAGE, (p->generation % 2) * CB_PAGE) != 0 ||
+        cb_page_verify(c.pg, CB_PT_SUPER, p->generation % 2, p->generation) != 0)
+        error(&c, "current superblock fails verification (slot, generation)",
+              p->generation % 2, p->generation);
+    for (unsigned k = 0; k < CB_SB_DEVTAB_MAX; k++)
+        if (p->devpages[k].page)
+            verify_page(&c, p->devpages[k].page, CB_PT_DEVTAB);
+    for (unsigned i = 0; i < CB_MAX_EXTERNALS; i++)
+        if (p->ext[i].path && p->ext[i].page)
+            verify_page(&c, p->ext[i].page, CB_PT_EXT);
+    for (size_t i = 0; i < p->freelog_pages.n; i++)
+        verify_page(&c, p->freelog_pages.v[i], CB_PT_FREELOG);
+    for (unsigned i = 0; i < p->ndevslots && !rc; i++) {
+        struct cb_devrec *d = p->devs[i];
+        if (!d)
+            continue;
+        if (d->depth != cb_map_depth(d->nblocks))
+            error(&c, "device tree depth wrong (id, depth)", d->id, d->depth);
+        if (d->external_id && !p->ext[d->external_id - 1].io)
+            say(&c, "warning: device %s: external origin %s cannot be read", d->name,
+                p->ext[d->external_id - 1].path ? p->ext[d->external_id - 1].path : "?");
+        if (d->root)
+            rc = walk(&c, d->root, d->depth);
+    }
+    for (unsigned i = 0; i < p->ndevslots; i++)
+        if (p->devs[i])
+            compare_nodes(&c, p->devs[i]->root);
+    for (unsigned i = 0; i < p->ndevslots; i++)
+        if (p->devs[i])
+            reset_marks(p->devs[i]->root);
+    if (rc)
+        goto out;
+    compare_counts(&c);
+    if (out->errors == 0) {
+        /* leaks are only safe to repair in an otherwise consistent pool */
+        rc = scan_leaks(&c, repair);
+        scan_pages(&c, repair);
+    }
+    if (out->errors > 100)
+        say(&c, "... %llu errors in all", (unsigned long long)out->errors);
+out:
+    if (c.cnt)
+        for (uint64_t i = 0; i < p->sm.nchunks; i++)
+            free(c.cnt[i]);
+    free(c.cnt);
+    free(c.reach);
+    free(c.pg);
+    return rc;
+}

@@ -1,0 +1,203 @@
+/*
+ * cowblock.h - the public C API of the cowblock core.
+ *
+ * cowblock keeps thin-provisioned block devices with O(1) snapshots in a
+ * pool: a directory holding a sparse data file ("data") and a metadata file
+ * ("meta").  Devices map virtual blocks to reference-counted data blocks
+ * through radix trees whose nodes are shared between snapshots and copied on
+ * the first write through a shared node.  A write into a shared data block
+ * copies up only the sub-blocks it touches (see DESIGN.md section 4).
+ *
+ * Conventions
+ *  - Every fallible call returns int: 0 on success or a negative code.
+ *    Codes in [CB_ERR_FIRST, CB_ERR_LAST] are cowblock's own; any other
+ *    negative value is -errno from the operating system.  cb_strerror()
+ *    names every code.  Results come back through out-parameters.
+ *  - Handles are opaque.  A cb_pool owns its cb_dev handles: cb_pool_close()
+ *    closes every handle still open, after which those pointers are invalid.
+ *  - Thread safety: every call may be made from any thread, concurrently,
+ *    on the same or different handles, except that cb_pool_close() and
+ *    cb_dev_close() must not race with other calls on the handles they
+ *    destroy.  One reader/writer lock per pool guards the metadata: reads
+ *    share it, mutations hold it exclusively.
+ *  - Durability: cb_pool_flush() (or cb_dev_flush(), which is the same) is
+ *    the durability point.  When it returns 0, everything written before it
+ *    survives a crash.  After a crash, every byte reads either as it was at
+ *    the last completed flush or as a later write made it.
+ *  - Sticky failure: if a metadata write fails, the pool enters a failed
+ *    state; every later call but close returns CB_EFAILED.
+ */
+#ifndef COWBLOCK_H
+#define COWBLOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped with every change to this header or to the on-disk format; the
+ * Python package refuses to load a compiled module with another id. */
+#define CB_BUILD_ID "cowblock-core 0.1.0 abi 1"
+
+/* ---- error codes ------------------------------------------------------ */
+#define CB_ERR_FIRST (-30699)
+#define CB_EINVAL    (-30699) /* bad argument */
+#define CB_ENOENT    (-30698) /* no such device */
+#define CB_EEXIST    (-30697) /* a device of that name exists */
+#define CB_EROFS     (-30696) /* pool or device is read-only */
+#define CB_ENOSPC    (-30695) /* pool full (capacity or file system) */
+#define CB_ECORRUPT  (-30694) /* metadata failed validation */
+#define CB_EFAILED   (-30693) /* pool is in the sticky failed state */
+#define CB_EBUSY     (-30692) /* pool locked by another opener */
+#define CB_ETOOMANY  (-30691) /* device table or external table full */
+#define CB_EVERSION  (-30690) /* unsupported on-disk format version */
+#define CB_ENOMEM    (-30689) /* out of memory */
+#define CB_EEXTERNAL (-30688) /* external origin file missing/unusable */
+#define CB_ERR_LAST  (-30688)
+
+/* ---- limits ----------------------------------------------------------- */
+#define CB_NAME_MAX       127          /* bytes of a device name, no NUL */
+#define CB_PATH_MAX       3800         /* bytes of an external origin path */
+#define CB_MIN_BLOCK_SIZE 4096
+#define CB_MAX_BLOCK_SIZE (1u << 20)
+#define CB_MAX_DEV_SIZE   (1ull << 56) /* bytes */
+#define CB_MAX_DEVICES    6400
+#define CB_MAX_EXTERNALS  64
+
+/* ---- flags ------------------------------------------------------------ */
+#define CB_OPEN_READONLY 1u  /* open the pool read-only (shared lock) */
+#define CB_OPEN_DIRECT   2u  /* O_DIRECT on the data file */
+#define CB_DEV_READONLY  1u  /* device refuses writes and discards */
+
+typedef struct cb_pool cb_pool;
+typedef struct cb_dev cb_dev;
+
+/* Pool-wide figures.  Counters count since the pool was opened. */
+typedef struct cb_stat {
+    uint64_t block_size;      /* bytes */
+    uint64_t nblocks;         /* data capacity in blocks */
+    uint64_t used_blocks;     /* blocks referenced by some device */
+    uint64_t ndevices;
+    uint64_t generation;      /* last committed transaction */
+    uint64_t time;            /* snapshot clock */
+    uint64_t meta_pages;      /* pages reachable in the committed metadata */
+    uint64_t meta_file_pages; /* pages the metadata file spans */
+    uint64_t reads, bytes_read;
+    uint64_t writes, bytes_written;      /* as asked by callers */
+    uint64_t data_bytes_written;          /* physically written into the data file */
+    uint64_t copyups;                     /* writes that broke sharing of a block */
+    uint64_t copyup_bytes;                /* bytes copied from an origin block */
+    uint64_t commits;
+    uint64_t punched_blocks;              /* data blocks given back to the file system */
+} cb_stat;
+
+/* One device's description.  name is NUL-terminated. */
+typedef struct cb_devinfo {
+    char name[CB_NAME_MAX + 1];
+    uint32_t id;
+    uint32_t origin_id;       /* id of the device it was snapshotted from, 0 if none */
+    uint64_t size;            /* bytes */
+    uint32_t flags;           /* CB_DEV_READONLY */
+    uint32_t external_id;     /* 0 if none */
+    uint64_t created_ns;      /* CLOCK_REALTIME at creation */
+    uint32_t birth_time;      /* snapshot clock at creation */
+    uint32_t snap_time;       /* snapshot clock at its last snapshot */
+} cb_devinfo;
+
+/* Space used by one device, in blocks.  mapped = exclusive + shared. */
+typedef struct cb_usage {
+    uint32_t id;
+    uint64_t mapped;     /* distinct data blocks it reads from */
+    uint64_t exclusive;  /* ... that no other device reads from */
+    uint64_t shared;     /* ... that some other device reads from too */
+} cb_usage;
+
+/* Result of cb_pool_check: counts of problems found. */
+typedef struct cb_check {
+    uint64_t errors;          /* corruption: data would be wrong */
+    uint64_t leaked_blocks;   /* free blocks still holding data in the file */
+    uint64_t leaked_pages;    /* reserved for metadata page leaks */
+    uint64_t nodes;           /* metadata nodes visited */
+    uint64_t mapped_entries;  /* entries visited */
+    uint64_t repaired;        /* problems fixed (with repair) */
+} cb_check;
+
+/* ---- library ---------------------------------------------------------- */
+const char *cb_build_id(void);          /* == CB_BUILD_ID; static storage */
+const char *cb_strerror(int code);      /* static storage, never NULL */
+
+/* ---- pool ------------------------------------------------------------- */
+/* Make a new pool in directory `path` (created if missing, must be empty of
+ * pool files).  size: data capacity in bytes (rounded down to whole blocks,
+ * at least one block).  block_size: a power of two in
+ * [CB_MIN_BLOCK_SIZE, CB_MAX_BLOCK_SIZE].  On success *out is an open pool. */
+int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
+                   unsigned flags, cb_pool **out);
+/* Open an existing pool.  Validates every metadata page it reads and
+ * recomputes reference counts from the mappings. */
+int cb_pool_open(const char *path, unsigned flags, cb_pool **out);
+/* Commit (unless read-only or failed), close every device handle, release
+ * the pool.  Returns the commit's result; the pool is freed either way. */
+int cb_pool_close(cb_pool *pool);
+/* Durability point: data, then metadata, then the superblock. */
+int cb_pool_flush(cb_pool *pool);
+int cb_pool_stat(cb_pool *pool, cb_stat *out);
+
+/* Device table.  Names are 1..CB_NAME_MAX bytes, no '/' and no NUL. */
+int cb_pool_create_device(cb_pool *pool, const char *name, uint64_t size,
+                          const char *external_path);   /* may be NULL */
+int cb_pool_snapshot(cb_pool *pool, const char *source, const char *name,
+                     unsigned dev_flags);
+int cb_pool_delete(cb_pool *pool, const char *name);
+/* Device count, then descriptions.  cb_pool_list fills at most n infos and
+ * sets *count to the number of devices (call with n = 0 to size). */
+int cb_pool_list(cb_pool *pool, cb_devinfo *out, size_t n, size_t *count);
+int cb_pool_info(cb_pool *pool, const char *name, cb_devinfo *out);
+/* Path of external origin `id` copied into buf (NUL-terminated). */
+int cb_pool_external_path(cb_pool *pool, uint32_t id, char *buf, size_t len);
+/* Per-device space, exact, in one walk of all metadata: fills at most n
+ * entries and sets *count to the number of devices. */
+int cb_pool_usage(cb_pool *pool, cb_usage *out, size_t n, size_t *count);
+/* Walk and verify all metadata: checksums, structure, reference counts
+ * recomputed from the mappings, data blocks in range, and the data file for
+ * free blocks still holding data.  With repair, such blocks are punched out.
+ * Messages (one per line) go to buf (truncated to len, NUL-terminated). */
+int cb_pool_check(cb_pool *pool, int repair, cb_check *out,
+                  char *buf, size_t len);
+
+/* ---- devices ---------------------------------------------------------- */
+/* Handles stay valid until cb_dev_close or cb_pool_close.  A handle whose
+ * device is deleted returns CB_ENOENT from every call. */
+int cb_dev_open(cb_pool *pool, const char *name, cb_dev **out);
+void cb_dev_close(cb_dev *dev);
+int cb_dev_info(cb_dev *dev, cb_devinfo *out);
+
+/* Byte IO.  off + len must lie within the device.  Unmapped ranges read as
+ * zeros.  Writes into shared blocks copy up only the touched sub-blocks. */
+int cb_dev_read(cb_dev *dev, void *buf, uint64_t len, uint64_t off);
+int cb_dev_write(cb_dev *dev, const void *buf, uint64_t len, uint64_t off);
+int cb_dev_discard(cb_dev *dev, uint64_t len, uint64_t off);
+int cb_dev_flush(cb_dev *dev);
+
+/* Batch IO: n whole blocks, block idx[i] <-> buf + i * block_size. */
+int cb_dev_read_blocks(cb_dev *dev, const uint64_t *idx, size_t n, void *buf);
+int cb_dev_write_blocks(cb_dev *dev, const uint64_t *idx, size_t n,
+                        const void *buf);
+
+/* Bitmap (LSB first) of the virtual blocks this device changed since it was
+ * created, written or discarded through it; bits must hold
+ * ceil(size / block_size) bits.  Cost grows with what changed, not with the
+ * device size. */
+int cb_dev_changed(cb_dev *dev, uint8_t *bits, size_t nbytes);
+/* Runs of virtual blocks that may hold data (mapped, or read from the
+ * external origin): fills at most n (start, count) pairs and sets *count to
+ * the total number of runs. */
+int cb_dev_extents(cb_dev *dev, uint64_t *pairs, size_t n, size_t *count);
+int cb_dev_usage(cb_dev *dev, cb_usage *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* COWBLOCK_H */

@@ -1,0 +1,132 @@
+/*
+ * meta.h - the on-disk metadata format.
+ *
+ * The metadata file is an array of 4 KiB pages.  Pages 0 and 1 are the two
+ * superblock slots; a commit writes generation g into slot g % 2, so the
+ * slot it overwrites is always the older one.  Every other page is one of
+ * the types below and is never written in place while a committed
+ * superblock can reach it (shadow paging).
+ *
+ * Every page starts with the same 32-byte header, all little-endian:
+ *
+ *   0  u32 magic        page type
+ *   4  u32 crc          CRC-32C of bytes 8..4095, seeded with a per-type salt
+ *   8  u64 blocknr      the page's own address (catches misdirected writes)
+ *  16  u64 generation   transaction that wrote it (<= superblock generation)
+ *  24  u32 time         snapshot clock when the node last changed
+ *  28  u16 level        tree level (0 = leaf)
+ *  30  u16 count        entries in use (type specific)
+ *
+ * Superblock payload (offsets from the page start):
+ *  32 char[8] "cowblock"   40 u32 version   44 u32 incompat   48 u32 compat
+ *  52 u32 block_size       56 u64 nblocks   64 u64 time       72 u64 next_dev_id
+ *  80 u64 meta_pages       88 u64 freelog   96 u32 ndevtab    100 u32 reserved
+ * 104 u8[16] uuid         120 u64 created_ns
+ * 128 u64 ext_pages[64]   640 u64 devtab_pages[432]
+ *
+ * Leaf: 127 entries of 32 bytes from offset 32:
+ *   u64 block, u64 origin, u64 bitmap, u32 time, u32 flags
+ * Interior node: 508 u64 child page numbers from offset 32 (0 = empty).
+ * Device table page: 15 records of 256 bytes from offset 32 (id 0 = empty):
+ *   0 u32 id  4 u32 flags  8 u64 size  16 u64 root  24 u32 depth
+ *  28 u32 birth_time  32 u32 snap_time  36 u32 origin_id  40 u64 created_ns
+ *  48 u32 external_id  52 u32 name_len  64 char name[128]
+ * External origin page: 32 u64 size, 40 u32 path_len, 48 char path[]
+ * Free log page: 32 u64 next, 40 u32 n, 48 (u64 start, u64 count)[253]:
+ *   the data blocks the committing transaction freed, punched out of the
+ *   data file once the commit is durable (and again at open, in case the
+ *   process died in between).
+ */
+#ifndef CB_META_H
+#define CB_META_H
+#include <stdint.h>
+#include <string.h>
+
+#define CB_PAGE 4096u
+#define CB_HDR 32u
+#define CB_FORMAT_VERSION 1u
+
+enum cb_page_type {
+    CB_PT_SUPER = 0x42534243,   /* "CBSB" */
+    CB_PT_LEAF = 0x464c4243,    /* "CBLF" */
+    CB_PT_NODE = 0x444e4243,    /* "CBND" */
+    CB_PT_DEVTAB = 0x54444243,  /* "CBDT" */
+    CB_PT_EXT = 0x54584243,     /* "CBXT" */
+    CB_PT_FREELOG = 0x4c464243, /* "CBFL" */
+};
+
+#define CB_LEAF_ENTRIES 127u
+#define CB_NODE_FANOUT 508u
+#define CB_DEVTAB_RECS 15u
+#define CB_DEVREC_SIZE 256u
+#define CB_SB_EXT_OFF 128u
+#define CB_SB_DEVTAB_OFF 640u
+#define CB_SB_DEVTAB_MAX 432u
+#define CB_FREELOG_MAX 253u
+#define CB_EXT_PATH_OFF 48u
+
+/* Entry flags */
+#define CB_E_MAPPED 1u  /* block holds the sub-blocks set in bitmap */
+#define CB_E_ORIGIN 2u  /* sub-blocks absent from block come from origin */
+#define CB_E_ZERO   4u  /* absent sub-blocks read as zeros even over an external origin */
+#define CB_E_KNOWN  (CB_E_MAPPED | CB_E_ORIGIN | CB_E_ZERO)
+
+static inline uint16_t cb_get16(const void *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap16(v);
+#endif
+    return v;
+}
+static inline uint32_t cb_get32(const void *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap32(v);
+#endif
+    return v;
+}
+static inline uint64_t cb_get64(const void *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+static inline void cb_put16(void *p, uint16_t v)
+{
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap16(v);
+#endif
+    memcpy(p, &v, 2);
+}
+static inline void cb_put32(void *p, uint32_t v)
+{
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap32(v);
+#endif
+    memcpy(p, &v, 4);
+}
+static inline void cb_put64(void *p, uint64_t v)
+{
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    memcpy(p, &v, 8);
+}
+
+/* Fill in the header and seal the page with its checksum. */
+void cb_page_seal(unsigned char *page, uint32_t type, uint64_t blocknr,
+                  uint64_t generation, uint32_t time, uint16_t level,
+                  uint16_t count);
+/* Check magic, checksum, own address and generation bound.  Returns 0 or
+ * CB_ECORRUPT. */
+int cb_page_verify(const unsigned char *page, uint32_t type, uint64_t blocknr,
+                   uint64_t max_generation);
+
+#endif

@@ -1,0 +1,289 @@
+/*
+ * spacemap.c - see spacemap.h.
+ *
+ * Invariants (checked by cb_pool_check):
+ *  1. busy bit set  <=>  rc > 0, or the block is on the pending list.
+ *  2. nbusy of a chunk and sm->busy equal the number of busy bits.
+ *  3. A block on the pending list has rc == 0.
+ */
+#include "spacemap.h"
+#include "cowblock.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int cb_u64vec_push(struct cb_u64vec *vec, uint64_t x)
+{
+    if (vec->n == vec->cap) {
+        size_t cap = vec->cap ? vec->cap * 2 : 64;
+        uint64_t *v = realloc(vec->v, cap * sizeof *v);
+        if (!v)
+            return CB_ENOMEM;
+        vec->v = v;
+        vec->cap = cap;
+    }
+    vec->v[vec->n++] = x;
+    return 0;
+}
+
+void cb_u64vec_free(struct cb_u64vec *vec)
+{
+    free(vec->v);
+    memset(vec, 0, sizeof *vec);
+}
+
+int cb_sm_init(struct cb_spacemap *sm, uint64_t nblocks)
+{
+    memset(sm, 0, sizeof *sm);
+    sm->nblocks = nblocks;
+    sm->nchunks = (nblocks + CB_SM_CHUNK - 1) / CB_SM_CHUNK;
+    sm->chunks = calloc(sm->nchunks ? sm->nchunks : 1, sizeof *sm->chunks);
+    return sm->chunks ? 0 : CB_ENOMEM;
+}
+
+void cb_sm_destroy(struct cb_spacemap *sm)
+{
+    if (sm->chunks)
+        for (uint64_t i = 0; i < sm->nchunks; i++)
+            free(sm->chunks[i]);
+    free(sm->chunks);
+    cb_u64vec_free(&sm->pending);
+    memset(sm, 0, sizeof *sm);
+}
+
+static struct cb_sm_chunk *chunk_get(struct cb_spacemap *sm, uint64_t b)
+{
+    struct cb_sm_chunk **cp = &sm->chunks[b / CB_SM_CHUNK];
+    if (!*cp)
+        *cp = calloc(1, sizeof **cp);
+    return *cp;
+}
+
+uint32_t cb_sm_rc(const struct cb_spacemap *sm, uint64_t b)
+{
+    if (b >= sm->nblocks)
+        return 0;
+    const struct cb_sm_chunk *c = sm->chunks[b / CB_SM_CHUNK];
+    return c ? c->rc[b % CB_SM_CHUNK] : 0;
+}
+
+static void set_busy(struct cb_spacemap *sm, struct cb_sm_chunk *c, uint64_t i)
+{
+    uint64_t m = 1ull << (i % 64);
+    if (!(c->busy[i / 64] & m)) {
+        c->busy[i / 64] |= m;
+        c->nbusy++;
+        sm->busy++;
+    }
+}
+
+static void clear_busy(struct cb_spacemap *sm, struct cb_sm_chunk *c, uint64_t i)
+{
+    uint64_t m = 1ull << (i % 64);
+    if (c->busy[i / 64] & m) {
+        c->busy[i / 64] &= ~m;
+        c->nbusy--;
+        sm->busy--;
+    }
+}
+
+int cb_sm_inc(struct cb_spacemap *sm, uint64_t b)
+{
+    if (b >= sm->nblocks)
+        return CB_ECORRUPT;
+    struct cb_sm_chunk *c = chunk_get(sm, b);
+    if (!c)
+        return CB_ENOMEM;
+    uint64_t i = b % CB_SM_CHUNK;
+    if (c->rc[i] == UINT32_MAX)
+        return CB_ECORRUPT;
+    c->rc[i]++;
+    set_busy(sm, c, i);
+    return 0;
+}
+
+int cb_sm_dec(struct cb_spacemap *sm, uint64_t b)
+{
+    if (b >= sm->nblocks)
+        return CB_ECORRUPT;
+    struct cb_sm_chunk *c = sm->chunks[b / CB_SM_CHUNK];
+    uint64_t i = b % CB_SM_CHUNK;
+    if (!c || c->rc[i] == 0)
+        return CB_ECORRUPT;
+    if (--c->rc[i] == 0)
+        return cb_u64vec_push(&sm->pending, b);
+    return 0;
+}
+
+static void take(struct cb_spacemap *sm, struct cb_sm_chunk *c, uint64_t base,
+                 uint64_t i, uint64_t *out)
+{
+    c->rc[i] = 1;
+    set_busy(sm, c, i);
+    *out = base + i;
+    sm->cursor = base + i + 1 < sm->nblocks ? base + i + 1 : 0;
+}
+
+int cb_sm_alloc(struct cb_spacemap *sm, uint64_t *out)
+{
+    if (sm->busy >= sm->nblocks)
+        return CB_ENOSPC;
+    uint64_t b = sm->cursor < sm->nblocks ? sm->cursor : 0;
+    /* One lap around the pool from the cursor, a chunk at a time; full
+     * chunks are skipped by their count, busy words by their value. */
+    for (uint64_t scanned = 0; scanned <= sm->nblocks;) {
+        if (b >= sm->nblocks)
+            b = 0;
+        uint64_t base = b / CB_SM_CHUNK * CB_SM_CHUNK;
+        uint64_t limit = sm->nblocks - base < CB_SM_CHUNK ? sm->nblocks - base : CB_SM_CHUNK;
+        struct cb_sm_chunk *c = sm->chunks[base / CB_SM_CHUNK];
+        if (!c || c->nbusy < limit) {
+            if (!c && !(c = chunk_get(sm, base)))
+                return CB_ENOMEM;
+            for (uint64_t i = b - base; i < limit; i = (i / 64 + 1) * 64) {
+                uint64_t bits = c->busy[i / 64] | ((1ull << (i % 64)) - 1);
+                if (bits == UINT64_MAX)
+                    continue;
+                uint64_t j = i / 64 * 64 + (uint64_t)__builtin_ctzll(~bits);
+                if (j >= limit)
+                    break;
+                take(sm, c, base, j, out);
+                return 0;
+            }
+        }
+        scanned += base + limit - b;
+        b = base + limit;
+    }
+    return CB_ENOSPC;
+}
+
+void cb_sm_unalloc(struct cb_spacemap *sm, uint64_t b)
+{
+    struct cb_sm_chunk *c = sm->chunks[b / CB_SM_CHUNK];
+    uint64_t i = b % CB_SM_CHUNK;
+    c->rc[i] = 0;
+    clear_busy(sm, c, i);
+}
+
+void cb_sm_release_pending(struct cb_spacemap *sm)
+{
+    for (size_t k = 0; k < sm->pending.n; k++) {
+        uint64_t b = sm->pending.v[k];
+        struct cb_sm_chunk *c = sm->chunks[b / CB_SM_CHUNK];
+        uint64_t i = b % CB_SM_CHUNK;
+        if (c && c->rc[i] == 0)
+            clear_busy(sm, c, i);
+    }
+    sm->pending.n = 0;
+}
+
+/* ---- metadata pages ---------------------------------------------------- */
+
+static int pm_grow(struct cb_pagemap *pm, uint64_t npages)
+{
+    if (npages <= pm->cap) {
+        if (npages > pm->npages)
+            pm->npages = npages;
+        return 0;
+    }
+    uint64_t cap = pm->cap ? pm->cap : 1024;
+    while (cap < npages)
+        cap *= 2;
+    uint64_t *b = realloc(pm->busy, cap / 8);
+    if (!b)
+        return CB_ENOMEM;
+    memset((char *)b + pm->cap / 8, 0, (cap - pm->cap) / 8);
+    pm->busy = b;
+    pm->cap = cap;
+    pm->npages = npages;
+    return 0;
+}
+
+int cb_pm_init(struct cb_pagemap *pm, uint64_t npages)
+{
+    memset(pm, 0, sizeof *pm);
+    int rc = pm_grow(pm, npages < 2 ? 2 : npages);
+    if (rc)
+        return rc;
+    cb_pm_mark(pm, 0);
+    cb_pm_mark(pm, 1);
+    pm->cursor = 2;
+    return 0;
+}
+
+void cb_pm_destroy(struct cb_pagemap *pm)
+{
+    free(pm->busy);
+    cb_u64vec_free(&pm->pending);
+    memset(pm, 0, sizeof *pm);
+}
+
+int cb_pm_test(const struct cb_pagemap *pm, uint64_t p)
+{
+    return p < pm->npages && (pm->busy[p / 64] >> (p % 64)) & 1;
+}
+
+int cb_pm_mark(struct cb_pagemap *pm, uint64_t p)
+{
+    if (p >= pm->npages) {
+        int rc = pm_grow(pm, p + 1);
+        if (rc)
+            return rc;
+    }
+    if (!cb_pm_test(pm, p)) {
+        pm->busy[p / 64] |= 1ull << (p % 64);
+        pm->nbusy++;
+    }
+    return 0;
+}
+
+int cb_pm_alloc(struct cb_pagemap *pm, uint64_t *out)
+{
+    for (uint64_t p = pm->cursor; p < pm->npages; p++) {
+        if (pm->busy[p / 64] == UINT64_MAX) {
+            p = p / 64 * 64 + 63;
+            continue;
+        }
+        if (!cb_pm_test(pm, p)) {
+            cb_pm_mark(pm, p);
+            pm->cursor = p + 1;
+            *out = p;
+            return 0;
+        }
+    }
+    for (uint64_t p = 2; p < pm->cursor && p < pm->npages; p++) {
+        if (!cb_pm_test(pm, p)) {
+            cb_pm_mark(pm, p);
+            pm->cursor = p + 1;
+            *out = p;
+            return 0;
+        }
+    }
+    uint64_t p = pm->npages;
+    int rc = cb_pm_mark(pm, p);
+    if (rc)
+        return rc;
+    pm->cursor = p + 1;
+    *out = p;
+    return 0;
+}
+
+int cb_pm_free(struct cb_pagemap *pm, uint64_t p)
+{
+    if (p < 2 || !cb_pm_test(pm, p))
+        return CB_ECORRUPT;
+    return cb_u64vec_push(&pm->pending, p);
+}
+
+void cb_pm_release_pending(struct cb_pagemap *pm)
+{
+    for (size_t k = 0; k < pm->pending.n; k++) {
+        uint64_t p = pm->pending.v[k];
+        if (cb_pm_test(pm, p)) {
+            pm->busy[p / 64] &= ~(1ull << (p % 64));
+            pm->nbusy--;
+        }
+    }
+    pm->pending.n = 0;
+    pm->cursor = 2;
+}

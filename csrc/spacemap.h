@@ -1,0 +1,79 @@
+/*
+ * spacemap.h - reference counts of data blocks and of metadata pages, and
+ * the search for free ones.
+ *
+ * Data reference counts are a function of the mappings: each leaf counts
+ * once for every block it names (as its block or as its origin), whatever
+ * the number of devices that share the leaf.  They are rebuilt from the
+ * trees at open and kept in memory, in chunks allocated on first use so a
+ * huge, mostly empty pool costs little.
+ *
+ * A block whose count drops to zero is not free at once: it joins the
+ * pending list of the open transaction, stays busy, and is released (and
+ * punched out of the data file) only after the commit that freed it is
+ * durable (DESIGN.md invariant 5).  Metadata pages follow the same rule.
+ *
+ * Not thread-safe: the pool's write lock guards every mutation.
+ */
+#ifndef CB_SPACEMAP_H
+#define CB_SPACEMAP_H
+#include <stddef.h>
+#include <stdint.h>
+
+#define CB_SM_CHUNK 16384u
+
+struct cb_sm_chunk {
+    uint32_t nbusy;
+    uint64_t busy[CB_SM_CHUNK / 64];  /* rc > 0 or pending */
+    uint32_t rc[CB_SM_CHUNK];
+};
+
+struct cb_u64vec {
+    uint64_t *v;
+    size_t n, cap;
+};
+int cb_u64vec_push(struct cb_u64vec *vec, uint64_t x);
+void cb_u64vec_free(struct cb_u64vec *vec);
+
+struct cb_spacemap {
+    uint64_t nblocks;
+    uint64_t nchunks;
+    struct cb_sm_chunk **chunks;
+    uint64_t busy;      /* blocks with rc > 0 or pending */
+    uint64_t cursor;    /* where the next search starts */
+    struct cb_u64vec pending;  /* freed in the open transaction */
+};
+
+int cb_sm_init(struct cb_spacemap *sm, uint64_t nblocks);
+void cb_sm_destroy(struct cb_spacemap *sm);
+uint32_t cb_sm_rc(const struct cb_spacemap *sm, uint64_t b);
+/* rc++; fails with CB_ECORRUPT past the end or on overflow. */
+int cb_sm_inc(struct cb_spacemap *sm, uint64_t b);
+/* rc--; at zero the block goes to the pending list. */
+int cb_sm_dec(struct cb_spacemap *sm, uint64_t b);
+/* Find a free block, set rc = 1.  CB_ENOSPC when none. */
+int cb_sm_alloc(struct cb_spacemap *sm, uint64_t *out);
+/* Undo an allocation that no mapping ever saw: free at once. */
+void cb_sm_unalloc(struct cb_spacemap *sm, uint64_t b);
+/* After a durable commit: make every pending block free again.  The
+ * caller punches them first. */
+void cb_sm_release_pending(struct cb_spacemap *sm);
+
+/* Metadata pages: a dense bitmap over the pages of the metadata file. */
+struct cb_pagemap {
+    uint64_t npages;      /* pages the bitmap covers (file span) */
+    uint64_t cap;         /* bits allocated */
+    uint64_t *busy;
+    uint64_t nbusy;
+    uint64_t cursor;
+    struct cb_u64vec pending;
+};
+int cb_pm_init(struct cb_pagemap *pm, uint64_t npages);
+void cb_pm_destroy(struct cb_pagemap *pm);
+int cb_pm_test(const struct cb_pagemap *pm, uint64_t p);
+int cb_pm_mark(struct cb_pagemap *pm, uint64_t p);   /* used at open */
+int cb_pm_alloc(struct cb_pagemap *pm, uint64_t *out);
+int cb_pm_free(struct cb_pagemap *pm, uint64_t p);   /* pending until commit */
+void cb_pm_release_pending(struct cb_pagemap *pm);
+
+#endif

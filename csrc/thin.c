@@ -1,0 +1,646 @@
+/*
+ * thin.c - device operations (DESIGN.md section 4).
+ *
+ * Reading sub-block s of virtual block v through entry e:
+ *   MAPPED and bit s set  -> data block e.block
+ *   ORIGIN                -> data block e.origin (always a complete block)
+ *   ZERO, or no external  -> zeros
+ *   otherwise             -> the device's external origin file at v
+ *
+ * Writing into v:
+ *   the entry is private (its block has one reference and was written
+ *   after the device's last snapshot)  -> write in place;
+ *   otherwise                          -> allocate a block and write only
+ *   the sub-blocks touched; the new entry keeps the old block as its origin
+ *   for the rest (copy-up by bitmap).  Once every sub-block is present the
+ *   origin reference is dropped.
+ *
+ * The "written after the last snapshot" test (entry time >= snap_time) is
+ * what makes in-place writes crash safe: a block that some committed state
+ * may still show through another device is never overwritten, even after
+ * that other device is deleted in the open transaction.
+ *
+ * Invariants kept here:
+ *  1. ORIGIN implies MAPPED and an incomplete bitmap.
+ *  2. bitmap != 0 implies MAPPED; bitmap has no bit >= nsub.
+ *  3. A data block is written only while no committed entry can show it
+ *     through another device (see above), or before any entry names it.
+ */
+#include "thin.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define BIT(s) (1ull << (s))
+
+static uint64_t bits_between(unsigned s0, unsigned s1) /* inclusive */
+{
+    uint64_t hi = s1 >= 63 ? UINT64_MAX : BIT(s1 + 1) - 1;
+    return hi & ~(BIT(s0) - 1);
+}
+
+static struct cb_external *ext_of(struct cb_pool *p, const struct cb_devrec *d)
+{
+    return d->external_id ? &p->ext[d->external_id - 1] : NULL;
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+/* Coalesces reads that are contiguous both in the data file and in the
+ * destination buffer into one pread. */
+struct run {
+    uint64_t off;
+    char *dst;
+    size_t len;
+};
+
+static int run_flush(struct cb_pool *p, struct run *r)
+{
+    int rc = 0;
+    if (r->len)
+        rc = cb_io_pread(p->data, r->dst, r->len, r->off);
+    r->len = 0;
+    return rc;
+}
+
+static int run_add(struct cb_pool *p, struct run *r, uint64_t off, char *dst, size_t len)
+{
+    if (r->len && r->off + r->len == off && r->dst + r->len == dst) {
+        r->len += len;
+        return 0;
+    }
+    int rc = run_flush(p, r);
+    r->off = off;
+    r->dst = dst;
+    r->len = len;
+    return rc;
+}
+
+static int read_external(struct cb_pool *p, const struct cb_devrec *d, uint64_t pos,
+                         char *dst, size_t len)
+{
+    struct cb_external *x = ext_of(p, d);
+    if (!x->io)
+        return CB_EEXTERNAL;
+    if (pos >= x->size) {
+        memset(dst, 0, len);
+        return 0;
+    }
+    size_t n = x->size - pos < len ? (size_t)(x->size - pos) : len;
+    int rc = cb_io_pread(x->io, dst, n, pos);
+    if (rc == 0 && n < len)
+        memset(dst + n, 0, len - n);
+    return rc;
+}
+
+/* Bytes [boff, boff + len) of block v as entry e shows them. */
+static int read_part(struct cb_pool *p, const struct cb_devrec *d,
+                     const struct cb_entry *e, uint64_t v, uint32_t boff,
+                     size_t len, char *dst, struct run *r)
+{
+    uint64_t bs = p->block_size;
+    if (e && (e->flags & CB_E_MAPPED) && e->bitmap == p->full_bitmap)
+        return run_add(p, r, e->block * bs + boff, dst, len);
+    int has_ext = d->external_id && !(e && (e->flags & CB_E_ZERO));
+    if (!e || !(e->flags & (CB_E_MAPPED | CB_E_ORIGIN))) {
+        if (!has_ext) {
+            memset(dst, 0, len);
+            return 0;
+        }
+        int rc = run_flush(p, r);
+        return rc ? rc : read_external(p, d, v * bs + boff, dst, len);
+    }
+    uint32_t sub = p->sub_size;
+    while (len) {
+        unsigned s = boff / sub;
+        size_t n = sub - boff % sub;
+        if (n > len)
+            n = len;
+        int rc;
+        if ((e->flags & CB_E_MAPPED) && (e->bitmap & BIT(s)))
+            rc = run_add(p, r, e->block * bs + boff, dst, n);
+        else if (e->flags & CB_E_ORIGIN)
+            rc = run_add(p, r, e->origin * bs + boff, dst, n);
+        else if (!has_ext) {
+            memset(dst, 0, n);
+            rc = 0;
+        } else {
+            rc = run_flush(p, r);
+            if (!rc)
+                rc = read_external(p, d, v * bs + boff, dst, n);
+        }
+        if (rc)
+            return rc;
+        boff += (uint32_t)n;
+        dst += n;
+        len -= n;
+    }
+    return 0;
+}
+
+int cb_thin_read(struct cb_pool *p, struct cb_devrec *d, void *buf,
+                 uint64_t len, uint64_t off)
+{
+    struct run r = {0, NULL, 0};
+    char *dst = buf;
+    uint64_t bs = p->block_size;
+    while (len) {
+        uint64_t v = off >> p->block_shift;
+        uint32_t boff = (uint32_t)(off & (bs - 1));
+        size_t n = bs - boff < len ? bs - boff : len;
+        const struct cb_entry *e = cb_map_lookup(d->root, d->depth, v);
+        int rc = read_part(p, d, e, v, boff, n, dst, &r);
+        if (rc)
+            return rc;
+        dst += n;
+        off += n;
+        len -= n;
+    }
+    return run_flush(p, &r);
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static int data_write(struct cb_pool *p, uint64_t block, uint32_t boff,
+                      const void *src, size_t len)
+{
+    int rc = cb_io_pwrite(p->data, src, len, block * p->block_size + boff);
+    if (rc == 0)
+        p->st.data_bytes_written += len;
+    return rc;
+}
+
+/*
+ * Write src = bytes [boff, boff + len) of block v into data block `target`,
+ * which already holds the sub-blocks in `present`.  Sub-blocks only partly
+ * covered and not present are completed from `view` (the entry as readers
+ * see it now), so `target` ends up holding whole sub-blocks.
+ */
+static int write_into(struct cb_pool *p, const struct cb_devrec *d,
+                      const struct cb_entry *view, uint64_t v, uint64_t target,
+                      uint64_t present, uint32_t boff, size_t len, const char *src)
+{
+    uint32_t sub = p->sub_size;
+    uint32_t a = boff - boff % sub;
+    uint32_t b = (uint32_t)((boff + len + sub - 1) / sub * sub);
+    int head_partial = a != boff && !(present & BIT(a / sub));
+    int tail_partial = b != boff + len && !(present & BIT((b - 1) / sub));
+    if (!head_partial && !tail_partial)
+        return data_write(p, target, boff, src, len);
+    /* Complete the edge sub-blocks in the scratch block, then write the
+     * whole aligned range. */
+    char *buf = (char *)p->scratch;
+    struct run r = {0, NULL, 0};
+    int rc = 0;
+    if (head_partial) {
+        rc = read_part(p, d, view, v, a, sub, buf, &r);
+        p->st.copyup_bytes += boff - a;
+    }
+    if (!rc && tail_partial && (b - sub != a || !head_partial)) {
+        rc = read_part(p, d, view, v, b - sub, sub, buf + (b - sub - a), &r);
+        p->st.copyup_bytes += b - (boff + len);
+    }
+    if (!rc)
+        rc = run_flush(p, &r);
+    if (rc)
+        return rc;
+    memcpy(buf + (boff - a), src, len);
+    return data_write(p, target, a, buf, b - a);
+}
+
+/* Copy the sub-blocks in `which` from block `from` to block `to`. */
+static int copy_subs(struct cb_pool *p, uint64_t from, uint64_t to, uint64_t which)
+{
+    uint32_t sub = p->sub_size;
+    char *buf = (char *)p->scratch;
+    for (unsigned s = 0; s < p->nsub; s++) {
+        if (!(which & BIT(s)))
+            continue;
+        unsigned t = s;
+        while (t + 1 < p->nsub && (which & BIT(t + 1)))
+            t++;
+        uint64_t off = (uint64_t)s * sub, len = (uint64_t)(t - s + 1) * sub;
+        int rc = cb_io_pread(p->data, buf, len, from * p->block_size + off);
+        if (!rc)
+            rc = data_write(p, to, (uint32_t)off, buf, len);
+        if (rc)
+            return rc;
+        p->st.copyup_bytes += len;
+        s = t;
+    }
+    return 0;
+}
+
+static int write_block(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
+                       uint32_t boff, size_t len, const char *src)
+{
+    struct cb_entry *e;
+    int rc = cb_map_writable(&p->map, &d->root, d->depth, v, &e);
+    if (rc)
+        return rc;
+    uint32_t sub = p->sub_size;
+    uint64_t touched = bits_between(boff / sub, (unsigned)((boff + len - 1) / sub));
+    int full = boff == 0 && len == p->block_size;
+    uint32_t now = p->map.now;
+
+    if ((e->flags & CB_E_MAPPED) && e->time >= d->snap_time &&
+        cb_sm_rc(&p->sm, e->block) == 1) {
+        /* private block: in place */
+        struct cb_entry view = *e;
+        rc = full ? data_write(p, e->block, 0, src, len)
+                  : write_into(p, d, &view, v, e->block, e->bitmap, boff, len, src);
+        if (rc)
+            return rc;
+        e->bitmap |= touched;
+        e->time = now;
+        if (e->bitmap == p->full_bitmap && (e->flags & CB_E_ORIGIN)) {
+            rc = cb_sm_dec(&p->sm, e->origin);
+            e->flags &= ~CB_E_ORIGIN;
+            e->origin = 0;
+        }
+        return rc;
+    }
+
+    /* New block.  What the new entry keeps from the old one: */
+    struct cb_entry old = *e, ne = {0, 0, 0, now, CB_E_MAPPED};
+    uint64_t nb;
+    rc = cb_sm_alloc(&p->sm, &nb);
+    if (rc == CB_ENOSPC && p->sm.pending.n) {
+        /* Blocks freed in this transaction become reusable once it is
+         * committed: commit now rather than report a full pool. */
+        if (!(rc = cb_txn_commit(p)))
+            rc = cb_sm_alloc(&p->sm, &nb);
+    }
+    if (rc)
+        return rc;
+    ne.block = nb;
+    uint64_t copy = 0; /* sub-blocks to carry over from old.block */
+    if (full) {
+        ne.bitmap = p->full_bitmap;
+        rc = data_write(p, nb, 0, src, len);
+    } else if ((old.flags & CB_E_MAPPED) && old.bitmap == p->full_bitmap) {
+        ne.flags |= CB_E_ORIGIN;
+        ne.origin = old.block;
+        ne.bitmap = touched;
+        rc = write_into(p, d, &old, v, nb, 0, boff, len, src);
+    } else {
+        if (old.flags & CB_E_MAPPED)
+            copy = old.bitmap & ~touched;
+        ne.flags |= old.flags & (CB_E_ORIGIN | CB_E_ZERO);
+        ne.origin = old.origin;
+        ne.bitmap = touched | old.bitmap;
+        rc = write_into(p, d, &old, v, nb, 0, boff, len, src);
+        if (!rc && copy)
+            rc = copy_subs(p, old.block, nb, copy);
+    }
+    if (rc) {
+        cb_sm_unalloc(&p->sm, nb);
+        return rc;
+    }
+    if (old.flags & CB_E_MAPPED)
+        p->st.copyups++;
+    /* References: the new entry holds nb (counted by alloc) and maybe an
+     * origin; the old entry's references are dropped. */
+    if (ne.bitmap == p->full_bitmap) {
+        ne.flags &= ~CB_E_ORIGIN;
+        ne.origin = 0;
+    }
+    if ((ne.flags & CB_E_ORIGIN) && (rc = cb_sm_inc(&p->sm, ne.origin)))
+        return rc;
+    *e = ne;
+    return cb_entry_unref(&p->sm, &old);
+}
+
+int cb_thin_write(struct cb_pool *p, struct cb_devrec *d, const void *buf,
+                  uint64_t len, uint64_t off)
+{
+    const char *src = buf;
+    uint64_t bs = p->block_size;
+    while (len) {
+        uint64_t v = off >> p->block_shift;
+        uint32_t boff = (uint32_t)(off & (bs - 1));
+        size_t n = bs - boff < len ? bs - boff : len;
+        int rc = write_block(p, d, v, boff, n, src);
+        if (rc)
+            return rc;
+        src += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* ---- discard ------------------------------------------------------------ */
+
+/* Does block v of d read from its external origin when unmapped? */
+static int ext_covers(struct cb_pool *p, const struct cb_devrec *d, uint64_t v)
+{
+    struct cb_external *x = ext_of(p, d);
+    return x && (v << p->block_shift) < x->size;
+}
+
+int cb_thin_discard(struct cb_pool *p, struct cb_devrec *d, uint64_t len, uint64_t off)
+{
+    uint64_t bs = p->block_size;
+    uint64_t end = off + len;
+    while (off < end) {
+        uint64_t v = off >> p->block_shift;
+        if (!ext_covers(p, d, v)) {
+            /* skip holes: they read as zeros already */
+            uint64_t nv = cb_map_seek(d->root, d->depth, v);
+            if (nv == UINT64_MAX || nv >= (end + bs - 1) >> p->block_shift)
+                return 0;
+            if (nv > v) {
+                v = nv;
+                off = v << p->block_shift;
+            }
+        }
+        uint32_t boff = (uint32_t)(off & (bs - 1));
+        size_t n = bs - boff < end - off ? bs - boff : end - off;
+        const struct cb_entry *e = cb_map_lookup(d->root, d->depth, v);
+        int reads_data = (e && (e->flags & (CB_E_MAPPED | CB_E_ORIGIN))) ||
+                         (ext_covers(p, d, v) && !(e && (e->flags & CB_E_ZERO)));
+        int rc = 0;
+        if (reads_data && n == bs) {
+            struct cb_entry *w;
+            rc = cb_map_writable(&p->map, &d->root, d->depth, v, &w);
+            if (!rc) {
+                struct cb_entry old = *w;
+                w->block = w->origin = w->bitmap = 0;
+                w->flags = CB_E_ZERO;
+                w->time = p->map.now;
+                rc = cb_entry_unref(&p->sm, &old);
+            }
+        } else if (reads_data) {
+            /* part of a block: write zeros over it */
+            rc = write_block(p, d, v, boff, n, (const char *)p->zero);
+        }
+        if (rc)
+            return rc;
+        off += n;
+    }
+    return 0;
+}
+
+/* ---- walks -------------------------------------------------------------- */
+
+static void changed_walk(const struct cb_node *n, unsigned level, uint64_t base,
+                         uint32_t birth, uint64_t nblocks, uint8_t *bits)
+{
+    if (!n || n->time < birth)
+        return; /* untouched since the device was born */
+    if (level == 0) {
+        for (unsigned i = 0; i < CB_LEAF_ENTRIES && base + i < nblocks; i++) {
+            const struct cb_entry *e = &n->u.e[i];
+            if (e->time >= birth && e->time != 0)
+                bits[(base + i) / 8] |= (uint8_t)(1u << ((base + i) % 8));
+        }
+        return;
+    }
+    uint64_t span = cb_map_span(level);
+    for (unsigned i = 0; i < CB_NODE_FANOUT; i++)
+        changed_walk(n->u.c[i], level - 1, base + i * span, birth, nblocks, bits);
+}
+
+int cb_thin_changed(struct cb_pool *p, struct cb_devrec *d, uint8_t *bits, size_t nbytes)
+{
+    (void)p;
+    if (nbytes < (d->nblocks + 7) / 8)
+        return CB_EINVAL;
+    memset(bits, 0, nbytes);
+    changed_walk(d->root, d->depth, 0, d->birth_time, d->nblocks, bits);
+    return 0;
+}
+
+struct extents {
+    uint64_t *pairs;
+    size_t n, count;
+    uint64_t start, len; /* run being built */
+};
+
+static void ext_emit(struct extents *x)
+{
+    if (x->len) {
+        if (x->count < x->n) {
+            x->pairs[2 * x->count] = x->start;
+            x->pairs[2 * x->count + 1] = x->len;
+        }
+        x->count++;
+    }
+    x->len = 0;
+}
+
+static void ext_add(struct extents *x, uint64_t v)
+{
+    if (x->len && x->start + x->len == v) {
+        x->len++;
+        return;
+    }
+    ext_emit(x);
+    x->start = v;
+    x->len = 1;
+}
+
+int cb_thin_extents(struct cb_pool *p, struct cb_devrec *d, uint64_t *pairs,
+                    size_t n, size_t *count)
+{
+    struct extents x = {pairs, n, 0, 0, 0};
+    uint64_t v = 0;
+    while (v < d->nblocks) {
+        if (!ext_covers(p, d, v)) {
+            uint64_t nv = cb_map_seek(d->root, d->depth, v);
+            if (nv == UINT64_MAX || nv >= d->nblocks)
+                break;
+            v = nv;
+        }
+        const struct cb_entry *e = cb_map_lookup(d->root, d->depth, v);
+        if ((e && (e->flags & (CB_E_MAPPED | CB_E_ORIGIN))) ||
+            (ext_covers(p, d, v) && !(e && (e->flags & CB_E_ZERO))))
+            ext_add(&x, v);
+        v++;
+    }
+    ext_emit(&x);
+    *count = x.count;
+    return 0;
+}
+
+/* ---- usage -------------------------------------------------------------- */
+
+/* Every distinct node of every device, grouped by level. */
+struct nodeset {
+    struct cb_node **v;
+    size_t n, cap;
+};
+
+static int collect(struct nodeset *s, struct cb_node *n)
+{
+    if (!n || n->mark)
+        return 0;
+    n->mark = 1;
+    n->aux = 0;
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 256;
+        struct cb_node **v = realloc(s->v, cap * sizeof *v);
+        if (!v)
+            return CB_ENOMEM;
+        s->v = v;
+        s->cap = cap;
+    }
+    s->v[s->n++] = n;
+    if (n->level)
+        for (unsigned i = 0; i < CB_NODE_FANOUT; i++) {
+            int rc = collect(s, n->u.c[i]);
+            if (rc)
+                return rc;
+        }
+    return 0;
+}
+
+static int by_level_desc(const void *a, const void *b)
+{
+    const struct cb_node *x = *(struct cb_node *const *)a, *y = *(struct cb_node *const *)b;
+    return (int)y->level - (int)x->level;
+}
+
+/* Sparse per-block counter of how many devices read each block. */
+struct counter {
+    uint32_t **chunk;
+    uint64_t nchunks;
+};
+
+static int counter_add(struct counter *c, uint64_t b, uint64_t k)
+{
+    uint64_t ci = b / CB_SM_CHUNK;
+    if (ci >= c->nchunks)
+        return CB_ECORRUPT;
+    if (!c->chunk[ci] && !(c->chunk[ci] = calloc(CB_SM_CHUNK, sizeof(uint32_t))))
+        return CB_ENOMEM;
+    uint64_t x = c->chunk[ci][b % CB_SM_CHUNK] + k;
+    c->chunk[ci][b % CB_SM_CHUNK] = x > UINT32_MAX ? UINT32_MAX : (uint32_t)x;
+    return 0;
+}
+
+static uint32_t counter_get(const struct counter *c, uint64_t b)
+{
+    uint64_t ci = b / CB_SM_CHUNK;
+    return ci < c->nchunks && c->chunk[ci] ? c->chunk[ci][b % CB_SM_CHUNK] : 0;
+}
+
+/* Blocks named by a leaf (block and origin of each entry). */
+static uint64_t leaf_refs(const struct cb_node *n)
+{
+    uint64_t k = 0;
+    for (unsigned i = 0; i < CB_LEAF_ENTRIES; i++)
+        k += ((n->u.e[i].flags & CB_E_MAPPED) != 0) + ((n->u.e[i].flags & CB_E_ORIGIN) != 0);
+    return k;
+}
+
+/* Blocks reached only by this device: walk the nodes that only it reaches
+ * (aux == 1 after the device-count pass). */
+static uint64_t exclusive_walk(const struct cb_node *n, const struct counter *c)
+{
+    if (!n || n->aux != 1)
+        return 0;
+    uint64_t k = 0;
+    if (n->level == 0) {
+        for (unsigned i = 0; i < CB_LEAF_ENTRIES; i++) {
+            const struct cb_entry *e = &n->u.e[i];
+            if ((e->flags & CB_E_MAPPED) && counter_get(c, e->block) == 1)
+                k++;
+            if ((e->flags & CB_E_ORIGIN) && counter_get(c, e->origin) == 1)
+                k++;
+        }
+        return k;
+    }
+    for (unsigned i = 0; i < CB_NODE_FANOUT; i++)
+        k += exclusive_walk(n->u.c[i], c);
+    return k;
+}
+
+int cb_thin_usage(struct cb_pool *p, cb_usage *out, size_t n, size_t *count)
+{
+    struct nodeset s = {NULL, 0, 0};
+    struct counter c = {NULL, p->sm.nchunks};
+    int rc = 0;
+    c.chunk = calloc(c.nchunks ? c.nchunks : 1, sizeof *c.chunk);
+    if (!c.chunk)
+        return CB_ENOMEM;
+    for (unsigned i = 0; i < p->ndevslots && !rc; i++)
+        if (p->devs[i])
+            rc = collect(&s, p->devs[i]->root);
+    if (rc)
+        goto done;
+    qsort(s.v, s.n, sizeof *s.v, by_level_desc);
+    /* devices reaching each node: roots count one per device, then parents
+     * pass their count down (parents sort before children) */
+    for (unsigned i = 0; i < p->ndevslots; i++)
+        if (p->devs[i] && p->devs[i]->root)
+            p->devs[i]->root->aux++;
+    for (size_t k = 0; k < s.n && !rc; k++) {
+        struct cb_node *x = s.v[k];
+        if (x->level) {
+            for (unsigned i = 0; i < CB_NODE_FANOUT; i++)
+                if (x->u.c[i])
+                    x->u.c[i]->aux += x->aux;
+        } else {
+            for (unsigned i = 0; i < CB_LEAF_ENTRIES && !rc; i++) {
+                const struct cb_entry *e = &x->u.e[i];
+                if (e->flags & CB_E_MAPPED)
+                    rc = counter_add(&c, e->block, x->aux);
+                if (!rc && (e->flags & CB_E_ORIGIN))
+                    rc = counter_add(&c, e->origin, x->aux);
+            }
+        }
+    }
+    if (rc)
+        goto done;
+    size_t k = 0;
+    for (unsigned i = 0; i < p->ndevslots; i++) {
+        struct cb_devrec *d = p->devs[i];
+        if (!d)
+            continue;
+        if (k < n) {
+            out[k].id = d->id;
+            out[k].exclusive = exclusive_walk(d->root, &c);
+        }
+        k++;
+    }
+    /* now reuse aux for the number of block references under each node:
+     * children sort after parents, so walk the array backwards */
+    for (size_t j = s.n; j-- > 0;) {
+        struct cb_node *x = s.v[j];
+        if (x->level == 0) {
+            x->aux = leaf_refs(x);
+        } else {
+            uint64_t sum = 0;
+            for (unsigned i = 0; i < CB_NODE_FANOUT; i++)
+                if (x->u.c[i])
+                    sum += x->u.c[i]->aux;
+            x->aux = sum;
+        }
+    }
+    k = 0;
+    for (unsigned i = 0; i < p->ndevslots; i++) {
+        struct cb_devrec *d = p->devs[i];
+        if (!d)
+            continue;
+        if (k < n) {
+            out[k].mapped = d->root ? d->root->aux : 0;
+            if (out[k].exclusive > out[k].mapped)
+                out[k].exclusive = out[k].mapped;
+            out[k].shared = out[k].mapped - out[k].exclusive;
+        }
+        k++;
+    }
+    *count = k;
+done:
+    for (size_t j = 0; j < s.n; j++) {
+        s.v[j]->mark = 0;
+        s.v[j]->aux = 0;
+    }
+    free(s.v);
+    for (uint64_t i = 0; i < c.nchunks; i++)
+        free(c.chunk[i]);
+    free(c.chunk);
+    return rc;
+}

@@ -1,0 +1,24 @@
+/*
+ * thin.h - device operations: read, write with copy-up, discard, and the
+ * walks that report what a device holds (extents, changes, usage).
+ * Callers hold the pool lock: shared for cb_thin_read and the walks that
+ * only read, exclusive for the rest.
+ */
+#ifndef CB_THIN_H
+#define CB_THIN_H
+#include "pool.h"
+
+int cb_thin_read(struct cb_pool *p, struct cb_devrec *d, void *buf,
+                 uint64_t len, uint64_t off);
+int cb_thin_write(struct cb_pool *p, struct cb_devrec *d, const void *buf,
+                  uint64_t len, uint64_t off);
+int cb_thin_discard(struct cb_pool *p, struct cb_devrec *d, uint64_t len,
+                    uint64_t off);
+int cb_thin_changed(struct cb_pool *p, struct cb_devrec *d, uint8_t *bits,
+                    size_t nbytes);
+int cb_thin_extents(struct cb_pool *p, struct cb_devrec *d, uint64_t *pairs,
+                    size_t n, size_t *count);
+/* Usage of every device (out[i] for the i-th device in slot order). */
+int cb_thin_usage(struct cb_pool *p, cb_usage *out, size_t n, size_t *count);
+
+#endif

@@ -1,0 +1,724 @@
+/*
+ * txn.c - the commit protocol, and its inverse: loading a committed state.
+ *
+ * Commit (shadow paging, as in dm-thin and LMDB):
+ *   1. fdatasync(data): every data block a new entry names is durable.
+ *   2. Write every dirty node to a fresh page, children before parents;
+ *      then the changed device-table pages, new external-origin pages and
+ *      the free log (data blocks this transaction freed), all to fresh
+ *      pages.  No page the committed superblock reaches is overwritten.
+ *   3. fdatasync(meta).
+ *   4. Write the superblock, generation + 1, into slot (generation + 1) % 2,
+ *      the older of the two.  fdatasync(meta).  This is the commit point.
+ *   5. Punch the freed data blocks out of the data file and release freed
+ *      blocks and pages for reuse (DESIGN.md invariant 5).
+ * A failure in 2-4 puts the pool in the sticky failed state.  Open picks
+ * the valid superblock with the highest generation; a torn superblock
+ * write fails its checksum and the other slot wins.
+ *
+ * Load validates every page it reads (type, checksum, own address,
+ * generation, every field's range) and rebuilds all reference counts from
+ * the trees, so counts on disk can never disagree with the mappings.
+ */
+#include "pool.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define DIRTY_LIMIT 16384u          /* nodes (64 MiB of metadata) */
+#define PENDING_LIMIT (1u << 20)    /* freed blocks awaiting a commit */
+#define MAX_POOL_BLOCKS (1ull << 36)
+
+/* ---- encoding ------------------------------------------------------------ */
+
+static void encode_super(struct cb_pool *p, unsigned char *pg, uint64_t gen)
+{
+    memset(pg, 0, CB_PAGE);
+    memcpy(pg + 32, "cowblock", 8);
+    cb_put32(pg + 40, CB_FORMAT_VERSION);
+    cb_put32(pg + 44, 0);
+    cb_put32(pg + 48, 0);
+    cb_put32(pg + 52, p->block_size);
+    cb_put64(pg + 56, p->nblocks);
+    cb_put64(pg + 64, p->map.now);
+    cb_put64(pg + 72, p->next_dev_id);
+    cb_put64(pg + 80, p->pm.npages);
+    cb_put64(pg + 88, p->freelog_page);
+    unsigned ndevtab = (p->ndevslots + CB_DEVTAB_RECS - 1) / CB_DEVTAB_RECS;
+    cb_put32(pg + 96, ndevtab);
+    memcpy(pg + 104, p->uuid, 16);
+    cb_put64(pg + 120, p->created_ns);
+    for (unsigned i = 0; i < CB_MAX_EXTERNALS; i++)
+        cb_put64(pg + CB_SB_EXT_OFF + 8 * i, p->ext[i].path ? p->ext[i].page : 0);
+    for (unsigned i = 0; i < ndevtab; i++)
+        cb_put64(pg + CB_SB_DEVTAB_OFF + 8 * i, p->devpages[i].page);
+    uint64_t slot = gen % 2;
+    cb_page_seal(pg, CB_PT_SUPER, slot, gen, (uint32_t)p->map.now, 0, 0);
+}
+
+static void encode_node(const struct cb_node *n, unsigned char *pg, uint64_t page, uint64_t gen)
+{
+    memset(pg, 0, CB_PAGE);
+    uint16_t count = 0;
+    if (n->level == 0) {
+        for (unsigned i = 0; i < CB_LEAF_ENTRIES; i++) {
+            const struct cb_entry *e = &n->u.e[i];
+            unsigned char *q = pg + CB_HDR + 32 * i;
+            cb_put64(q, e->block);
+            cb_put64(q + 8, e->origin);
+            cb_put64(q + 16, e->bitmap);
+            cb_put32(q + 24, e->time);
+            cb_put32(q + 28, e->flags);
+            count += e->flags != 0;
+        }
+        cb_page_seal(pg, CB_PT_LEAF, page, gen, n->time, 0, count);
+    } else {
+        for (unsigned i = 0; i < CB_NODE_FANOUT; i++) {
+            const struct cb_node *c = n->u.c[i];
+            cb_put64(pg + CB_HDR + 8 * i, c ? c->page : 0);
+            count += c != NULL;
+        }
+        cb_page_seal(pg, CB_PT_NODE, page, gen, n->time, n->level, count);
+    }
+}
+
+static void encode_devrec(const struct cb_devrec *d, unsigned char *q)
+{
+    memset(q, 0, CB_DEVREC_SIZE);
+    cb_put32(q, d->id);
+    cb_put32(q + 4, d->flags);
+    cb_put64(q + 8, d->size);
+    cb_put64(q + 16, d->root ? d->root->page : 0);
+    cb_put32(q + 24, d->depth);
+    cb_put32(q + 28, d->birth_time);
+    cb_put32(q + 32, d->snap_time);
+    cb_put32(q + 36, d->origin_id);
+    cb_put64(q + 40, d->created_ns);
+    cb_put32(q + 48, d->external_id);
+    size_t len = strlen(d->name);
+    cb_put32(q + 52, (uint32_t)len);
+    memcpy(q + 64, d->name, len);
+}
+
+/* ---- commit -------------------------------------------------------------- */
+
+static int write_page(struct cb_pool *p, unsigned char *pg, uint64_t page)
+{
+    return cb_io_pwrite(p->meta, pg, CB_PAGE, page * CB_PAGE);
+}
+
+/* Give a changed page's content a fresh home; free the old one. */
+static int relocate(struct cb_pool *p, uint64_t *page)
+{
+    uint64_t q;
+    int rc = cb_pm_alloc(&p->pm, &q);
+    if (rc)
+        return rc;
+    if (*page && (rc = cb_pm_free(&p->pm, *page)))
+        return rc;
+    *page = q;
+    return 0;
+}
+
+static int write_node(struct cb_pool *p, struct cb_node *n, unsigned char *pg, uint64_t gen)
+{
+    if (!n || !n->dirty)
+        return 0;
+    int rc;
+    if (n->level)
+        for (unsigned i = 0; i < CB_NODE_FANOUT; i++)
+            if ((rc = write_node(p, n->u.c[i], pg, gen)))
+                return rc;
+    if ((rc = relocate(p, &n->page)))
+        return rc;
+    encode_node(n, pg, n->page, gen);
+    if ((rc = write_page(p, pg, n->page)))
+        return rc;
+    n->dirty = 0;
+    p->map.ndirty--;
+    return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Sort the pending list and turn it into (start, count) runs in place;
+ * returns the number of runs (pairs at v[0..2*runs)). */
+static size_t pending_runs(struct cb_u64vec *pend, struct cb_u64vec *runs)
+{
+    qsort(pend->v, pend->n, sizeof *pend->v, cmp_u64);
+    runs->n = 0;
+    for (size_t i = 0; i < pend->n;) {
+        size_t j = i + 1;
+        while (j < pend->n && pend->v[j] == pend->v[j - 1] + 1)
+            j++;
+        if (cb_u64vec_push(runs, pend->v[i]) || cb_u64vec_push(runs, j - i))
+            return (size_t)-1;
+        i = j;
+    }
+    return runs->n / 2;
+}
+
+static int write_freelog(struct cb_pool *p, const struct cb_u64vec *runs,
+                         unsigned char *pg, uint64_t gen)
+{
+    int rc;
+    for (size_t i = 0; i < p->freelog_pages.n; i++)
+        if ((rc = cb_pm_free(&p->pm, p->freelog_pages.v[i])))
+            return rc;
+    p->freelog_pages.n = 0;
+    p->freelog_page = 0;
+    size_t nruns = runs->n / 2;
+    size_t npages = (nruns + CB_FREELOG_MAX - 1) / CB_FREELOG_MAX;
+    for (size_t k = 0; k < npages; k++) {
+        uint64_t q;
+        if ((rc = cb_pm_alloc(&p->pm, &q)) || (rc = cb_u64vec_push(&p->freelog_pages, q)))
+            return rc;
+    }
+    for (size_t k = 0; k < npages; k++) {
+        memset(pg, 0, CB_PAGE);
+        size_t first = k * CB_FREELOG_MAX;
+        size_t cnt = nruns - first < CB_FREELOG_MAX ? nruns - first : CB_FREELOG_MAX;
+        cb_put64(pg + 32, k + 1 < npages ? p->freelog_pages.v[k + 1] : 0);
+        cb_put32(pg + 40, (uint32_t)cnt);
+        for (size_t i = 0; i < cnt; i++) {
+            cb_put64(pg + 48 + 16 * i, runs->v[2 * (first + i)]);
+            cb_put64(pg + 56 + 16 * i, runs->v[2 * (first + i) + 1]);
+        }
+        uint64_t page = p->freelog_pages.v[k];
+        cb_page_seal(pg, CB_PT_FREELOG, page, gen, 0, 0, (uint16_t)cnt);
+        if ((rc = write_page(p, pg, page)))
+            return rc;
+    }
+    p->freelog_page = npages ? p->freelog_pages.v[0] : 0;
+    return 0;
+}
+
+static void punch_runs(struct cb_pool *p, const uint64_t *runs, size_t nruns)
+{
+    for (size_t i = 0; i < nruns; i++) {
+        uint64_t b = runs[2 * i], n = runs[2 * i + 1];
+        int ok = 1;
+        for (uint64_t k = 0; k < n; k++)
+            if (cb_sm_rc(&p->sm, b + k) != 0)
+                ok = 0;
+        /* A punch that fails only leaves space allocated: check reports
+         * it as a leak and repair gives it back. */
+        if (ok && cb_io_punch(p->data, b * p->block_size, n * p->block_size) == 0)
+            p->st.punched_blocks += n;
+    }
+}
+
+static int commit_meta(struct cb_pool *p, uint64_t gen, struct cb_u64vec *runs)
+{
+    unsigned char *pg = malloc(CB_PAGE);
+    if (!pg)
+        return CB_ENOMEM;
+    int rc = 0;
+    for (unsigned i = 0; i < p->ndevslots && !rc; i++) {
+        struct cb_devrec *d = p->devs[i];
+        if (d && d->root && d->root->dirty) {
+            rc = write_node(p, d->root, pg, gen);
+            cb_pool_devdirty(p, d);
+        }
+    }
+    for (unsigned i = 0; i < CB_MAX_EXTERNALS && !rc; i++) {
+        struct cb_external *x = &p->ext[i];
+        if (!x->path || !x->dirty)
+            continue;
+        if (!(rc = relocate(p, &x->page))) {
+            memset(pg, 0, CB_PAGE);
+            size_t len = strlen(x->path);
+            cb_put64(pg + 32, x->size);
+            cb_put32(pg + 40, (uint32_t)len);
+            memcpy(pg + CB_EXT_PATH_OFF, x->path, len);
+            cb_page_seal(pg, CB_PT_EXT, x->page, gen, 0, 0, 0);
+            rc = write_page(p, pg, x->page);
+        }
+        if (!rc)
+            x->dirty = 0;
+    }
+    unsigned ndevtab = (p->ndevslots + CB_DEVTAB_RECS - 1) / CB_DEVTAB_RECS;
+    for (unsigned k = 0; k < ndevtab && !rc; k++) {
+        if (!p->devpages[k].dirty)
+            continue;
+        if ((rc = relocate(p, &p->devpages[k].page)))
+            break;
+        memset(pg, 0, CB_PAGE);
+        for (unsigned j = 0; j < CB_DEVTAB_RECS; j++) {
+            unsigned slot = k * CB_DEVTAB_RECS + j;
+            if (slot < p->ndevslots && p->devs[slot])
+                encode_devrec(p->devs[slot], pg + CB_HDR + CB_DEVREC_SIZE * j);
+        }
+        cb_page_seal(pg, CB_PT_DEVTAB, p->devpages[k].page, gen, 0, 0, CB_DEVTAB_RECS);
+        if (!(rc = write_page(p, pg, p->devpages[k].page)))
+            p->devpages[k].dirty = 0;
+    }
+    /* pages of the device table beyond its new end are no longer needed */
+    for (unsigned k = ndevtab; k < CB_SB_DEVTAB_MAX && !rc; k++) {
+        if (p->devpages[k].page)
+            rc = cb_pm_free(&p->pm, p->devpages[k].page);
+        p->devpages[k].page = 0;
+        p->devpages[k].dirty = 0;
+    }
+    if (!rc && pending_runs(&p->sm.pending, runs) == (size_t)-1)
+        rc = CB_ENOMEM;
+    if (!rc)
+        rc = write_freelog(p, runs, pg, gen);
+    if (!rc)
+        rc = cb_io_sync(p->meta);
+    if (!rc) {
+        encode_super(p, pg, gen);
+        rc = write_page(p, pg, gen % 2);
+    }
+    if (!rc)
+        rc = cb_io_sync(p->meta);
+    free(pg);
+    return rc;
+}
+
+int cb_txn_commit(struct cb_pool *p)
+{
+    if (p->failed)
+        return CB_EFAILED;
+    if (p->flags & CB_OPEN_READONLY)
+        return 0;
+    int rc = cb_io_sync(p->data);
+    if (rc) {
+        /* After a failed fdatasync the kernel may have dropped the dirty
+         * pages: nothing written since the last commit can be trusted. */
+        p->failed = rc;
+        return rc;
+    }
+    if (!p->meta_changed && p->map.ndirty == 0 && p->sm.pending.n == 0 &&
+        p->freelog_page == 0)
+        return 0;
+    uint64_t gen = p->generation + 1;
+    struct cb_u64vec runs = {NULL, 0, 0};
+    rc = commit_meta(p, gen, &runs);
+    if (rc) {
+        p->failed = rc;
+        cb_u64vec_free(&runs);
+        return rc;
+    }
+    p->generation = gen;
+    p->meta_changed = 0;
+    p->st.commits++;
+    punch_runs(p, runs.v, runs.n / 2);
+    cb_u64vec_free(&runs);
+    cb_sm_release_pending(&p->sm);
+    cb_pm_release_pending(&p->pm);
+    return 0;
+}
+
+int cb_txn_maybe_commit(struct cb_pool *p)
+{
+    if (p->map.ndirty > DIRTY_LIMIT || p->sm.pending.n > PENDING_LIMIT)
+        return cb_txn_commit(p);
+    return 0;
+}
+
+int cb_txn_format(struct cb_pool *p)
+{
+    unsigned char *pg = calloc(1, CB_PAGE);
+    if (!pg)
+        return CB_ENOMEM;
+    /* slot 0 stays invalid (zeros) until the first commit overwrites it */
+    int rc = write_page(p, pg, 0);
+    p->generation = 1;
+    if (!rc) {
+        encode_super(p, pg, 1);
+        rc = write_page(p, pg, 1);
+    }
+    if (!rc)
+        rc = cb_io_sync(p->meta);
+    free(pg);
+    return rc;
+}
+
+/* ---- load ---------------------------------------------------------------- */
+
+/* page -> node, for the nodes shared between devices */
+struct nodemap {
+    uint64_t *key;
+    struct cb_node **val;
+    size_t cap, n;
+};
+
+static struct cb_node **nm_slot(struct nodemap *m, uint64_t page)
+{
+    size_t i = (size_t)(page * 0x9E3779B97F4A7C15ull) & (m->cap - 1);
+    while (m->key[i] && m->key[i] != page)
+        i = (i + 1) & (m->cap - 1);
+    m->key[i] = page;
+    return &m->val[i];
+}
+
+static int nm_grow(struct nodemap *m)
+{
+    if (m->n * 2 < m->cap)
+        return 0;
+    struct nodemap g = {NULL, NULL, m->cap ? m->cap * 2 : 1024, 0};
+    g.key = calloc(g.cap, sizeof *g.key);
+    g.val = calloc(g.cap, sizeof *g.val);
+    if (!g.key || !g.val) {
+        free(g.key);
+        free(g.val);
+        return CB_ENOMEM;
+    }
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->key[i])
+            *nm_slot(&g, m->key[i]) = m->val[i];
+    g.n = m->n;
+    free(m->key);
+    free(m->val);
+    *m = g;
+    return 0;
+}
+
+struct loader {
+    struct cb_pool *p;
+    struct nodemap nodes;
+    unsigned char *pg;
+    uint64_t sb_time;
+    uint64_t meta_pages;
+};
+
+static int read_page(struct loader *L, uint64_t page, uint32_t type)
+{
+    if (page < 2 || page >= L->meta_pages)
+        return CB_ECORRUPT;
+    int rc = cb_io_pread(L->p->meta, L->pg, CB_PAGE, page * CB_PAGE);
+    if (rc)
+        return rc;
+    if ((rc = cb_page_verify(L->pg, type, page, L->p->generation)))
+        return rc;
+    if (cb_pm_test(&L->p->pm, page))
+        return CB_ECORRUPT; /* one page used twice */
+    return cb_pm_mark(&L->p->pm, page);
+}
+
+static int check_entry(struct cb_pool *p, const struct cb_entry *e, uint64_t sb_time)
+{
+    if (e->flags & ~CB_E_KNOWN || e->time > sb_time || (e->bitmap & ~p->full_bitmap))
+        return CB_ECORRUPT;
+    if (e->flags & CB_E_MAPPED) {
+        if (e->block >= p->nblocks || e->bitmap == 0)
+            return CB_ECORRUPT;
+    } else if (e->block || e->bitmap) {
+        return CB_ECORRUPT;
+    }
+    if (e->flags & CB_E_ORIGIN) {
+        if (!(e->flags & CB_E_MAPPED) || e->origin >= p->nblocks ||
+            e->origin == e->block || e->bitmap == p->full_bitmap)
+            return CB_ECORRUPT;
+    } else if (e->origin) {
+        return CB_ECORRUPT;
+    }
+    return 0;
+}
+
+static void free_raw(struct cb_node *n)
+{
+    free(n);
+}
+
+static int load_node(struct loader *L, uint64_t page, unsigned level, struct cb_node **out)
+{
+    struct cb_pool *p = L->p;
+    int rc = nm_grow(&L->nodes);
+    if (rc)
+        return rc;
+    struct cb_node **slot = nm_slot(&L->nodes, page);
+    if (*slot) {
+        if ((*slot)->level != level || (*slot)->rc == UINT32_MAX)
+            return CB_ECORRUPT;
+        (*slot)->rc++;
+        *out = *slot;
+        return 0;
+    }
+    if ((rc = read_page(L, page, level ? CB_PT_NODE : CB_PT_LEAF)))
+        return rc;
+    if (cb_get16(L->pg + 28) != level || cb_get32(L->pg + 24) > L->sb_time)
+        return CB_ECORRUPT;
+    struct cb_node *n = calloc(1, sizeof *n);
+    if (!n)
+        return CB_ENOMEM;
+    n->rc = 1;
+    n->level = (uint16_t)level;
+    n->page = page;
+    n->time = cb_get32(L->pg + 24);
+    *slot = n;
+    L->nodes.n++;
+    p->map.nnodes++;
+    if (level == 0) {
+        for (unsigned i = 0; i < CB_LEAF_ENTRIES; i++) {
+            const unsigned char *q = L->pg + CB_HDR + 32 * i;
+            struct cb_entry *e = &n->u.e[i];
+            e->block = cb_get64(q);
+            e->origin = cb_get64(q + 8);
+            e->bitmap = cb_get64(q + 16);
+            e->time = cb_get32(q + 24);
+            e->flags = cb_get32(q + 28);
+            if ((rc = check_entry(p, e, L->sb_time)) || (rc = cb_entry_ref(&p->sm, e)))
+                return rc;
+        }
+        *out = n;
+        return 0;
+    }
+    uint64_t kids[CB_NODE_FANOUT];
+    for (unsigned i = 0; i < CB_NODE_FANOUT; i++)
+        kids[i] = cb_get64(L->pg + CB_HDR + 8 * i);
+    for (unsigned i = 0; i < CB_NODE_FANOUT; i++)
+        if (kids[i] && (rc = load_node(L, kids[i], level - 1, &n->u.c[i])))
+            return rc;
+    *out = n;
+    return 0;
+}
+
+static int valid_name(const char *name, size_t len)
+{
+    if (len == 0 || len > CB_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (name[i] == '/' || name[i] == 0)
+            return 0;
+    return 1;
+}
+
+static int load_devtab(struct loader *L, unsigned ndevtab)
+{
+    struct cb_pool *p = L->p;
+    p->devs = calloc((size_t)CB_SB_DEVTAB_MAX * CB_DEVTAB_RECS, sizeof *p->devs);
+    if (!p->devs)
+        return CB_ENOMEM;
+    p->ndevslots = ndevtab * CB_DEVTAB_RECS;
+    for (unsigned k = 0; k < ndevtab; k++) {
+        uint64_t page = cb_get64(L->pg + CB_SB_DEVTAB_OFF + 8 * k);
+        p->devpages[k].page = page;
+    }
+    for (unsigned k = 0; k < ndevtab; k++) {
+        int rc = read_page(L, p->devpages[k].page, CB_PT_DEVTAB);
+        if (rc)
+            return rc;
+        for (unsigned j = 0; j < CB_DEVTAB_RECS; j++) {
+            const unsigned char *q = L->pg + CB_HDR + CB_DEVREC_SIZE * j;
+            uint32_t id = cb_get32(q);
+            if (id == 0)
+                continue;
+            struct cb_devrec *d = calloc(1, sizeof *d);
+            if (!d)
+                return CB_ENOMEM;
+            p->devs[k * CB_DEVTAB_RECS + j] = d;
+            p->ndevs++;
+            d->id = id;
+            d->slot = k * CB_DEVTAB_RECS + j;
+            d->flags = cb_get32(q + 4);
+            d->size = cb_get64(q + 8);
+            uint64_t root = cb_get64(q + 16);
+            d->depth = cb_get32(q + 24);
+            d->birth_time = cb_get32(q + 28);
+            d->snap_time = cb_get32(q + 32);
+            d->origin_id = cb_get32(q + 36);
+            d->created_ns = cb_get64(q + 40);
+            d->external_id = cb_get32(q + 48);
+            uint32_t nlen = cb_get32(q + 52);
+            if (d->size == 0 || d->size > CB_MAX_DEV_SIZE || d->size % 512 ||
+                d->flags & ~CB_DEV_READONLY || id >= p->next_dev_id ||
+                d->origin_id >= p->next_dev_id || d->birth_time > L->sb_time ||
+                d->snap_time > L->sb_time || d->external_id > CB_MAX_EXTERNALS ||
+                (d->external_id && !p->ext[d->external_id - 1].path) || nlen > CB_NAME_MAX)
+                return CB_ECORRUPT;
+            d->nblocks = (d->size + p->block_size - 1) >> p->block_shift;
+            if (d->depth != cb_map_depth(d->nblocks))
+                return CB_ECORRUPT;
+            memcpy(d->name, q + 64, nlen);
+            d->name[nlen] = 0;
+            if (!valid_name(d->name, nlen))
+                return CB_ECORRUPT;
+            for (unsigned b = 64 + nlen; b < 192; b++)
+                if (q[b])
+                    return CB_ECORRUPT;
+            /* root is loaded after the page buffer is free again */
+            d->root = (struct cb_node *)(uintptr_t)root;
+        }
+    }
+    /* names and ids unique */
+    for (unsigned i = 0; i < p->ndevslots; i++)
+        for (unsigned j = i + 1; p->devs[i] && j < p->ndevslots; j++)
+            if (p->devs[j] && (p->devs[i]->id == p->devs[j]->id ||
+                               strcmp(p->devs[i]->name, p->devs[j]->name) == 0))
+                return CB_ECORRUPT;
+    for (unsigned i = 0; i < p->ndevslots; i++) {
+        struct cb_devrec *d = p->devs[i];
+        if (!d)
+            continue;
+        uint64_t root = (uint64_t)(uintptr_t)d->root;
+        d->root = NULL;
+        int rc;
+        if (root && (rc = load_node(L, root, d->depth, &d->root)))
+            return rc;
+    }
+    return 0;
+}
+
+static int load_externals(struct loader *L, const unsigned char *sb)
+{
+    struct cb_pool *p = L->p;
+    for (unsigned i = 0; i < CB_MAX_EXTERNALS; i++) {
+        uint64_t page = cb_get64(sb + CB_SB_EXT_OFF + 8 * i);
+        if (!page)
+            continue;
+        int rc = read_page(L, page, CB_PT_EXT);
+        if (rc)
+            return rc;
+        uint32_t len = cb_get32(L->pg + 40);
+        if (len == 0 || len > CB_PATH_MAX || memchr(L->pg + CB_EXT_PATH_OFF, 0, len))
+            return CB_ECORRUPT;
+        struct cb_external *x = &p->ext[i];
+        x->size = cb_get64(L->pg + 32);
+        x->page = page;
+        if (x->size > CB_MAX_DEV_SIZE || !(x->path = malloc(len + 1)))
+            return x->path ? CB_ECORRUPT : CB_ENOMEM;
+        memcpy(x->path, L->pg + CB_EXT_PATH_OFF, len);
+        x->path[len] = 0;
+        if (cb_file_open(x->path, CB_IO_READONLY, &x->io) != 0)
+            x->io = NULL; /* reads through it fail with CB_EEXTERNAL */
+    }
+    return 0;
+}
+
+static int load_freelog(struct loader *L)
+{
+    struct cb_pool *p = L->p;
+    uint64_t page = p->freelog_page;
+    struct cb_u64vec runs = {NULL, 0, 0};
+    int rc = 0;
+    for (uint64_t hops = 0; page && !rc; hops++) {
+        if (hops >= L->meta_pages) {
+            rc = CB_ECORRUPT;
+            break;
+        }
+        if ((rc = read_page(L, page, CB_PT_FREELOG)) ||
+            (rc = cb_u64vec_push(&p->freelog_pages, page)))
+            break;
+        uint32_t n = cb_get32(L->pg + 40);
+        if (n > CB_FREELOG_MAX) {
+            rc = CB_ECORRUPT;
+            break;
+        }
+        for (uint32_t i = 0; i < n && !rc; i++) {
+            uint64_t b = cb_get64(L->pg + 48 + 16 * i), c = cb_get64(L->pg + 56 + 16 * i);
+            if (c == 0 || b >= p->nblocks || c > p->nblocks - b)
+                rc = CB_ECORRUPT;
+            else if (!(rc = cb_u64vec_push(&runs, b)))
+                rc = cb_u64vec_push(&runs, c);
+        }
+        page = cb_get64(L->pg + 32);
+    }
+    if (!rc)
+        punch_runs(p, runs.v, runs.n / 2); /* finishes an interrupted commit */
+    cb_u64vec_free(&runs);
+    return rc;
+}
+
+static int parse_super(struct cb_pool *p, const unsigned char *sb, uint64_t slot,
+                       uint64_t meta_file_pages, uint64_t data_size)
+{
+    if (cb_page_verify(sb, CB_PT_SUPER, slot, UINT64_MAX))
+        return CB_ECORRUPT;
+    if (memcmp(sb + 32, "cowblock", 8))
+        return CB_ECORRUPT;
+    if (cb_get32(sb + 40) != CB_FORMAT_VERSION || cb_get32(sb + 44) != 0)
+        return CB_EVERSION;
+    uint32_t bs = cb_get32(sb + 52);
+    uint64_t nblocks = cb_get64(sb + 56);
+    uint64_t mpages = cb_get64(sb + 80);
+    if (bs < CB_MIN_BLOCK_SIZE || bs > CB_MAX_BLOCK_SIZE || (bs & (bs - 1)) ||
+        nblocks == 0 || nblocks > MAX_POOL_BLOCKS || mpages < 2 ||
+        mpages > meta_file_pages || cb_get64(sb + 64) > UINT32_MAX ||
+        cb_get32(sb + 96) > CB_SB_DEVTAB_MAX || cb_get64(sb + 72) > UINT32_MAX ||
+        cb_get64(sb + 72) == 0)
+        return CB_ECORRUPT;
+    if (data_size < nblocks * (uint64_t)bs)
+        return CB_ECORRUPT; /* data file truncated */
+    (void)p;
+    return 0;
+}
+
+int cb_txn_load(struct cb_pool *p)
+{
+    uint64_t msize, dsize;
+    int rc;
+    if ((rc = p->meta->ops->size(p->meta, &msize)) || (rc = p->data->ops->size(p->data, &dsize)))
+        return rc;
+    uint64_t mfpages = msize / CB_PAGE;
+    unsigned char *sb[2] = {malloc(CB_PAGE), malloc(CB_PAGE)};
+    struct loader L = {p, {NULL, NULL, 0, 0}, malloc(CB_PAGE), 0, 0};
+    if (!sb[0] || !sb[1] || !L.pg) {
+        rc = CB_ENOMEM;
+        goto out;
+    }
+    int ok[2];
+    for (int s = 0; s < 2; s++) {
+        if (mfpages < 2) {
+            ok[s] = CB_ECORRUPT;
+            continue;
+        }
+        if ((rc = cb_io_pread(p->meta, sb[s], CB_PAGE, (uint64_t)s * CB_PAGE)))
+            goto out;
+        ok[s] = parse_super(p, sb[s], (uint64_t)s, mfpages, dsize);
+    }
+    int best = -1;
+    for (int s = 0; s < 2; s++)
+        if (ok[s] == 0 && (best < 0 || cb_get64(sb[s] + 16) > cb_get64(sb[best] + 16)))
+            best = s;
+    if (best < 0) {
+        rc = (ok[0] == CB_EVERSION || ok[1] == CB_EVERSION) ? CB_EVERSION : CB_ECORRUPT;
+        goto out;
+    }
+    const unsigned char *s = sb[best];
+    p->generation = cb_get64(s + 16);
+    p->block_size = cb_get32(s + 52);
+    p->nblocks = cb_get64(s + 56);
+    p->map.now = (uint32_t)cb_get64(s + 64);
+    p->next_dev_id = cb_get64(s + 72);
+    L.meta_pages = cb_get64(s + 80);
+    L.sb_time = p->map.now;
+    p->freelog_page = cb_get64(s + 88);
+    memcpy(p->uuid, s + 104, 16);
+    p->created_ns = cb_get64(s + 120);
+    if ((rc = cb_pool_geometry(p)) || (rc = cb_sm_init(&p->sm, p->nblocks)) ||
+        (rc = cb_pm_init(&p->pm, L.meta_pages)))
+        goto out;
+    /* parse everything that needs the superblock before L.pg is reused */
+    unsigned ndevtab = cb_get32(s + 96);
+    if ((rc = load_externals(&L, s)))
+        goto out;
+    memcpy(L.pg, s, CB_PAGE);
+    if ((rc = load_devtab(&L, ndevtab)))
+        goto out;
+    rc = load_freelog(&L);
+out:
+    if (rc) {
+        /* Nodes not yet attached to a device would leak: the map holds
+         * every node loaded, so free them all here and detach roots. */
+        for (size_t i = 0; i < L.nodes.cap; i++)
+            if (L.nodes.key && L.nodes.key[i])
+                free_raw(L.nodes.val[i]);
+        for (unsigned i = 0; p->devs && i < p->ndevslots; i++)
+            if (p->devs[i])
+                p->devs[i]->root = NULL;
+        p->map.nnodes = 0;
+    }
+    free(L.nodes.key);
+    free(L.nodes.val);
+    free(L.pg);
+    free(sb[0]);
+    free(sb[1]);
+    return rc;
+}
