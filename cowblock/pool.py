@@ -5,6 +5,7 @@ of its devices.  A :class:`Device` is a thin block device in it: reads of
 unwritten ranges return zeros, snapshots are O(1) and share every block
 with their origin until one side writes to it.
 """
+import collections
 import dataclasses
 import os
 import threading
@@ -332,11 +333,14 @@ class Pool:
             if rc:
                 raise_for(rc, "list devices")
             if count[0] <= n:
-                return [arr[i] for i in range(count[0])]
+                # copy out: the cdata array is freed when this returns
+                return [_RawInfo(ffi.string(a.name).decode("utf-8"), a.id, a.origin_id,
+                                 a.size, a.flags, a.external_id, a.created_ns)
+                        for a in (arr[i] for i in range(count[0]))]
 
     def devices(self):
         """Names of all devices, sorted."""
-        return sorted(ffi.string(i.name).decode("utf-8") for i in self._infos())
+        return sorted(i.name for i in self._infos())
 
     def __contains__(self, name):
         try:
@@ -367,7 +371,9 @@ class Pool:
         rc = lib.cb_pool_info(self._handle(), raw, out)
         if rc:
             raise_for(rc, f"describe device {name!r}")
-        return self._info(out, {i.id: i for i in self._infos()})
+        raw_info = _RawInfo(ffi.string(out.name).decode("utf-8"), out.id, out.origin_id,
+                            out.size, out.flags, out.external_id, out.created_ns)
+        return self._info(raw_info, {i.id: i for i in self._infos()})
 
     def _info(self, i, by_id):
         origin = by_id.get(i.origin_id) if i.origin_id else None
@@ -379,11 +385,11 @@ class Pool:
                 raise_for(rc, "read external origin path")
             external = os.fsdecode(ffi.string(buf))
         return DeviceInfo(
-            name=ffi.string(i.name).decode("utf-8"),
+            name=i.name,
             id=i.id,
             size=i.size,
             readonly=bool(i.flags & lib.CB_DEV_READONLY),
-            origin=ffi.string(origin.name).decode("utf-8") if origin is not None else None,
+            origin=origin.name if origin is not None else None,
             external=external,
             created=i.created_ns / 1e9,
         )
@@ -397,7 +403,7 @@ class Pool:
         rc = lib.cb_pool_usage(h, arr, len(infos), count)
         if rc:
             raise_for(rc, "compute usage")
-        names = {i.id: ffi.string(i.name).decode("utf-8") for i in infos}
+        names = {i.id: i.name for i in infos}
         bs = self._block_size
         devices = {}
         for k in range(min(count[0], len(infos))):
@@ -437,6 +443,10 @@ class Pool:
             leaked_pages=out.leaked_pages, repaired=out.repaired, nodes=out.nodes,
             mapped_entries=out.mapped_entries, messages=messages,
         )
+
+
+_RawInfo = collections.namedtuple(
+    "_RawInfo", "name id origin_id size flags external_id created_ns")
 
 
 def _disk_bytes(path):
@@ -529,7 +539,7 @@ class Device:
         """Fill ``buffer`` (any writable buffer) from ``offset``; returns its length."""
         try:
             cbuf = ffi.from_buffer(buffer, require_writable=True)
-        except TypeError:
+        except (TypeError, BufferError, ValueError):
             raise _bad(f"readinto needs a writable buffer, not {type(buffer).__name__}") from None
         n = len(ffi.buffer(cbuf))
         offset, n = self._range(offset, n, "read")
@@ -597,7 +607,7 @@ class Device:
             out = np.empty((n, self._bs), dtype=np.uint8)
         try:
             cbuf = ffi.from_buffer(out, require_writable=True)
-        except TypeError:
+        except (TypeError, BufferError, ValueError):
             raise _bad("out must be a writable buffer") from None
         if len(ffi.buffer(cbuf)) != n * self._bs:
             raise _bad(f"out must hold exactly {n} blocks of {self._bs} bytes")

@@ -187,18 +187,21 @@ static int write_into(struct cb_pool *p, const struct cb_devrec *d,
     int tail_partial = b != boff + len && !(present & BIT((b - 1) / sub));
     if (!head_partial && !tail_partial)
         return data_write(p, target, boff, src, len);
-    /* Complete the edge sub-blocks in the scratch block, then write the
-     * whole aligned range. */
+    /* Complete the partly covered edge sub-blocks in the scratch block
+     * (from wherever the view reads them, target included), then write
+     * the whole aligned range. */
     char *buf = (char *)p->scratch;
     struct run r = {0, NULL, 0};
     int rc = 0;
-    if (head_partial) {
+    if (a != boff) {
         rc = read_part(p, d, view, v, a, sub, buf, &r);
-        p->st.copyup_bytes += boff - a;
+        if (head_partial)
+            p->st.copyup_bytes += boff - a;
     }
-    if (!rc && tail_partial && (b - sub != a || !head_partial)) {
+    if (!rc && b != boff + len && (b - sub != a || a == boff)) {
         rc = read_part(p, d, view, v, b - sub, sub, buf + (b - sub - a), &r);
-        p->st.copyup_bytes += b - (boff + len);
+        if (tail_partial)
+            p->st.copyup_bytes += b - (boff + len);
     }
     if (!rc)
         rc = run_flush(p, &r);
@@ -231,6 +234,22 @@ static int copy_subs(struct cb_pool *p, uint64_t from, uint64_t to, uint64_t whi
     return 0;
 }
 
+/* May this entry be written in place (see the top of this file)? */
+static int private_entry(struct cb_pool *p, const struct cb_devrec *d, const struct cb_entry *e)
+{
+    return e && (e->flags & CB_E_MAPPED) && e->time >= d->snap_time &&
+           cb_sm_rc(&p->sm, e->block) == 1;
+}
+
+/* Blocks a write of [off, off + len) will allocate, at most. */
+static uint64_t blocks_needed(struct cb_pool *p, struct cb_devrec *d, uint64_t len, uint64_t off)
+{
+    uint64_t need = 0;
+    for (uint64_t v = off >> p->block_shift; len && v <= (off + len - 1) >> p->block_shift; v++)
+        need += !private_entry(p, d, cb_map_lookup(d->root, d->depth, v));
+    return need;
+}
+
 static int write_block(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
                        uint32_t boff, size_t len, const char *src)
 {
@@ -243,8 +262,7 @@ static int write_block(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
     int full = boff == 0 && len == p->block_size;
     uint32_t now = p->map.now;
 
-    if ((e->flags & CB_E_MAPPED) && e->time >= d->snap_time &&
-        cb_sm_rc(&p->sm, e->block) == 1) {
+    if (private_entry(p, d, e)) {
         /* private block: in place */
         struct cb_entry view = *e;
         rc = full ? data_write(p, e->block, 0, src, len)
@@ -270,6 +288,9 @@ static int write_block(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
          * committed: commit now rather than report a full pool. */
         if (!(rc = cb_txn_commit(p)))
             rc = cb_sm_alloc(&p->sm, &nb);
+        /* the commit wrote the path out clean: make it dirty again */
+        if (!rc && (rc = cb_map_writable(&p->map, &d->root, d->depth, v, &e)))
+            cb_sm_unalloc(&p->sm, nb);
     }
     if (rc)
         return rc;
@@ -316,6 +337,16 @@ int cb_thin_write(struct cb_pool *p, struct cb_devrec *d, const void *buf,
 {
     const char *src = buf;
     uint64_t bs = p->block_size;
+    /* All or nothing with respect to space: a write the pool cannot hold
+     * fails before it changes anything. */
+    uint64_t need = blocks_needed(p, d, len, off);
+    if (need > p->sm.nblocks - p->sm.busy && p->sm.pending.n) {
+        int rc = cb_txn_commit(p); /* frees what this transaction freed */
+        if (rc)
+            return rc;
+    }
+    if (need > p->sm.nblocks - p->sm.busy)
+        return CB_ENOSPC;
     while (len) {
         uint64_t v = off >> p->block_shift;
         uint32_t boff = (uint32_t)(off & (bs - 1));
@@ -339,10 +370,45 @@ static int ext_covers(struct cb_pool *p, const struct cb_devrec *d, uint64_t v)
     return x && (v << p->block_shift) < x->size;
 }
 
+/* Does v of d read anything but zeros through entry e? */
+static int reads_data(struct cb_pool *p, const struct cb_devrec *d,
+                      const struct cb_entry *e, uint64_t v)
+{
+    return (e && (e->flags & (CB_E_MAPPED | CB_E_ORIGIN))) ||
+           (ext_covers(p, d, v) && !(e && (e->flags & CB_E_ZERO)));
+}
+
+/* Space a discard needs: the partly covered blocks at its two ends are
+ * zeroed by writing, which may copy up. */
+static int discard_reserve(struct cb_pool *p, struct cb_devrec *d, uint64_t len, uint64_t off)
+{
+    uint64_t bs = p->block_size, need = 0;
+    uint64_t first = off >> p->block_shift, last = (off + len - 1) >> p->block_shift;
+    if (len == 0)
+        return 0;
+    if (off % bs || (first == last && len < bs)) {
+        const struct cb_entry *e = cb_map_lookup(d->root, d->depth, first);
+        need += reads_data(p, d, e, first) && !private_entry(p, d, e);
+    }
+    if (last != first && (off + len) % bs) {
+        const struct cb_entry *e = cb_map_lookup(d->root, d->depth, last);
+        need += reads_data(p, d, e, last) && !private_entry(p, d, e);
+    }
+    if (need > p->sm.nblocks - p->sm.busy && p->sm.pending.n) {
+        int rc = cb_txn_commit(p);
+        if (rc)
+            return rc;
+    }
+    return need > p->sm.nblocks - p->sm.busy ? CB_ENOSPC : 0;
+}
+
 int cb_thin_discard(struct cb_pool *p, struct cb_devrec *d, uint64_t len, uint64_t off)
 {
     uint64_t bs = p->block_size;
     uint64_t end = off + len;
+    int rc0 = discard_reserve(p, d, len, off);
+    if (rc0)
+        return rc0;
     while (off < end) {
         uint64_t v = off >> p->block_shift;
         if (!ext_covers(p, d, v)) {
@@ -358,10 +424,9 @@ int cb_thin_discard(struct cb_pool *p, struct cb_devrec *d, uint64_t len, uint64
         uint32_t boff = (uint32_t)(off & (bs - 1));
         size_t n = bs - boff < end - off ? bs - boff : end - off;
         const struct cb_entry *e = cb_map_lookup(d->root, d->depth, v);
-        int reads_data = (e && (e->flags & (CB_E_MAPPED | CB_E_ORIGIN))) ||
-                         (ext_covers(p, d, v) && !(e && (e->flags & CB_E_ZERO)));
+        int has_data = reads_data(p, d, e, v);
         int rc = 0;
-        if (reads_data && n == bs) {
+        if (has_data && n == bs) {
             struct cb_entry *w;
             rc = cb_map_writable(&p->map, &d->root, d->depth, v, &w);
             if (!rc) {
@@ -371,7 +436,7 @@ int cb_thin_discard(struct cb_pool *p, struct cb_devrec *d, uint64_t len, uint64
                 w->time = p->map.now;
                 rc = cb_entry_unref(&p->sm, &old);
             }
-        } else if (reads_data) {
+        } else if (has_data) {
             /* part of a block: write zeros over it */
             rc = write_block(p, d, v, boff, n, (const char *)p->zero);
         }
@@ -453,9 +518,7 @@ int cb_thin_extents(struct cb_pool *p, struct cb_devrec *d, uint64_t *pairs,
                 break;
             v = nv;
         }
-        const struct cb_entry *e = cb_map_lookup(d->root, d->depth, v);
-        if ((e && (e->flags & (CB_E_MAPPED | CB_E_ORIGIN))) ||
-            (ext_covers(p, d, v) && !(e && (e->flags & CB_E_ZERO))))
+        if (reads_data(p, d, cb_map_lookup(d->root, d->depth, v), v))
             ext_add(&x, v);
         v++;
     }
