@@ -1,0 +1,57 @@
+"""Shared fixtures for the cowblock test suite.
+
+* ``pool_path``: a path (not yet created) for a new pool under ``tmp_path``.
+* ``pool``: a fresh pool there (1 GiB capacity, 64 KiB blocks), closed after the test.
+* ``--run-slow``: run the tests marked ``@pytest.mark.slow`` (skipped by default) and use the
+  bigger hypothesis budgets (see ``run_slow``).
+"""
+
+import pytest
+
+POOL_SIZE = 1 << 30
+BLOCK_SIZE = 64 * 1024
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        default=False,
+        help="also run tests marked @pytest.mark.slow (soak, crash and big fuzz runs)",
+    )
+
+
+def pytest_configure(config):
+    # Declared in pyproject.toml too; repeated here so the marker exists however pytest is run.
+    config.addinivalue_line("markers", "slow: long-running test, opt in with --run-slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip_slow = pytest.mark.skip(reason="slow test: run with --run-slow to include it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
+
+
+@pytest.fixture
+def run_slow(request):
+    """True when the suite runs with --run-slow (for tests that scale their budget)."""
+    return bool(request.config.getoption("--run-slow"))
+
+
+@pytest.fixture
+def pool_path(tmp_path):
+    return tmp_path / "pool"
+
+
+@pytest.fixture
+def pool(pool_path):
+    import cowblock
+
+    p = cowblock.Pool.create(pool_path, size=POOL_SIZE, block_size=BLOCK_SIZE)
+    try:
+        yield p
+    finally:
+        p.close()
