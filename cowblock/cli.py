@@ -1,0 +1,823 @@
+"""The ``cowblock`` command.
+
+Noun-verb subcommands::
+
+    cowblock pool create|info|check|stats PATH
+    cowblock device ls|create|snapshot|rm|info|import|export
+    cowblock image ls|import|rm|history
+    cowblock container create|ls|commit|reset|rm|attach|detach
+    cowblock volume create|ls|rm
+    cowblock bind create|ls|rm
+    cowblock df [-v]
+    cowblock demo [DIR]
+    cowblock bench ...
+
+The pool is named with ``--pool PATH`` or the ``COWBLOCK_POOL`` environment
+variable. Sizes take binary suffixes (``10G`` = 10 GiB); sizes are printed in
+IEC units with the exact byte count; ``--json`` prints integer bytes.
+
+Exit codes: 0 success; 1 error (the message is on stderr); 2 usage error.
+``pool check``: 0 consistent, 2 corrupted, 3 leaked blocks only (like
+``qemu-img check``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+from .errors import CorruptError, CowblockError, InvalidArgumentError
+from .units import format_exact, format_size, parse_size
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CHECK_CORRUPT = 2
+EXIT_CHECK_LEAKS = 3
+
+_EPILOG = """\
+The pool is given by --pool PATH or the COWBLOCK_POOL environment variable.
+Sizes accept binary suffixes: 512K, 1.5M, 10G (= 10 GiB), 4KiB.
+
+exit codes: 0 ok, 1 error, 2 usage error;
+  pool check: 0 consistent, 2 corrupted, 3 leaked blocks only
+"""
+
+
+class UsageError(Exception):
+    """A command line that names no pool or contradicts itself (exit 2)."""
+
+
+# --------------------------------------------------------------------------
+# Output helpers
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _exact(n: int | None) -> str:
+    return "-" if n is None else format_exact(n)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None) -> None:
+    """Print an aligned table; columns whose header starts with a space
+    (size columns) are right-aligned."""
+    out = out or sys.stdout
+    cells = [[str(h).strip() for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    right = [str(h).startswith(" ") for h in headers]
+    for r in cells:
+        parts = [c.rjust(w) if rj else c.ljust(w) for c, w, rj in zip(r, widths, right)]
+        print("  ".join(parts).rstrip(), file=out)
+
+
+def _emit_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def _say(args, text: str, obj: Any = None) -> None:
+    """Report what a mutating command did: text, or ``obj`` as JSON."""
+    if args.json:
+        _emit_json(obj if obj is not None else {"ok": True})
+    else:
+        print(text)
+
+
+# --------------------------------------------------------------------------
+# Pool and store access
+
+
+def _pool_path(args, positional: str | None = None) -> str:
+    path = positional or args.pool or os.environ.get("COWBLOCK_POOL")
+    if not path:
+        raise UsageError("no pool given: use --pool PATH or set COWBLOCK_POOL")
+    return path
+
+
+@contextmanager
+def _pool(args, write: bool, positional: str | None = None) -> Iterator[Any]:
+    from . import Pool
+    with Pool.open(_pool_path(args, positional), readonly=not write) as pool:
+        yield pool
+
+
+@contextmanager
+def _store(args, write: bool) -> Iterator[Any]:
+    from .model import Store
+    with _pool(args, write) as pool, Store(pool) as store:
+        yield store
+
+
+# --------------------------------------------------------------------------
+# pool
+
+
+def cmd_pool_create(args) -> int:
+    from . import Pool
+    path = _pool_path(args, args.path)
+    with Pool.create(path, size=args.size, block_size=args.block_size) as pool:
+        info = {"path": str(pool.path), "size": pool.size, "block_size": pool.block_size}
+    _say(args, f"created pool {path}: size {format_exact(info['size'])}, "
+               f"block size {format_exact(info['block_size'])}", info)
+    return EXIT_OK
+
+
+def cmd_pool_info(args) -> int:
+    with _pool(args, False, args.path) as pool:
+        stats = pool.stats()
+        info = {"path": str(pool.path), "size": pool.size, "used": pool.used,
+                "block_size": pool.block_size, "devices": len(pool.devices()),
+                "data_bytes_on_disk": stats.get("data_bytes_on_disk"),
+                "meta_bytes": stats.get("meta_bytes"),
+                "meta_bytes_on_disk": stats.get("meta_bytes_on_disk"),
+                "generation": stats.get("generation")}
+    if args.json:
+        _emit_json(info)
+        return EXIT_OK
+    rows = [("path", info["path"]), ("size", _exact(info["size"])),
+            ("block size", _exact(info["block_size"])), ("used", _exact(info["used"])),
+            ("devices", info["devices"]),
+            ("data file on disk", _exact(info["data_bytes_on_disk"])),
+            ("metadata in use", _exact(info["meta_bytes"])),
+            ("metadata file on disk", _exact(info["meta_bytes_on_disk"])),
+            ("generation", info["generation"])]
+    w = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k + ':':<{w + 1}} {'-' if v is None else v}")
+    return EXIT_OK
+
+
+def cmd_pool_check(args) -> int:
+    from .snapshotter import Snapshotter
+    path = _pool_path(args, args.path)
+    errors: list[str] = []
+    messages: list[str] = []
+    leaks = 0
+    try:
+        with _pool(args, False, args.path) as pool:
+            report = pool.check()
+            leaks = int(report.leaks)
+            n_errors = int(report.errors)
+            messages = [str(m) for m in report.messages]
+            if n_errors:
+                errors += messages
+            if n_errors and not errors:
+                errors.append(f"{n_errors} error(s) in the pool metadata")
+            for ns, prefix in (("default", "s-"), ("model", "m-")):
+                try:
+                    missing = Snapshotter(pool, ns, device_prefix=prefix).missing()
+                except CorruptError as exc:
+                    errors.append(str(exc))
+                    continue
+                errors += [f"snapshot {k!r} (namespace {ns}) has no device in the pool"
+                           for k in missing]
+    except CorruptError as exc:
+        errors.append(f"cannot open the pool: {exc}")
+    if args.json:
+        _emit_json({"ok": not errors and not leaks, "errors": errors, "leaks": leaks})
+    else:
+        for e in errors:
+            print(f"error: {e}")
+        if not errors:
+            for m in messages:
+                print(f"note: {m}")
+        if errors:
+            print(f"{path}: corrupted ({len(errors)} error(s))")
+        elif leaks:
+            print(f"{path}: no errors found, but {leaks} leaked block(s) or page(s) "
+                  f"(space not given back)")
+        else:
+            print(f"{path}: no errors found")
+    if errors:
+        return EXIT_CHECK_CORRUPT
+    return EXIT_CHECK_LEAKS if leaks else EXIT_OK
+
+
+_BYTE_STATS = ("bytes_written", "data_bytes_written", "copyup_bytes", "bytes_read",
+               "meta_bytes", "data_bytes_on_disk", "meta_bytes_on_disk", "used", "size",
+               "block_size")
+
+
+def cmd_pool_stats(args) -> int:
+    with _pool(args, False, args.path) as pool:
+        stats = dict(pool.stats())
+    if args.json:
+        _emit_json(stats)
+        return EXIT_OK
+    w = max((len(k) for k in stats), default=0)
+    for k in sorted(stats):
+        v = stats[k]
+        shown = format_exact(v) if k in _BYTE_STATS and isinstance(v, int) else v
+        print(f"{k + ':':<{w + 1}} {shown}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# device
+
+
+def _device_rows(pool) -> list[dict]:
+    from .model import device_usages
+    usage = device_usages(pool)
+    rows = []
+    for name in pool.devices():
+        info = pool.info(name)
+        u = usage.get(name)
+        rows.append({"name": name, "size": info.size, "readonly": bool(info.readonly),
+                     "origin": info.origin, "external": info.external,
+                     "created": info.created,
+                     "mapped": u.mapped if u else 0, "exclusive": u.exclusive if u else 0,
+                     "shared": u.shared if u else 0})
+    return rows
+
+
+def cmd_device_ls(args) -> int:
+    with _pool(args, False) as pool:
+        rows = _device_rows(pool)
+    if args.json:
+        _emit_json(rows)
+        return EXIT_OK
+    print_table(["NAME", " SIZE", " MAPPED", " EXCLUSIVE", " SHARED", "MODE", "ORIGIN"],
+           [(r["name"], _exact(r["size"]), _exact(r["mapped"]), _exact(r["exclusive"]),
+             _exact(r["shared"]), "ro" if r["readonly"] else "rw",
+             r["origin"] or (f"external:{r['external']}" if r["external"] else "-"))
+            for r in rows])
+    return EXIT_OK
+
+
+def cmd_device_create(args) -> int:
+    if args.size is None and not args.external:
+        raise UsageError("give the device's SIZE (it may be left out only with --external)")
+    with _pool(args, True) as pool:
+        if args.external:
+            dev = pool.create_device(args.name, args.size, external=os.path.abspath(args.external))
+        else:
+            dev = pool.create_device(args.name, args.size)
+        pool.flush()
+        obj = {"name": dev.name, "size": dev.size}
+    _say(args, f"created device {args.name}: {format_exact(obj['size'])}", obj)
+    return EXIT_OK
+
+
+def cmd_device_snapshot(args) -> int:
+    with _pool(args, True) as pool:
+        dev = pool.snapshot(args.source, args.name, readonly=args.readonly)
+        pool.flush()
+        obj = {"name": dev.name, "origin": args.source, "size": dev.size,
+               "readonly": bool(args.readonly)}
+    _say(args, f"created {'read-only ' if args.readonly else ''}snapshot {args.name} "
+               f"of {args.source}", obj)
+    return EXIT_OK
+
+
+def cmd_device_rm(args) -> int:
+    with _pool(args, True) as pool:
+        before = pool.used
+        for name in args.names:
+            pool.delete(name)
+        pool.flush()
+        freed = before - pool.used
+    _say(args, f"removed {', '.join(args.names)}; {format_exact(freed)} given back",
+         {"removed": args.names, "freed": freed})
+    return EXIT_OK
+
+
+def cmd_device_info(args) -> int:
+    with _pool(args, False) as pool:
+        info = pool.info(args.name)
+        dev = pool.device(args.name)
+        u = dev.usage()
+        extents = dev.extents()
+        obj = {"name": info.name, "id": info.id, "size": info.size,
+               "readonly": bool(info.readonly), "origin": info.origin,
+               "external": info.external, "created": info.created,
+               "mapped": u.mapped, "exclusive": u.exclusive, "shared": u.shared,
+               "extents": len(extents), "extent_bytes": sum(l for _, l in extents)}
+    if args.json:
+        _emit_json(obj)
+        return EXIT_OK
+    rows = [("name", obj["name"]), ("id", obj["id"]), ("size", _exact(obj["size"])),
+            ("mode", "read-only" if obj["readonly"] else "read-write"),
+            ("origin", obj["origin"] or "-"), ("external base", obj["external"] or "-"),
+            ("created", _when(obj["created"])), ("mapped", _exact(obj["mapped"])),
+            ("exclusive", _exact(obj["exclusive"])), ("shared", _exact(obj["shared"])),
+            ("extents", f"{obj['extents']} covering {_exact(obj['extent_bytes'])}")]
+    w = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k + ':':<{w + 1}} {v}")
+    return EXIT_OK
+
+
+def _transfer_obj(res) -> dict:
+    return {"size": res.size, "copied": res.copied, "holes": res.holes, "zeros": res.zeros}
+
+
+def cmd_device_import(args) -> int:
+    from .imagefile import import_raw
+    with _pool(args, True) as pool:
+        res = import_raw(pool, args.file, name=args.name, size=args.size)
+        pool.flush()
+    obj = {"name": args.name, **_transfer_obj(res)}
+    _say(args, f"imported {args.file} into device {args.name}: copied {format_exact(res.copied)}, "
+               f"skipped {format_exact(res.holes)} of holes and {format_exact(res.zeros)} "
+               f"of zero blocks", obj)
+    return EXIT_OK
+
+
+def cmd_device_export(args) -> int:
+    from .imagefile import export_raw
+    with _pool(args, False) as pool:
+        res = export_raw(pool.device(args.name), args.file, overwrite=args.force)
+    obj = {"name": args.name, "file": args.file, **_transfer_obj(res)}
+    _say(args, f"exported device {args.name} to {args.file} ({format_exact(res.size)}): "
+               f"wrote {format_exact(res.copied)}, left {format_exact(res.skipped)} as holes", obj)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# image
+
+
+def cmd_image_ls(args) -> int:
+    with _store(args, False) as store:
+        rows = store.df()["images"]
+    if args.json:
+        _emit_json(rows)
+        return EXIT_OK
+    print_table(["NAME", "TOP LAYER", "LAYERS", " VIRTUAL SIZE", " DATA (SUM OF LAYER CHANGES)", "CREATED"],
+           [(r["name"], r["top"][:12], r["layers"], _exact(r["size"]), _exact(r["changed"]),
+             _when(r["created"])) for r in rows])
+    return EXIT_OK
+
+
+def cmd_image_import(args) -> int:
+    with _store(args, True) as store:
+        img = store.import_image(args.name, args.file, external=args.external, size=args.size)
+        top = img.top
+        obj = {"name": img.name, "layer": top.id, "size": img.size,
+               "external": top.external}
+        res = top.imported
+        if res is not None:
+            obj.update(_transfer_obj(res))
+    if args.external:
+        text = (f"created image {args.name} ({format_exact(obj['size'])}) on {args.file} "
+                f"used in place (nothing copied)")
+    else:
+        text = (f"imported {args.file} as image {args.name}: copied {format_exact(res.copied)}, "
+                f"skipped {format_exact(res.holes)} of holes and {format_exact(res.zeros)} "
+                f"of zero blocks")
+    _say(args, text, obj)
+    return EXIT_OK
+
+
+def cmd_image_rm(args) -> int:
+    removed: dict[str, list[str]] = {}
+    with _store(args, True) as store:
+        before = store.pool.used
+        for name in args.names:
+            removed[name] = store.remove_image(name)
+        store.pool.flush()
+        freed = before - store.pool.used
+    _say(args, f"removed image(s) {', '.join(args.names)} "
+               f"({sum(map(len, removed.values()))} layer(s)); {format_exact(freed)} given back",
+         {"removed": removed, "freed": freed})
+    return EXIT_OK
+
+
+def cmd_image_history(args) -> int:
+    with _store(args, False) as store:
+        img = store.image(args.name)
+        rows = []
+        for layer in img.history():
+            u = layer.usage()
+            rows.append({"id": layer.id, "created": layer.created, "comment": layer.comment,
+                         "external": layer.external, "changed": layer.changed,
+                         "exclusive": u.size, "shared": u.shared, "mapped": u.mapped})
+    if args.json:
+        _emit_json(rows)
+        return EXIT_OK
+    print_table(["LAYER", "CREATED", " CHANGED", " EXCLUSIVE", " SHARED", "COMMENT"],
+           [(r["id"][:12], _when(r["created"]), _exact(r["changed"]), _exact(r["exclusive"]),
+             _exact(r["shared"]), r["comment"]) for r in rows])
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# container
+
+
+def cmd_container_create(args) -> int:
+    with _store(args, True) as store:
+        c = store.create_container(args.name, args.image)
+        obj = {"name": c.name, "id": c.id, "image": args.image, "device": c.device.name}
+    _say(args, f"created container {args.name} from image {args.image} (device {obj['device']})", obj)
+    return EXIT_OK
+
+
+def cmd_container_ls(args) -> int:
+    with _store(args, False) as store:
+        rows = store.df()["containers"]
+    if args.json:
+        _emit_json(rows)
+        return EXIT_OK
+    print_table(["NAME", "IMAGE", "DEVICE", " CHANGED", " EXCLUSIVE", " SHARED", "ATTACHED"],
+           [(r["name"], r["image"], r["device"], _exact(r["changed"]), _exact(r["exclusive"]),
+             _exact(r["shared"]), ",".join(r["attached"]) or "-") for r in rows])
+    return EXIT_OK
+
+
+def cmd_container_commit(args) -> int:
+    with _store(args, True) as store:
+        img = store.container(args.name).commit(args.image, comment=args.message or "")
+        obj = {"container": args.name, "image": img.name, "layer": img.top.id}
+    _say(args, f"committed container {args.name} as image {args.image} "
+               f"(layer {obj['layer'][:12]})", obj)
+    return EXIT_OK
+
+
+def cmd_container_reset(args) -> int:
+    with _store(args, True) as store:
+        c = store.container(args.name)
+        c.reset()
+        obj = {"name": c.name, "image": c.image.name, "device": c.device.name}
+    _say(args, f"reset container {args.name} to image {obj['image']}", obj)
+    return EXIT_OK
+
+
+def cmd_container_rm(args) -> int:
+    with _store(args, True) as store:
+        before = store.pool.used
+        for name in args.names:
+            store.remove_container(name)
+        store.pool.flush()
+        freed = before - store.pool.used
+    _say(args, f"removed container(s) {', '.join(args.names)}; {format_exact(freed)} given back",
+         {"removed": args.names, "freed": freed})
+    return EXIT_OK
+
+
+def _attach_target(store, args):
+    if (args.volume is None) == (args.bind is None):
+        raise UsageError("give exactly one of --volume NAME or --bind NAME")
+    return store.volume(args.volume) if args.volume is not None else store.get_bind(args.bind)
+
+
+def cmd_container_attach(args) -> int:
+    with _store(args, True) as store:
+        target = _attach_target(store, args)
+        store.container(args.name).attach(target)
+    _say(args, f"attached {target.kind} {target.name} to container {args.name}",
+         {"container": args.name, "kind": target.kind, "name": target.name})
+    return EXIT_OK
+
+
+def cmd_container_detach(args) -> int:
+    with _store(args, True) as store:
+        target = _attach_target(store, args)
+        store.container(args.name).detach(target)
+    _say(args, f"detached {target.kind} {target.name} from container {args.name}",
+         {"container": args.name, "kind": target.kind, "name": target.name})
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# volume and bind
+
+
+def cmd_volume_create(args) -> int:
+    with _store(args, True) as store:
+        v = store.create_volume(args.name, args.size)
+        obj = {"name": v.name, "size": v.size, "device": v.device.name}
+    _say(args, f"created volume {args.name}: {format_exact(obj['size'])}", obj)
+    return EXIT_OK
+
+
+def cmd_volume_ls(args) -> int:
+    with _store(args, False) as store:
+        rows = store.df()["volumes"]
+    if args.json:
+        _emit_json(rows)
+        return EXIT_OK
+    print_table(["NAME", "DEVICE", " SIZE", " MAPPED", " EXCLUSIVE", "ATTACHED TO"],
+           [(r["name"], r["device"], _exact(r["size"]), _exact(r["mapped"]),
+             _exact(r["exclusive"]), ",".join(r["attached_to"]) or "-") for r in rows])
+    return EXIT_OK
+
+
+def cmd_volume_rm(args) -> int:
+    with _store(args, True) as store:
+        before = store.pool.used
+        for name in args.names:
+            store.remove_volume(name)
+        store.pool.flush()
+        freed = before - store.pool.used
+    _say(args, f"removed volume(s) {', '.join(args.names)}; {format_exact(freed)} given back",
+         {"removed": args.names, "freed": freed})
+    return EXIT_OK
+
+
+def cmd_bind_create(args) -> int:
+    with _store(args, True) as store:
+        b = store.bind(args.name, args.file, readonly=args.readonly)
+        obj = {"name": b.name, "path": b.path, "size": b.size, "readonly": b.readonly}
+    _say(args, f"bound {obj['path']} as {args.name} ({format_exact(obj['size'])}, used in place)", obj)
+    return EXIT_OK
+
+
+def cmd_bind_ls(args) -> int:
+    with _store(args, False) as store:
+        rows = store.df()["binds"]
+    if args.json:
+        _emit_json(rows)
+        return EXIT_OK
+    print_table(["NAME", "PATH", " SIZE", " ON DISK", "MODE", "ATTACHED TO"],
+           [(r["name"], r["path"], _exact(r["size"]), _exact(r["on_disk"]),
+             "ro" if r["readonly"] else "rw", ",".join(r["attached_to"]) or "-") for r in rows])
+    return EXIT_OK
+
+
+def cmd_bind_rm(args) -> int:
+    with _store(args, True) as store:
+        for name in args.names:
+            store.remove_bind(name)
+    _say(args, f"removed bind(s) {', '.join(args.names)} (files kept)", {"removed": args.names})
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# df
+
+
+def cmd_df(args) -> int:
+    with _store(args, False) as store:
+        df = store.df()
+    if args.json:
+        _emit_json(df)
+        return EXIT_OK
+    print_df(df, verbose=args.verbose)
+    return EXIT_OK
+
+
+def print_df(df: dict, verbose: bool = False, out=None) -> None:
+    """Print a :meth:`Store.df` report as ``docker system df`` does."""
+    out = out or sys.stdout
+    groups = [("Images", df["images"]), ("Layers", df["layers"]),
+              ("Containers", df["containers"]), ("Volumes", df["volumes"]),
+              ("Other devices", df["other"])]
+    rows = []
+    for label, items in groups:
+        virtual = sum(i["size"] or 0 for i in items)
+        excl = sum(i["exclusive"] for i in items) if label != "Images" else None
+        rows.append((label, len(items), _exact(virtual), _exact(excl) if excl is not None else "-"))
+    binds = df["binds"]
+    rows.append(("Binds (files)", len(binds), _exact(sum(b["size"] or 0 for b in binds)),
+                 f"{_exact(sum(b['on_disk'] or 0 for b in binds))} on disk"))
+    print_table(["TYPE", " COUNT", " VIRTUAL SIZE", " EXCLUSIVE"], rows, out)
+    p = df["pool"]
+    print(file=out)
+    print(f"pool {p['path']}: {_exact(p['used'])} of {_exact(p['size'])} used "
+          f"(block size {format_size(p['block_size'])})", file=out)
+    if "data_bytes_on_disk" in p:
+        meta = p.get("meta_bytes_on_disk", p.get("meta_bytes"))
+        print(f"data file on disk: {_exact(p['data_bytes_on_disk'])}; "
+              f"metadata file on disk: {_exact(meta)}", file=out)
+    if not verbose:
+        return
+    sections = [
+        ("Images:", ["NAME", "LAYERS", " VIRTUAL SIZE", " DATA (SUM OF LAYER CHANGES)", "CONTAINERS"],
+         [(i["name"], i["layers"], _exact(i["size"]), _exact(i["changed"]),
+           ",".join(i["containers"]) or "-") for i in df["images"]]),
+        ("Layers:", ["LAYER", "PARENT", "DEVICE", " CHANGED", " EXCLUSIVE", " SHARED", "COMMENT"],
+         [(l["id"][:12], (l["parent"] or "-")[:12], l["device"], _exact(l["changed"]),
+           _exact(l["exclusive"]), _exact(l["shared"]), l["comment"]) for l in df["layers"]]),
+        ("Containers:", ["NAME", "IMAGE", "DEVICE", " CHANGED", " EXCLUSIVE", " SHARED", "ATTACHED"],
+         [(c["name"], c["image"], c["device"], _exact(c["changed"]), _exact(c["exclusive"]),
+           _exact(c["shared"]), ",".join(c["attached"]) or "-") for c in df["containers"]]),
+        ("Volumes:", ["NAME", "DEVICE", " SIZE", " EXCLUSIVE", "ATTACHED TO"],
+         [(v["name"], v["device"], _exact(v["size"]), _exact(v["exclusive"]),
+           ",".join(v["attached_to"]) or "-") for v in df["volumes"]]),
+        ("Binds:", ["NAME", "PATH", " SIZE", " ON DISK", "ATTACHED TO"],
+         [(b["name"], b["path"], _exact(b["size"]), _exact(b["on_disk"]),
+           ",".join(b["attached_to"]) or "-") for b in binds]),
+        ("Other devices:", ["DEVICE", " SIZE", " MAPPED", " EXCLUSIVE", " SHARED"],
+         [(o["device"], _exact(o["size"]), _exact(o["mapped"]), _exact(o["exclusive"]),
+           _exact(o["shared"])) for o in df["other"]]),
+    ]
+    for title, headers, rows in sections:
+        if not rows and title == "Other devices:":
+            continue
+        print(file=out)
+        print(title, file=out)
+        print_table(headers, rows, out)
+
+
+# --------------------------------------------------------------------------
+# demo and bench
+
+
+def cmd_demo(args) -> int:
+    from . import demo
+    return demo.run(args.dir, keep=args.keep)
+
+
+def cmd_bench(args) -> int:
+    return _bench(args.rest)
+
+
+def _bench(argv: list[str]) -> int:
+    try:
+        from . import benchmark
+    except ImportError as exc:
+        if exc.name in ("cowblock.benchmark", f"{__package__}.benchmark"):
+            print("cowblock: error: the benchmark module (cowblock/benchmark.py) "
+                  "is not installed", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+    rc = benchmark.main(argv)
+    return int(rc or 0)
+
+
+# --------------------------------------------------------------------------
+# Parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``cowblock`` command."""
+    # Global options are accepted before the noun and after the verb; the
+    # leaf copies use SUPPRESS so they do not overwrite the top-level ones.
+    leaf = argparse.ArgumentParser(add_help=False)
+    leaf.add_argument("--pool", metavar="PATH", default=argparse.SUPPRESS,
+                      help="the pool directory (default: $COWBLOCK_POOL)")
+    leaf.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                      help="print JSON (sizes as integer bytes)")
+
+    parser = argparse.ArgumentParser(
+        prog="cowblock", description="Copy-on-write thin-provisioned block devices.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pool", metavar="PATH", default=None,
+                        help="the pool directory (default: $COWBLOCK_POOL)")
+    parser.add_argument("--json", action="store_true", default=False,
+                        help="print JSON (sizes as integer bytes)")
+    nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
+
+    def noun(name: str, help: str):
+        p = nouns.add_parser(name, help=help, description=help)
+        return p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def verb(group, name: str, func, help: str, **kw):
+        p = group.add_parser(name, help=help, description=help, parents=[leaf], **kw)
+        p.set_defaults(func=func)
+        return p
+
+    g = noun("pool", "create and inspect pools")
+    p = verb(g, "create", cmd_pool_create, "create a pool in a new directory")
+    p.add_argument("path", nargs="?", metavar="PATH")
+    p.add_argument("--size", type=_size_arg, default=_size_arg("10G"),
+                   help="data capacity (default 10G; the data file is sparse)")
+    p.add_argument("--block-size", type=_size_arg, default=_size_arg("64K"),
+                   help="block size, a power of two from 4K to 1M (default 64K)")
+    for name, func, help in (("info", cmd_pool_info, "show size, use and on-disk footprint"),
+                             ("check", cmd_pool_check, "check consistency (exit 0 ok, 2 corrupted, 3 leaks)"),
+                             ("stats", cmd_pool_stats, "show the pool's counters")):
+        verb(g, name, func, help).add_argument("path", nargs="?", metavar="PATH")
+
+    g = noun("device", "thin devices and snapshots")
+    verb(g, "ls", cmd_device_ls, "list devices with their space")
+    p = verb(g, "create", cmd_device_create, "create a thin device (reads as zeros)")
+    p.add_argument("name")
+    p.add_argument("size", type=_size_arg, nargs="?",
+                   help="virtual size (default with --external: the file's size)")
+    p.add_argument("--external", metavar="FILE",
+                   help="read unwritten blocks from this raw file, used in place")
+    p = verb(g, "snapshot", cmd_device_snapshot, "snapshot a device (O(1), allocates nothing)")
+    p.add_argument("source")
+    p.add_argument("name")
+    p.add_argument("--readonly", action="store_true", help="make a read-only snapshot")
+    p = verb(g, "rm", cmd_device_rm, "delete devices")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p = verb(g, "info", cmd_device_info, "show one device")
+    p.add_argument("name")
+    p = verb(g, "import", cmd_device_import, "create a device from a raw image file (data only)")
+    p.add_argument("name")
+    p.add_argument("file")
+    p.add_argument("--size", type=_size_arg, help="device size (default: the file's)")
+    p = verb(g, "export", cmd_device_export, "write a device to a sparse raw file")
+    p.add_argument("name")
+    p.add_argument("file")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+
+    g = noun("image", "images: named chains of read-only layers")
+    verb(g, "ls", cmd_image_ls, "list images")
+    p = verb(g, "import", cmd_image_import, "create an image from a raw image file")
+    p.add_argument("name")
+    p.add_argument("file")
+    p.add_argument("--external", action="store_true",
+                   help="use the file in place as the read-only base (no copy)")
+    p.add_argument("--size", type=_size_arg, help="image size (default: the file's)")
+    p = verb(g, "rm", cmd_image_rm, "remove images and the layers nothing else uses")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p = verb(g, "history", cmd_image_history, "show an image's layers, top first")
+    p.add_argument("name")
+
+    g = noun("container", "containers: writable layers on images")
+    p = verb(g, "create", cmd_container_create, "create a container from an image")
+    p.add_argument("name")
+    p.add_argument("image")
+    verb(g, "ls", cmd_container_ls, "list containers")
+    p = verb(g, "commit", cmd_container_commit, "commit a container into a new image")
+    p.add_argument("name")
+    p.add_argument("image", help="name of the new image")
+    p.add_argument("-m", "--message", help="comment of the new layer")
+    p = verb(g, "reset", cmd_container_reset, "drop a container's changes")
+    p.add_argument("name")
+    p = verb(g, "rm", cmd_container_rm, "remove containers, giving their space back")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    for name, func, help in (("attach", cmd_container_attach, "attach a volume or a bind"),
+                             ("detach", cmd_container_detach, "detach a volume or a bind")):
+        p = verb(g, name, func, help)
+        p.add_argument("name")
+        p.add_argument("--volume", metavar="NAME")
+        p.add_argument("--bind", metavar="NAME")
+
+    g = noun("volume", "volumes: devices outside every chain")
+    p = verb(g, "create", cmd_volume_create, "create a volume")
+    p.add_argument("name")
+    p.add_argument("size", type=_size_arg)
+    verb(g, "ls", cmd_volume_ls, "list volumes")
+    p = verb(g, "rm", cmd_volume_rm, "remove volumes")
+    p.add_argument("names", nargs="+", metavar="NAME")
+
+    g = noun("bind", "binds: raw image files attached as they are")
+    p = verb(g, "create", cmd_bind_create, "bind an existing raw image file")
+    p.add_argument("name")
+    p.add_argument("file")
+    p.add_argument("--readonly", action="store_true")
+    verb(g, "ls", cmd_bind_ls, "list binds")
+    p = verb(g, "rm", cmd_bind_rm, "forget binds (the files are kept)")
+    p.add_argument("names", nargs="+", metavar="NAME")
+
+    p = nouns.add_parser("df", help="show space used by images, containers and volumes",
+                         parents=[leaf])
+    p.add_argument("-v", "--verbose", action="store_true", help="one line per object")
+    p.set_defaults(func=cmd_df)
+
+    p = nouns.add_parser("demo", help="run the guided demo in a temporary (or given) directory",
+                         parents=[leaf])
+    p.add_argument("dir", nargs="?", metavar="DIR",
+                   help="directory to work in (kept); default: a temporary one, removed")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.set_defaults(func=cmd_demo)
+
+    p = nouns.add_parser("bench", help="run the benchmarks (cowblock bench --help)",
+                         add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cowblock`` command with ``argv`` (default ``sys.argv[1:]``);
+    return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        return _bench(argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"cowblock: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CowblockError as exc:
+        print(f"cowblock: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (e.g. `cowblock device ls | head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"cowblock: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("cowblock: interrupted", file=sys.stderr)
+        return 130

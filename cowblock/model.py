@@ -1,0 +1,999 @@
+"""The Docker model on a pool: images, layers, containers, volumes and binds.
+
+* A :class:`Layer` is a read-only device: a committed snapshot of its
+  parent layer with the changes it made. A base layer is imported from a raw
+  image file (only its data is copied), or uses the file in place as its
+  read-only base (an *external* base, dm-thin's external origin).
+* An :class:`Image` is a name for a chain of layers, base first.
+* A :class:`Container` is the writable layer on top of an image: a snapshot
+  of the image's top layer. It can be committed into a new layer and image,
+  reset to the image, and removed, which gives its space back.
+* A :class:`Volume` is a device outside every chain; it outlives containers
+  and can be attached to several.
+* A :class:`Bind` attaches an existing raw (sparse) image file as it is.
+
+Devices are managed through a :class:`~cowblock.snapshotter.Snapshotter` in
+the namespace ``model`` (keys ``layer/<id>``, ``container/<name>@<n>``,
+``volume/<name>``); the model itself (image names, layer notes, containers,
+attachments, binds) is kept in ``model.json`` in the pool directory, replaced
+atomically. ``model.json`` only names snapshots that exist: new snapshots are
+made before they are recorded, and records are dropped before their
+snapshots are removed, so an interrupted operation can only leave unnamed
+snapshots behind, which :meth:`Store.prune` removes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .errors import (BusyError, ExistsError, InvalidArgumentError, NotFoundError,
+                     ReadOnlyError)
+from .imagefile import RawImageFile, TransferResult, import_raw
+from .snapshotter import Snapshotter, StateFile, Usage
+
+__all__ = ["Store", "Image", "Layer", "Container", "Volume", "Bind"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,254}$")
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"{what} name must be a str, not {type(name).__name__}")
+    if not _NAME_RE.match(name):
+        raise InvalidArgumentError(
+            f"invalid {what} name {name!r}: 1..255 characters of A-Z a-z 0-9 "
+            f"_ . : / @ + -, starting with a letter or digit")
+    return name
+
+
+def _changed_bytes(dev) -> int | None:
+    """Bytes of the blocks ``dev`` changed since it was snapshotted (from the
+    core's change bitmap), or None when the device cannot tell."""
+    try:
+        blocks = dev.changed_blocks()
+    except (AttributeError, NotImplementedError):
+        return None
+    bs = dev.pool.block_size
+    starts = np.asarray(blocks, dtype=np.uint64).astype(np.int64) * bs
+    return int(np.minimum(bs, dev.size - starts).clip(min=0).sum())
+
+
+def device_usages(pool) -> dict:
+    """``{device name: DeviceUsage}`` for every device of ``pool``, from each
+    device's own exact accounting."""
+    return {name: pool.device(name).usage() for name in pool.devices()}
+
+
+def _new_id() -> str:
+    """A random 256-bit identifier in hex, like Docker's layer and container
+    IDs (an identifier, not a content digest)."""
+    return secrets.token_hex(32)
+
+
+class Layer:
+    """A read-only layer: a committed snapshot, identified by a 64-hex ``id``.
+
+    ``parent`` is the layer below (None for a base layer); ``device`` the
+    read-only pool device; ``external`` the raw file used in place as the
+    read-only base (base layers only, else None); ``comment`` what made it.
+    """
+
+    def __init__(self, store: "Store", layer_id: str):
+        self.store = store
+        self.id = layer_id
+
+    @property
+    def _rec(self) -> dict:
+        rec = self.store._doc()["layers"].get(self.id)
+        if rec is None:
+            raise NotFoundError(f"layer {self.id[:12]} no longer exists")
+        return rec
+
+    @property
+    def short_id(self) -> str:
+        """The first 12 hex digits of the id."""
+        return self.id[:12]
+
+    @property
+    def key(self) -> str:
+        """The layer's snapshot key."""
+        return self._rec["key"]
+
+    @property
+    def parent(self) -> "Layer | None":
+        """The layer below, or None for a base layer."""
+        p = self._rec["parent"]
+        return Layer(self.store, p) if p else None
+
+    @property
+    def device(self):
+        """The layer's read-only device."""
+        return self.store.snapshotter.device(self.key)
+
+    @property
+    def size(self) -> int:
+        """Virtual size in bytes."""
+        return self.store.snapshotter.stat(self.key).size
+
+    @property
+    def external(self) -> str | None:
+        """Path of the raw file used in place as this layer's base, if any."""
+        return self._rec.get("external")
+
+    @property
+    def comment(self) -> str:
+        """What made the layer (``import PATH``, a commit comment, ...)."""
+        return self._rec.get("comment", "")
+
+    @property
+    def created(self) -> float:
+        """Creation time, Unix seconds."""
+        return self._rec["created"]
+
+    @property
+    def changed(self) -> int | None:
+        """Bytes of the blocks this layer changed relative to its parent
+        (all the data it holds, for a base layer), measured when it was made;
+        None if unknown."""
+        return self._rec.get("changed")
+
+    @property
+    def imported(self) -> TransferResult | None:
+        """For a layer imported from a raw file: the byte counts of the import."""
+        r = self._rec.get("imported")
+        return TransferResult(**r) if r else None
+
+    def chain(self) -> list["Layer"]:
+        """This layer and its ancestors, base first."""
+        out = []
+        layer: Layer | None = self
+        while layer is not None:
+            out.append(layer)
+            layer = layer.parent
+        return out[::-1]
+
+    def usage(self) -> Usage:
+        """Exclusive (``size``) and shared bytes of the layer's device."""
+        return self.store.snapshotter.usage(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Layer) and other.store is self.store and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(("layer", self.id))
+
+    def __repr__(self) -> str:
+        return f"<Layer {self.short_id}>"
+
+
+class Image:
+    """A named chain of read-only layers (base first, see :attr:`layers`)."""
+
+    def __init__(self, store: "Store", name: str):
+        self.store = store
+        self.name = name
+
+    @property
+    def _rec(self) -> dict:
+        rec = self.store._doc()["images"].get(self.name)
+        if rec is None:
+            raise NotFoundError(f"image {self.name!r} not found")
+        return rec
+
+    @property
+    def top(self) -> Layer:
+        """The top layer (what containers start from)."""
+        return Layer(self.store, self._rec["top"])
+
+    @property
+    def layers(self) -> list[Layer]:
+        """The layers, base first."""
+        return self.top.chain()
+
+    @property
+    def device(self):
+        """The read-only device of the top layer: the image's content."""
+        return self.top.device
+
+    @property
+    def size(self) -> int:
+        """Virtual size in bytes."""
+        return self.top.size
+
+    @property
+    def created(self) -> float:
+        """Creation time, Unix seconds."""
+        return self._rec["created"]
+
+    def history(self) -> list[Layer]:
+        """The layers, top first (``docker history`` order)."""
+        return self.layers[::-1]
+
+    def containers(self) -> list["Container"]:
+        """Containers created from this image."""
+        return [c for c in self.store.containers() if c._rec["image"] == self.name]
+
+    def add_layer(self, changes: Callable[[Any], Any] | Mapping | Iterable,
+                  comment: str = "") -> Layer:
+        """Add a layer on top of the image and return it.
+
+        ``changes`` is either a function called with a writable device that
+        starts as a copy of the image (it may write and discard), or
+        ``{offset: data}`` / an iterable of ``(offset, data)`` writes. The
+        image then names the longer chain; containers already created keep
+        the layer they were created on.
+        """
+        return self.store._add_layer(self.name, changes, comment)
+
+    def remove(self) -> None:
+        """Remove the image (see :meth:`Store.remove_image`)."""
+        self.store.remove_image(self.name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Image) and other.store is self.store and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(("image", self.name))
+
+    def __repr__(self) -> str:
+        return f"<Image {self.name!r}>"
+
+
+class Container:
+    """The writable layer of a container: a snapshot of its image's top layer."""
+
+    def __init__(self, store: "Store", name: str):
+        self.store = store
+        self.name = name
+
+    @property
+    def _rec(self) -> dict:
+        rec = self.store._doc()["containers"].get(self.name)
+        if rec is None:
+            raise NotFoundError(f"container {self.name!r} not found")
+        return rec
+
+    @property
+    def id(self) -> str:
+        """A 64-hex identifier."""
+        return self._rec["id"]
+
+    @property
+    def image(self) -> Image:
+        """The image the container was created from."""
+        return Image(self.store, self._rec["image"])
+
+    @property
+    def layer(self) -> Layer:
+        """The read-only layer the container's writable layer sits on."""
+        return Layer(self.store, self._rec["layer"])
+
+    @property
+    def key(self) -> str:
+        """The snapshot key of the writable layer (changes on :meth:`reset`)."""
+        return self._rec["key"]
+
+    @property
+    def device(self):
+        """The writable device. A new device after :meth:`reset`."""
+        return self.store.snapshotter.device(self.key)
+
+    @property
+    def created(self) -> float:
+        """Creation time, Unix seconds."""
+        return self._rec["created"]
+
+    @property
+    def attachments(self) -> list["Volume | Bind"]:
+        """Attached volumes and binds, in attachment order."""
+        out: list[Volume | Bind] = []
+        for kind, name in self._rec["attached"]:
+            out.append(Volume(self.store, name) if kind == "volume" else self.store.get_bind(name))
+        return out
+
+    @property
+    def changed(self) -> int | None:
+        """Bytes of the blocks the writable layer changed since it was
+        created or reset (from the core's change bitmap); None if unknown."""
+        return _changed_bytes(self.device)
+
+    def usage(self) -> Usage:
+        """Exclusive (``size``) and shared bytes of the writable layer."""
+        return self.store.snapshotter.usage(self.key)
+
+    def commit(self, image_name: str, comment: str = "") -> Image:
+        """Freeze the writable layer's current content as a new layer on the
+        container's layer, named by a new image ``image_name``; return it.
+
+        O(1): the new layer is a read-only snapshot sharing every block. The
+        container keeps running on its own layer, as with ``docker commit``.
+        """
+        return self.store._commit_container(self.name, image_name, comment)
+
+    def reset(self) -> None:
+        """Drop every change: the writable layer becomes a fresh snapshot of
+        the image's (current) top layer. Attachments stay."""
+        self.store._reset_container(self.name)
+
+    def remove(self) -> None:
+        """Remove the container: detach everything, delete the writable
+        layer and give its exclusive space back."""
+        self.store.remove_container(self.name)
+
+    def attach(self, target: "Volume | Bind") -> None:
+        """Attach a volume or a bind (ExistsError if already attached)."""
+        self.store._attach(self.name, target)
+
+    def detach(self, target: "Volume | Bind") -> None:
+        """Detach a volume or a bind (NotFoundError if not attached)."""
+        self.store._detach(self.name, target)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Container) and other.store is self.store and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(("container", self.name))
+
+    def __repr__(self) -> str:
+        return f"<Container {self.name!r}>"
+
+
+class Volume:
+    """A device outside every chain; outlives containers, attachable to several."""
+
+    kind = "volume"
+
+    def __init__(self, store: "Store", name: str):
+        self.store = store
+        self.name = name
+
+    @property
+    def _rec(self) -> dict:
+        rec = self.store._doc()["volumes"].get(self.name)
+        if rec is None:
+            raise NotFoundError(f"volume {self.name!r} not found")
+        return rec
+
+    @property
+    def key(self) -> str:
+        """The volume's snapshot key."""
+        return self._rec["key"]
+
+    @property
+    def device(self):
+        """The volume's writable device."""
+        return self.store.snapshotter.device(self.key)
+
+    @property
+    def size(self) -> int:
+        """Virtual size in bytes."""
+        return self.store.snapshotter.stat(self.key).size
+
+    @property
+    def created(self) -> float:
+        """Creation time, Unix seconds."""
+        return self._rec["created"]
+
+    @property
+    def containers(self) -> list[Container]:
+        """Containers the volume is attached to."""
+        return self.store._attached_to("volume", self.name)
+
+    def usage(self) -> Usage:
+        """Exclusive (``size``) and shared bytes of the volume's device."""
+        return self.store.snapshotter.usage(self.key)
+
+    def remove(self) -> None:
+        """Remove the volume (BusyError while attached to a container)."""
+        self.store.remove_volume(self.name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Volume) and other.store is self.store and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(("volume", self.name))
+
+    def __repr__(self) -> str:
+        return f"<Volume {self.name!r}>"
+
+
+class Bind(RawImageFile):
+    """An existing raw image file attached as it is, with the Device surface
+    (``read``, ``readinto``, ``write``, ``discard``, ``flush``, ``size``,
+    ``extents``). Writes go straight to the file; ``discard`` punches holes.
+    The store keeps it open until :meth:`Store.close`.
+    """
+
+    kind = "bind"
+
+    def __init__(self, store: "Store", name: str, path: str, readonly: bool):
+        super().__init__(path, readonly=readonly, name=name)
+        self.store = store
+
+    @property
+    def containers(self) -> list[Container]:
+        """Containers the bind is attached to."""
+        return self.store._attached_to("bind", self.name)
+
+    def remove(self) -> None:
+        """Forget the bind (BusyError while attached); the file stays."""
+        self.store.remove_bind(self.name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Bind) and other.store is self.store and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(("bind", self.name))
+
+    def __repr__(self) -> str:
+        return f"<Bind {self.name!r} -> {self.path!r}>"
+
+
+def _apply_changes(dev, changes) -> None:
+    if callable(changes):
+        changes(dev)
+        return
+    items = changes.items() if isinstance(changes, Mapping) else changes
+    try:
+        iterator = iter(items)
+    except TypeError:
+        raise InvalidArgumentError(
+            "changes must be a function of a device, a {offset: data} mapping "
+            "or an iterable of (offset, data)") from None
+    for item in iterator:
+        try:
+            offset, data = item
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(f"a change must be (offset, data), not {item!r}") from None
+        dev.write(offset, data)
+
+
+class Store:
+    """The Docker model on ``pool``; every change is persisted at once.
+
+    One Store per pool at a time. :meth:`close` closes open binds (the pool
+    stays open: it belongs to the caller). A Store is also a context manager.
+    """
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.snapshotter = Snapshotter(pool, "model", device_prefix="m-")
+        self._file = StateFile(
+            os.path.join(str(pool.path), "model.json"), "cowblock-model", 1,
+            lambda: {"images": {}, "layers": {}, "containers": {}, "volumes": {}, "binds": {}})
+        self._lock = threading.RLock()
+        self._binds: dict[str, Bind] = {}
+        self._file.load()
+
+    # ---- plumbing ---------------------------------------------------------
+
+    def _doc(self) -> dict:
+        return self._file.load()
+
+    def _save(self, doc: dict) -> None:
+        self._file.save(doc)
+
+    def _writable(self) -> None:
+        if getattr(self.pool, "readonly", False):
+            raise ReadOnlyError("the pool is open read-only; the model cannot change")
+
+    def close(self) -> None:
+        """Close the files of open binds. Idempotent."""
+        with self._lock:
+            for b in self._binds.values():
+                b.close()
+            self._binds.clear()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- layers and images ------------------------------------------------
+
+    def layer(self, layer_id: str) -> Layer:
+        """The layer with this id, or with this unique id prefix (4+ hex digits)."""
+        if not isinstance(layer_id, str):
+            raise InvalidArgumentError(f"layer id must be a str, not {type(layer_id).__name__}")
+        layers = self._doc()["layers"]
+        if layer_id in layers:
+            return Layer(self, layer_id)
+        if len(layer_id) >= 4:
+            found = [i for i in layers if i.startswith(layer_id)]
+            if len(found) == 1:
+                return Layer(self, found[0])
+            if len(found) > 1:
+                raise InvalidArgumentError(f"layer id prefix {layer_id!r} is ambiguous")
+        raise NotFoundError(f"layer {layer_id!r} not found")
+
+    def layers(self) -> list[Layer]:
+        """Every layer, oldest first."""
+        items = sorted(self._doc()["layers"].items(), key=lambda kv: (kv[1]["created"], kv[0]))
+        return [Layer(self, i) for i, _ in items]
+
+    def image(self, name: str) -> Image:
+        """The image called ``name`` (NotFoundError)."""
+        if name not in self._doc()["images"]:
+            raise NotFoundError(f"image {name!r} not found")
+        return Image(self, name)
+
+    def images(self) -> list[Image]:
+        """Every image, sorted by name."""
+        return [Image(self, n) for n in sorted(self._doc()["images"])]
+
+    def _new_layer_record(self, doc, lid, parent, comment, **extra) -> dict:
+        rec = {"key": f"layer/{lid}", "parent": parent, "comment": comment,
+               "created": time.time()}
+        rec.update(extra)
+        doc["layers"][lid] = rec
+        return rec
+
+    def import_image(self, name: str, path: str | os.PathLike, *, external: bool = False,
+                     size: int | None = None, comment: str | None = None) -> Image:
+        """Create image ``name`` with one base layer made from raw file ``path``.
+
+        By default the file's data is copied into the layer (holes and
+        all-zero blocks skipped; counts in ``image.top.imported``). With
+        ``external=True`` nothing is copied: the layer reads unwritten blocks
+        from the file in place, which must then not change while the layer
+        exists. ``size`` defaults to the file's size rounded up to 512.
+        """
+        _check_name(name, "image")
+        path = os.path.abspath(os.fspath(path))
+        with self._lock:
+            self._writable()
+            if name in self._doc()["images"]:
+                raise ExistsError(f"image {name!r} already exists")
+            if not os.path.isfile(path):
+                raise NotFoundError(f"raw image file {path!r} does not exist")
+            fsize = os.path.getsize(path)
+            if size is None:
+                size = max(512, -(-fsize // 512) * 512)
+            lid = _new_id()
+            staging = f"import/{lid}"
+            key = f"layer/{lid}"
+            imported = None
+            changed = 0
+            try:
+                if external:
+                    self.snapshotter.prepare(staging, size=size, external=path)
+                else:
+                    dev = self.snapshotter.prepare(staging, size=size)
+                    res = import_raw(dev, path)
+                    imported = {"size": res.size, "copied": res.copied,
+                                "holes": res.holes, "zeros": res.zeros}
+                    changed = dev.usage().mapped
+                self.snapshotter.commit(key, staging, {"cowblock.layer": lid})
+            except BaseException:
+                if staging in self.snapshotter:
+                    self.snapshotter.remove(staging)
+                raise
+            doc = self._doc()
+            self._new_layer_record(
+                doc, lid, None, comment if comment is not None else f"import {path}",
+                external=path if external else None, imported=imported, changed=changed)
+            now = time.time()
+            doc["images"][name] = {"top": lid, "created": now, "updated": now}
+            self._save(doc)
+            return Image(self, name)
+
+    def _add_layer(self, image_name: str, changes, comment: str) -> Layer:
+        with self._lock:
+            self._writable()
+            top = self.image(image_name).top
+            lid = _new_id()
+            staging = f"build/{lid}"
+            try:
+                dev = self.snapshotter.prepare(staging, top.key)
+                _apply_changes(dev, changes)
+                dev.flush()
+                changed = _changed_bytes(dev)
+                self.snapshotter.commit(f"layer/{lid}", staging, {"cowblock.layer": lid})
+            except BaseException:
+                if staging in self.snapshotter:
+                    self.snapshotter.remove(staging)
+                raise
+            doc = self._doc()
+            self._new_layer_record(doc, lid, top.id, comment or "add layer", changed=changed)
+            doc["images"][image_name]["top"] = lid
+            doc["images"][image_name]["updated"] = time.time()
+            self._save(doc)
+            return Layer(self, lid)
+
+    def remove_image(self, name: str) -> list[str]:
+        """Remove image ``name`` and the layers nothing else uses; return
+        the ids of the layers removed.
+
+        Refused (BusyError) while a container was created from the image or
+        another image is built on it (its top layer is below another image's
+        top). Layers another image, a container or a child layer still uses
+        are kept. An external base file is never touched.
+        """
+        with self._lock:
+            self._writable()
+            doc = self._doc()
+            img = self.image(name)
+            users = sorted(c for c, r in doc["containers"].items() if r["image"] == name)
+            if users:
+                raise BusyError(
+                    f"image {name!r} is used by container(s) {', '.join(map(repr, users))}; "
+                    f"remove them first")
+            top = img.top.id
+            chains = {n: [l.id for l in Image(self, n).layers] for n in doc["images"] if n != name}
+            dependents = sorted(n for n, ids in chains.items() if top in ids and ids[-1] != top)
+            if dependents:
+                raise BusyError(
+                    f"image {name!r} has dependent child image(s) "
+                    f"{', '.join(map(repr, dependents))}; remove them first")
+            used = {i for ids in chains.values() for i in ids}
+            used |= {r["layer"] for r in doc["containers"].values()}
+            doomed: list[str] = []
+            for layer in img.history():
+                lid = layer.id
+                if lid in used:
+                    break
+                child_layers = {i for i, r in doc["layers"].items() if r["parent"] == lid}
+                if child_layers - set(doomed):
+                    break
+                doomed_keys = {doc["layers"][i]["key"] for i in doomed}
+                if set(self.snapshotter.children(layer.key)) - doomed_keys:
+                    break
+                doomed.append(lid)
+            keys = [doc["layers"][i]["key"] for i in doomed]
+            del doc["images"][name]
+            for lid in doomed:
+                del doc["layers"][lid]
+            self._save(doc)
+            for key in keys:  # top first: children before parents
+                self.snapshotter.remove(key)
+            return doomed
+
+    # ---- containers -------------------------------------------------------
+
+    def container(self, name: str) -> Container:
+        """The container called ``name`` (NotFoundError)."""
+        if name not in self._doc()["containers"]:
+            raise NotFoundError(f"container {name!r} not found")
+        return Container(self, name)
+
+    def containers(self) -> list[Container]:
+        """Every container, sorted by name."""
+        return [Container(self, n) for n in sorted(self._doc()["containers"])]
+
+    def create_container(self, name: str, image: Image | str) -> Container:
+        """Create container ``name``: a writable snapshot of ``image``'s top layer."""
+        _check_name(name, "container")
+        image_name = image.name if isinstance(image, Image) else image
+        with self._lock:
+            self._writable()
+            if name in self._doc()["containers"]:
+                raise ExistsError(f"container {name!r} already exists")
+            top = self.image(image_name).top
+            key = f"container/{name}@1"
+            self.snapshotter.prepare(key, top.key, {"cowblock.container": name})
+            doc = self._doc()
+            doc["containers"][name] = {"id": _new_id(), "image": image_name, "layer": top.id,
+                                       "key": key, "gen": 1, "created": time.time(),
+                                       "attached": []}
+            self._save(doc)
+            return Container(self, name)
+
+    def _commit_container(self, name: str, image_name: str, comment: str) -> Image:
+        _check_name(image_name, "image")
+        with self._lock:
+            self._writable()
+            c = self.container(name)
+            if image_name in self._doc()["images"]:
+                raise ExistsError(f"image {image_name!r} already exists")
+            lid = _new_id()
+            parent = c.layer.id
+            dev = c.device
+            dev.flush()
+            changed = _changed_bytes(dev)
+            self.snapshotter.commit(f"layer/{lid}", c.key, {"cowblock.layer": lid},
+                                    keep_active=True)
+            doc = self._doc()
+            self._new_layer_record(doc, lid, parent, comment or f"commit of container {name}",
+                                   changed=changed)
+            now = time.time()
+            doc["images"][image_name] = {"top": lid, "created": now, "updated": now}
+            self._save(doc)
+            return Image(self, image_name)
+
+    def _reset_container(self, name: str) -> None:
+        with self._lock:
+            self._writable()
+            c = self.container(name)
+            rec = c._rec
+            top = c.image.top
+            old_key = rec["key"]
+            gen = rec["gen"] + 1
+            key = f"container/{name}@{gen}"
+            self.snapshotter.prepare(key, top.key, {"cowblock.container": name})
+            doc = self._doc()
+            rec = doc["containers"][name]
+            rec.update(key=key, gen=gen, layer=top.id)
+            self._save(doc)
+            self.snapshotter.remove(old_key)
+
+    def remove_container(self, name: str) -> None:
+        """Remove container ``name``, detaching what is attached and giving
+        its writable layer's exclusive space back."""
+        with self._lock:
+            self._writable()
+            self.container(name)
+            doc = self._doc()
+            key = doc["containers"].pop(name)["key"]
+            self._save(doc)
+            self.snapshotter.remove(key)
+
+    def _target(self, target) -> tuple[str, str]:
+        if isinstance(target, Volume):
+            self.volume(target.name)
+            return ("volume", target.name)
+        if isinstance(target, Bind):
+            self.get_bind(target.name)
+            return ("bind", target.name)
+        raise InvalidArgumentError(f"can only attach a Volume or a Bind, not {target!r}")
+
+    def _attach(self, name: str, target) -> None:
+        with self._lock:
+            self._writable()
+            self.container(name)
+            entry = list(self._target(target))
+            doc = self._doc()
+            attached = doc["containers"][name]["attached"]
+            if entry in attached:
+                raise ExistsError(f"{entry[0]} {entry[1]!r} is already attached to container {name!r}")
+            attached.append(entry)
+            self._save(doc)
+
+    def _detach(self, name: str, target) -> None:
+        with self._lock:
+            self._writable()
+            self.container(name)
+            entry = list(self._target(target))
+            doc = self._doc()
+            attached = doc["containers"][name]["attached"]
+            if entry not in attached:
+                raise NotFoundError(f"{entry[0]} {entry[1]!r} is not attached to container {name!r}")
+            attached.remove(entry)
+            self._save(doc)
+
+    def _attached_to(self, kind: str, name: str) -> list[Container]:
+        return [Container(self, c) for c, r in sorted(self._doc()["containers"].items())
+                if [kind, name] in r["attached"]]
+
+    # ---- volumes ----------------------------------------------------------
+
+    def volume(self, name: str) -> Volume:
+        """The volume called ``name`` (NotFoundError)."""
+        if name not in self._doc()["volumes"]:
+            raise NotFoundError(f"volume {name!r} not found")
+        return Volume(self, name)
+
+    def volumes(self) -> list[Volume]:
+        """Every volume, sorted by name."""
+        return [Volume(self, n) for n in sorted(self._doc()["volumes"])]
+
+    def create_volume(self, name: str, size: int) -> Volume:
+        """Create an empty volume of ``size`` bytes (reads as zeros)."""
+        _check_name(name, "volume")
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise InvalidArgumentError(f"volume size must be a positive int, not {size!r}")
+        with self._lock:
+            self._writable()
+            if name in self._doc()["volumes"]:
+                raise ExistsError(f"volume {name!r} already exists")
+            key = f"volume/{name}"
+            if key in self.snapshotter:  # left over by an interrupted removal
+                self.snapshotter.remove(key)
+            self.snapshotter.prepare(key, size=size, labels={"cowblock.volume": name})
+            doc = self._doc()
+            doc["volumes"][name] = {"key": key, "created": time.time()}
+            self._save(doc)
+            return Volume(self, name)
+
+    def remove_volume(self, name: str) -> None:
+        """Remove a volume and give its space back (BusyError while attached)."""
+        with self._lock:
+            self._writable()
+            vol = self.volume(name)
+            users = [c.name for c in vol.containers]
+            if users:
+                raise BusyError(
+                    f"volume {name!r} is attached to container(s) {', '.join(map(repr, users))}; "
+                    f"detach it or remove them first")
+            doc = self._doc()
+            key = doc["volumes"].pop(name)["key"]
+            self._save(doc)
+            self.snapshotter.remove(key)
+
+    # ---- binds ------------------------------------------------------------
+
+    def bind(self, name: str, path: str | os.PathLike, *, readonly: bool = False) -> Bind:
+        """Record raw image file ``path`` as bind ``name`` and return it open.
+
+        The file is used as it is, never copied; it must exist.
+        """
+        _check_name(name, "bind")
+        path = os.path.abspath(os.fspath(path))
+        with self._lock:
+            self._writable()
+            if name in self._doc()["binds"]:
+                raise ExistsError(f"bind {name!r} already exists")
+            b = Bind(self, name, path, bool(readonly))
+            doc = self._doc()
+            doc["binds"][name] = {"path": path, "readonly": bool(readonly), "created": time.time()}
+            self._save(doc)
+            self._binds[name] = b
+            return b
+
+    def get_bind(self, name: str) -> Bind:
+        """The bind called ``name``, opened on first use (NotFoundError)."""
+        with self._lock:
+            rec = self._doc()["binds"].get(name)
+            if rec is None:
+                raise NotFoundError(f"bind {name!r} not found")
+            b = self._binds.get(name)
+            if b is None or b.closed:
+                b = self._binds[name] = Bind(self, name, rec["path"], rec["readonly"])
+            return b
+
+    def binds(self) -> list[Bind]:
+        """Every bind, sorted by name (opened on first use)."""
+        return [self.get_bind(n) for n in sorted(self._doc()["binds"])]
+
+    def bind_names(self) -> list[str]:
+        """Names of every bind, sorted, without opening the files."""
+        return sorted(self._doc()["binds"])
+
+    def bind_path(self, name: str) -> str:
+        """The file path of bind ``name`` without opening it."""
+        rec = self._doc()["binds"].get(name)
+        if rec is None:
+            raise NotFoundError(f"bind {name!r} not found")
+        return rec["path"]
+
+    def remove_bind(self, name: str) -> None:
+        """Forget bind ``name`` (BusyError while attached); the file is kept."""
+        with self._lock:
+            self._writable()
+            if name not in self._doc()["binds"]:
+                raise NotFoundError(f"bind {name!r} not found")
+            users = [c for c, _ in self._attached_names("bind", name)]
+            if users:
+                raise BusyError(
+                    f"bind {name!r} is attached to container(s) {', '.join(map(repr, users))}; "
+                    f"detach it or remove them first")
+            doc = self._doc()
+            del doc["binds"][name]
+            self._save(doc)
+            b = self._binds.pop(name, None)
+            if b is not None:
+                b.close()
+
+    def _attached_names(self, kind: str, name: str):
+        return [(c, r) for c, r in sorted(self._doc()["containers"].items())
+                if [kind, name] in r["attached"]]
+
+    # ---- maintenance and accounting --------------------------------------
+
+    def prune(self) -> list[str]:
+        """Remove snapshots of the model's namespace that the model does not
+        name (left by an interrupted operation); return their keys."""
+        with self._lock:
+            self._writable()
+            doc = self._doc()
+            named = {r["key"] for r in doc["layers"].values()}
+            named |= {r["key"] for r in doc["containers"].values()}
+            named |= {r["key"] for r in doc["volumes"].values()}
+            removed: list[str] = []
+            progress = True
+            while progress:
+                progress = False
+                for key in self.snapshotter.keys():
+                    if key not in named and not self.snapshotter.children(key):
+                        self.snapshotter.remove(key)
+                        removed.append(key)
+                        progress = True
+            self.snapshotter.cleanup()
+            return removed
+
+    def df(self) -> dict:
+        """Space used, like ``docker system df -v``: every figure in bytes,
+        from the pool's exact per-device accounting.
+
+        Returns a dict with ``pool`` (size, used, block_size and, when the
+        pool reports them, data_bytes_on_disk, meta_bytes and
+        meta_bytes_on_disk), ``images``, ``layers``, ``containers``,
+        ``volumes``, ``binds`` and ``other`` (pool devices that belong to no
+        model object).
+        """
+        doc = self._doc()
+        devs = device_usages(self.pool)
+        snaps = {i.name: i for i in self.snapshotter.walk()}
+
+        def space(key: str) -> dict:
+            info = snaps.get(key)
+            u = devs.get(info.device) if info else None
+            return {"device": info.device if info else None,
+                    "size": info.size if info else 0,
+                    "mapped": u.mapped if u else 0,
+                    "exclusive": u.exclusive if u else 0,
+                    "shared": u.shared if u else 0}
+
+        layers = []
+        layer_space = {}
+        for layer in self.layers():
+            rec = doc["layers"][layer.id]
+            s = space(rec["key"])
+            layer_space[layer.id] = s
+            layers.append({"id": layer.id, "parent": rec["parent"], "comment": rec.get("comment", ""),
+                           "external": rec.get("external"), "created": rec["created"],
+                           "changed": rec.get("changed"), **s})
+        images = []
+        for img in self.images():
+            ids = [l.id for l in img.layers]
+            images.append({"name": img.name, "top": ids[-1], "layers": len(ids),
+                           "size": layer_space[ids[-1]]["size"],
+                           "changed": sum(doc["layers"][i].get("changed") or 0 for i in ids),
+                           "exclusive": sum(layer_space[i]["exclusive"] for i in ids),
+                           "created": img.created,
+                           "containers": sorted(c for c, r in doc["containers"].items()
+                                                if r["image"] == img.name)})
+        containers = []
+        for name, rec in sorted(doc["containers"].items()):
+            info = snaps.get(rec["key"])
+            try:
+                changed = _changed_bytes(self.pool.device(info.device)) if info else None
+            except Exception:
+                changed = None
+            containers.append({"name": name, "image": rec["image"], "layer": rec["layer"],
+                               "created": rec["created"], "changed": changed,
+                               "attached": [f"{k}:{n}" for k, n in rec["attached"]],
+                               **space(rec["key"])})
+        volumes = []
+        for name, rec in sorted(doc["volumes"].items()):
+            volumes.append({"name": name, "created": rec["created"],
+                            "attached_to": [c for c, _ in self._attached_names("volume", name)],
+                            **space(rec["key"])})
+        binds = []
+        for name, rec in sorted(doc["binds"].items()):
+            try:
+                st = os.stat(rec["path"])
+                size, on_disk = st.st_size, st.st_blocks * 512
+            except FileNotFoundError:
+                size = on_disk = None
+            binds.append({"name": name, "path": rec["path"], "readonly": rec["readonly"],
+                          "size": size, "on_disk": on_disk,
+                          "attached_to": [c for c, _ in self._attached_names("bind", name)]})
+        model_devices = {s["device"] for s in layer_space.values()}
+        model_devices |= {c["device"] for c in containers} | {v["device"] for v in volumes}
+        other = []
+        for dev_name, u in sorted(devs.items()):
+            if dev_name in model_devices:
+                continue
+            try:
+                size = self.pool.device(dev_name).size
+            except Exception:
+                size = None
+            other.append({"device": dev_name, "size": size, "mapped": u.mapped,
+                          "exclusive": u.exclusive, "shared": u.shared})
+        pool = {"path": str(self.pool.path), "size": self.pool.size, "used": self.pool.used,
+                "block_size": self.pool.block_size}
+        stats = self.pool.stats()
+        for k in ("data_bytes_on_disk", "meta_bytes", "meta_bytes_on_disk"):
+            if k in stats:
+                pool[k] = int(stats[k])
+        return {"pool": pool, "images": images, "layers": layers, "containers": containers,
+                "volumes": volumes, "binds": binds, "other": other}
