@@ -2,7 +2,7 @@
 
 Noun-verb subcommands::
 
-    cowblock pool create|info|check|stats PATH
+    cowblock pool create|info|check|stats|dump PATH
     cowblock device ls|create|snapshot|rm|info|import|export
     cowblock image ls|import|rm|history
     cowblock container create|ls|commit|reset|rm|attach|detach
@@ -223,6 +223,49 @@ def cmd_pool_stats(args) -> int:
         v = stats[k]
         shown = format_exact(v) if k in _BYTE_STATS and isinstance(v, int) else v
         print(f"{k + ':':<{w + 1}} {shown}")
+    return EXIT_OK
+
+
+def cmd_pool_dump(args) -> int:
+    with _pool(args, False, args.path) as pool:
+        d = pool.dump()
+    if args.json:
+        _emit_json(d)
+        return EXIT_OK
+    sb = d["superblock"]
+    print(f"superblock: slot {sb['slot']}, generation {sb['generation']}, version {sb['version']}, "
+          f"block size {_exact(sb['block_size'])}, sub-block {_exact(sb['sub_block_size'])}, "
+          f"{sb['nblocks']} blocks, time {sb['time']}, next device id {sb['next_dev_id']}, "
+          f"{sb['meta_pages']} metadata pages, uuid {sb['uuid']}, "
+          f"created {_when(sb['created_ns'] / 1e9)}")
+    for s in d["slots"]:
+        state = (f"generation {s['generation']}{' (current)' if s['current'] else ''}"
+                 if s["valid"] else "invalid")
+        print(f"slot {s['slot']}: {state}")
+    for x in d["externals"]:
+        print(f"external {x['id']}: {x['path']} ({_exact(x['size'])}), page {x['page']}")
+    for dev in d["devices"]:
+        print(f"device {dev['id']} {dev['name']!r}: size {_exact(dev['size'])}, "
+              f"{'ro' if dev['readonly'] else 'rw'}, depth {dev['depth']}, root page {dev['root']}, "
+              f"birth {dev['birth_time']}, snap {dev['snap_time']}, "
+              f"origin {dev['origin_id'] or '-'}, external {dev['external_id'] or '-'}, "
+              f"{dev['mapped_entries']} entries")
+        for m in dev["mappings"]:
+            n = m["length"]
+            virt = f"{m['virt']}" + (f"..{m['virt'] + n - 1}" if n > 1 else "")
+            data = ("" if "data" not in m else
+                    f" -> {m['data']}" + (f"..{m['data'] + n - 1}" if n > 1 else ""))
+            extra = ""
+            if "flags" in m:
+                extra = f", flags {m['flags']}, bitmap {m['bitmap']:#x}"
+                if "origin" in m:
+                    extra += f", origin {m['origin']}"
+            print(f"  {virt}{data} (time {m['time']}{extra})")
+    fl = d["free_log"]
+    runs = ", ".join(f"{r['start']}+{r['count']}" for r in fl["runs"]) or "-"
+    print(f"free log: pages {fl['pages'] or '-'}, runs {runs}")
+    if d["uncommitted"]:
+        print("(the pool has uncommitted changes, not shown)")
     return EXIT_OK
 
 
@@ -692,7 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="block size, a power of two from 4K to 1M (default 64K)")
     for name, func, help in (("info", cmd_pool_info, "show size, use and on-disk footprint"),
                              ("check", cmd_pool_check, "check consistency (exit 0 ok, 2 corrupted, 3 leaks)"),
-                             ("stats", cmd_pool_stats, "show the pool's counters")):
+                             ("stats", cmd_pool_stats, "show the pool's counters"),
+                             ("dump", cmd_pool_dump, "print the committed metadata (like thin_dump)")):
         verb(g, name, func, help).add_argument("path", nargs="?", metavar="PATH")
 
     g = noun("device", "thin devices and snapshots")

@@ -38,7 +38,10 @@ class PoolFullError(CowblockError):
     """The pool (or the file system under it) has no free block left.
 
     The write that could not be served did not happen; earlier data is
-    intact and the pool stays usable: deleting devices makes room.
+    intact and the pool stays usable: deleting devices makes room.  If the
+    file system itself runs out while metadata is being committed, the pool
+    enters the failed state instead (later calls raise PoolFailedError);
+    reopen it once space is available: nothing flushed is lost.
     """
 
 

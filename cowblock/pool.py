@@ -397,18 +397,22 @@ class Pool:
     def usage(self):
         """Exact space accounting for the pool and every device (one walk of all metadata)."""
         h = self._handle()
-        infos = self._infos()
-        arr = ffi.new("cb_usage[]", max(len(infos), 1))
         count = ffi.new("size_t *")
-        rc = lib.cb_pool_usage(h, arr, len(infos), count)
-        if rc:
-            raise_for(rc, "compute usage")
-        names = {i.id: i.name for i in infos}
+        n = 64
+        while True:  # devices may come and go: size the array until it fits
+            arr = ffi.new("cb_usage[]", n)
+            rc = lib.cb_pool_usage(h, arr, n, count)
+            if rc:
+                raise_for(rc, "compute usage")
+            if count[0] <= n:
+                break
+            n = count[0]
         bs = self._block_size
         devices = {}
-        for k in range(min(count[0], len(infos))):
+        for k in range(count[0]):
             u = arr[k]
-            devices[names[u.id]] = DeviceUsage(u.mapped * bs, u.exclusive * bs, u.shared * bs)
+            devices[ffi.string(u.name).decode("utf-8")] = DeviceUsage(
+                u.mapped * bs, u.exclusive * bs, u.shared * bs)
         return PoolUsage(size=self._size, used=self.used, block_size=bs, devices=devices)
 
     def stats(self):
@@ -444,6 +448,34 @@ class Pool:
             mapped_entries=out.mapped_entries, messages=messages,
         )
 
+    def dump(self):
+        """The committed metadata as a dict, like thin_dump (see ``cowblock pool dump``).
+
+        It shows what the last commit made durable, read back from the
+        metadata file; call :meth:`flush` first to include recent changes
+        (``"uncommitted"`` says whether there are any).
+        """
+        import json
+
+        out = ffi.new("char **")
+        length = ffi.new("size_t *")
+        rc = lib.cb_pool_dump(self._handle(), out, length)
+        if rc:
+            raise_for(rc, f"dump pool {self._path!r}")
+        try:
+            text = ffi.unpack(out[0], length[0])
+        finally:
+            lib.cb_free(out[0])
+        return json.loads(text)
+
+
+# Reads of up to _SCRATCH bytes go through a per-thread buffer, then into
+# the bytes object returned: one copy, no allocation of a cdata per call.
+_SCRATCH = 64 * 1024
+_local = threading.local()
+_read = lib.cb_dev_read
+_write = lib.cb_dev_write
+_from_buffer = ffi.from_buffer
 
 _RawInfo = collections.namedtuple(
     "_RawInfo", "name id origin_id size flags external_id created_ns")
@@ -528,22 +560,42 @@ class Device:
 
     def read(self, offset, length):
         """``length`` bytes from ``offset``; unwritten ranges read as zeros."""
-        offset, length = self._range(offset, length, "read")
-        buf = bytearray(length)
-        rc = lib.cb_dev_read(self._handle(), ffi.from_buffer(buf), length, offset)
+        # The common case is checked inline: this is the per-call hot path.
+        if offset.__class__ is not int or length.__class__ is not int or not (
+            0 <= offset and 0 <= length and offset + length <= self._size
+        ):
+            offset, length = self._range(offset, length, "read")
+        h = self._h
+        if h is None:
+            self._handle()
+        if length <= _SCRATCH:
+            try:
+                buf = _local.buf
+            except AttributeError:
+                buf = _local.buf = ffi.new("char[]", _SCRATCH)
+        else:
+            buf = ffi.new("char[]", length)
+        rc = _read(h, buf, length, offset)
         if rc:
             raise_for(rc, f"read from {self._name!r}")
-        return bytes(buf)
+        return ffi.buffer(buf, length)[:]
 
     def readinto(self, offset, buffer):
         """Fill ``buffer`` (any writable buffer) from ``offset``; returns its length."""
-        try:
-            cbuf = ffi.from_buffer(buffer, require_writable=True)
-        except (TypeError, BufferError, ValueError):
-            raise _bad(f"readinto needs a writable buffer, not {type(buffer).__name__}") from None
-        n = len(ffi.buffer(cbuf))
-        offset, n = self._range(offset, n, "read")
-        rc = lib.cb_dev_read(self._handle(), cbuf, n, offset)
+        if buffer.__class__ is bytearray:  # always writable: skip the slower check
+            cbuf = _from_buffer(buffer)
+        else:
+            try:
+                cbuf = _from_buffer(buffer, require_writable=True)
+            except (TypeError, BufferError, ValueError):
+                raise _bad(f"readinto needs a writable buffer, not {type(buffer).__name__}") from None
+        n = len(cbuf)
+        if offset.__class__ is not int or not (0 <= offset and offset + n <= self._size):
+            offset, n = self._range(offset, n, "read")
+        h = self._h
+        if h is None:
+            self._handle()
+        rc = _read(h, cbuf, n, offset)
         if rc:
             raise_for(rc, f"read from {self._name!r}")
         return n
@@ -553,14 +605,18 @@ class Device:
         if isinstance(data, str):
             raise _bad("write needs bytes-like data, not str")
         try:
-            cbuf = ffi.from_buffer(data)
+            cbuf = _from_buffer(data)
         except TypeError:
             raise _bad(f"write needs bytes-like data, not {type(data).__name__}") from None
-        n = len(ffi.buffer(cbuf))
-        offset, n = self._range(offset, n, "write")
+        n = len(cbuf)
+        if offset.__class__ is not int or not (0 <= offset and offset + n <= self._size):
+            offset, n = self._range(offset, n, "write")
         if self._readonly:
             raise errors.ReadOnlyError(f"device {self._name!r} is read-only")
-        rc = lib.cb_dev_write(self._handle(), cbuf, n, offset)
+        h = self._h
+        if h is None:
+            self._handle()
+        rc = _write(h, cbuf, n, offset)
         if rc:
             raise_for(rc, f"write to {self._name!r}")
         return n

@@ -9,6 +9,9 @@
  */
 #include "blockio.h"
 #include "cowblock.h"
+#ifdef CB_TESTING
+#include "testio.h" /* test builds only: wraps pool files (tests/testbuild.py) */
+#endif
 
 #include <errno.h>
 #include <fcntl.h>
@@ -208,9 +211,18 @@ int cb_file_open(const char *path, unsigned flags, cb_io **out)
         oflags |= O_CREAT | O_EXCL;
     if (flags & CB_IO_DIRECT)
         oflags |= O_DIRECT;
-    int fd = open(path, oflags, 0644);
+    /* O_NONBLOCK so that a FIFO planted where a pool file should be cannot
+     * block the open; anything but a regular file or block device is
+     * refused, then the descriptor goes back to blocking mode. */
+    int fd = open(path, oflags | O_NONBLOCK, 0644);
     if (fd < 0)
         return os_err(errno);
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) ||
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+        close(fd);
+        return CB_ECORRUPT;
+    }
     struct file_io *f = calloc(1, sizeof *f);
     if (!f) {
         close(fd);
@@ -220,10 +232,16 @@ int cb_file_open(const char *path, unsigned flags, cb_io **out)
     f->fd = fd;
     f->direct = (flags & CB_IO_DIRECT) != 0;
     *out = &f->io;
+#ifdef CB_TESTING
+    return cb_testio_wrap(path, out);
+#endif
     return 0;
 }
 
 int cb_file_fd(cb_io *io)
 {
+#ifdef CB_TESTING
+    io = cb_testio_inner(io);
+#endif
     return io->ops == &file_ops ? ((struct file_io *)io)->fd : -1;
 }

@@ -11,7 +11,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ["crc32c.c", "blockio.c", "meta.c", "spacemap.c", "mapping.c",
-           "thin.c", "txn.c", "check.c", "pool.c"]
+           "thin.c", "txn.c", "check.c", "pool.c", "dump.c"]
 HEADERS = ["cowblock.h", "crc32c.h", "blockio.h", "meta.h", "spacemap.h",
            "mapping.h", "thin.h", "pool.h", "cowblock.cdef.h"]
 

@@ -12,7 +12,8 @@
  *      blocks in range);
  *   4. the space map's busy bits agree with the counts;
  *   5. the data file is scanned (SEEK_DATA) for free blocks that still
- *      hold data: a leak of disk space, repaired by punching it out;
+ *      hold data: a leak of disk space, repaired by punching it out (open
+ *      does this by itself after an unclean shutdown, see txn.c);
  *   6. metadata pages marked in use but unreachable: leaked pages,
  *      repaired by marking them free.
  * Corruption (1-4) is reported, never "repaired": we refuse to guess.
@@ -33,6 +34,7 @@ struct checker {
     uint64_t *reach;     /* bitmap of reachable metadata pages */
     uint64_t npages;
     uint32_t **cnt;      /* recomputed data counts, by chunk */
+    int ioerr;           /* first IO error: the check cannot conclude */
 };
 
 static void say(struct checker *c, const char *fmt, ...)
@@ -65,8 +67,14 @@ static void reach(struct checker *c, uint64_t page)
 static void verify_page(struct checker *c, uint64_t page, uint32_t type)
 {
     reach(c, page);
-    if (cb_io_pread(c->p->meta, c->pg, CB_PAGE, page * CB_PAGE) != 0 ||
-        cb_page_verify(c->pg, type, page, c->p->generation) != 0)
+    int rc = cb_io_pread(c->p->meta, c->pg, CB_PAGE, page * CB_PAGE);
+    if (rc) {
+        /* an unreadable page says nothing about the metadata's validity */
+        if (!c->ioerr)
+            c->ioerr = rc;
+        return;
+    }
+    if (cb_page_verify(c->pg, type, page, c->p->generation) != 0)
         error(c, "metadata page fails verification (page, type)", page, type);
 }
 
@@ -164,10 +172,10 @@ static void compare_counts(struct checker *c)
     }
 }
 
-static int scan_leaks(struct checker *c, int repair)
+int cb_check_free_data(struct cb_pool *p, int punch, uint64_t *found, uint64_t *punched)
 {
-    struct cb_pool *p = c->p;
     uint64_t bs = p->block_size, off = 0, end = p->nblocks * bs;
+    *found = *punched = 0;
     while (off < end) {
         uint64_t data, hole;
         int rc = p->data->ops->next_data(p->data, off, &data, &hole);
@@ -183,16 +191,24 @@ static int scan_leaks(struct checker *c, int repair)
             uint64_t first = b;
             while ((b + 1) * bs < hole && cb_sm_rc(&p->sm, b + 1) == 0)
                 b++;
-            c->r->leaked_blocks += b - first + 1;
-            if (repair && cb_io_punch(p->data, first * bs, (b - first + 1) * bs) == 0)
-                c->r->repaired += b - first + 1;
+            *found += b - first + 1;
+            if (punch && cb_io_punch(p->data, first * bs, (b - first + 1) * bs) == 0)
+                *punched += b - first + 1;
         }
         off = hole > off ? (hole + bs - 1) / bs * bs : off + bs;
     }
+    return 0;
+}
+
+static int scan_leaks(struct checker *c, int repair)
+{
+    uint64_t punched;
+    int rc = cb_check_free_data(c->p, repair, &c->r->leaked_blocks, &punched);
+    c->r->repaired += punched;
     if (c->r->leaked_blocks)
         say(c, "leak: %llu free data blocks still hold data in the file%s",
             (unsigned long long)c->r->leaked_blocks, repair ? " (punched out)" : "");
-    return 0;
+    return rc;
 }
 
 static void scan_pages(struct checker *c, int repair)
@@ -235,8 +251,9 @@ int cb_check_run(struct cb_pool *p, int repair, cb_check *out, char *buf, size_t
     /* superblock slot of the last commit, device table, externals, free log */
     reach(&c, 0);
     reach(&c, 1);
-    if (cb_io_pread(p->meta, c.pg, CB_PAGE, (p->generation % 2) * CB_PAGE) != 0 ||
-        cb_page_verify(c.pg, CB_PT_SUPER, p->generation % 2, p->generation) != 0)
+    if ((rc = cb_io_pread(p->meta, c.pg, CB_PAGE, (p->generation % 2) * CB_PAGE)))
+        goto out;
+    if (cb_page_verify(c.pg, CB_PT_SUPER, p->generation % 2, p->generation) != 0)
         error(&c, "current superblock fails verification (slot, generation)",
               p->generation % 2, p->generation);
     for (unsigned k = 0; k < CB_SB_DEVTAB_MAX; k++)
@@ -265,6 +282,8 @@ int cb_check_run(struct cb_pool *p, int repair, cb_check *out, char *buf, size_t
     for (unsigned i = 0; i < p->ndevslots; i++)
         if (p->devs[i])
             reset_marks(p->devs[i]->root);
+    if (!rc)
+        rc = c.ioerr;
     if (rc)
         goto out;
     compare_counts(&c);

@@ -43,6 +43,7 @@ typedef struct cb_devinfo {
 } cb_devinfo;
 
 typedef struct cb_usage {
+    char name[...];
     uint32_t id;
     uint64_t mapped, exclusive, shared;
 } cb_usage;
@@ -70,6 +71,8 @@ int cb_pool_info(cb_pool *pool, const char *name, cb_devinfo *out);
 int cb_pool_external_path(cb_pool *pool, uint32_t id, char *buf, size_t len);
 int cb_pool_usage(cb_pool *pool, cb_usage *out, size_t n, size_t *count);
 int cb_pool_check(cb_pool *pool, int repair, cb_check *out, char *buf, size_t len);
+int cb_pool_dump(cb_pool *pool, char **json, size_t *len);
+void cb_free(void *ptr);
 
 int cb_dev_open(cb_pool *pool, const char *name, cb_dev **out);
 void cb_dev_close(cb_dev *dev);

@@ -108,6 +108,7 @@ typedef struct cb_devinfo {
 
 /* Space used by one device, in blocks.  mapped = exclusive + shared. */
 typedef struct cb_usage {
+    char name[CB_NAME_MAX + 1];
     uint32_t id;
     uint64_t mapped;     /* distinct data blocks it reads from */
     uint64_t exclusive;  /* ... that no other device reads from */
@@ -166,6 +167,15 @@ int cb_pool_usage(cb_pool *pool, cb_usage *out, size_t n, size_t *count);
  * Messages (one per line) go to buf (truncated to len, NUL-terminated). */
 int cb_pool_check(cb_pool *pool, int repair, cb_check *out,
                   char *buf, size_t len);
+/* The committed metadata (what the last commit made durable, read back from
+ * the metadata file and verified) as JSON text, like thin_dump: superblock,
+ * both slots, external origins, devices with their mappings as runs, free
+ * log.  On success *json is NUL-terminated, malloc'd, owned by the caller
+ * and released with cb_free(); *len (if len is not NULL) gets its length.
+ * Takes the pool lock shared.  CB_ECORRUPT if a page fails verification. */
+int cb_pool_dump(cb_pool *pool, char **json, size_t *len);
+/* Release memory the library handed out (cb_pool_dump).  NULL is a no-op. */
+void cb_free(void *ptr);
 
 /* ---- devices ---------------------------------------------------------- */
 /* Handles stay valid until cb_dev_close or cb_pool_close.  A handle whose

@@ -18,7 +18,7 @@
  *  30  u16 count        entries in use (type specific)
  *
  * Superblock payload (offsets from the page start):
- *  32 char[8] "cowblock"   40 u32 version   44 u32 incompat   48 u32 compat
+ *  32 char[8] "cowblock"   40 u32 version   44 u32 incompat   48 u32 compat (CLEAN)
  *  52 u32 block_size       56 u64 nblocks   64 u64 time       72 u64 next_dev_id
  *  80 u64 meta_pages       88 u64 freelog   96 u32 ndevtab    100 u32 reserved
  * 104 u8[16] uuid         120 u64 created_ns
@@ -45,6 +45,9 @@
 #define CB_PAGE 4096u
 #define CB_HDR 32u
 #define CB_FORMAT_VERSION 1u
+/* compat feature bits (superblock offset 48): readers that do not know a
+ * bit may ignore it */
+#define CB_COMPAT_CLEAN 1u  /* written by close: no allocation since this commit */
 
 enum cb_page_type {
     CB_PT_SUPER = 0x42534243,   /* "CBSB" */

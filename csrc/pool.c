@@ -241,8 +241,19 @@ int cb_pool_open(const char *path, unsigned flags, cb_pool **out)
         rc = CB_ENOENT;
     if (!rc)
         rc = cb_txn_load(p);
-    if (!rc)
-        rc = cb_pool_geometry(p);
+    if (!rc && !(flags & CB_OPEN_READONLY)) {
+        /* After an unclean shutdown, blocks the lost transaction had
+         * allocated and written hold data but are free: punch them out.
+         * Then commit once without the clean mark, so that a crash from
+         * here on is seen as unclean by the next open. */
+        uint64_t found, punched;
+        if (!p->was_clean)
+            rc = cb_check_free_data(p, 1, &found, &punched);
+        if (!rc) {
+            p->meta_changed = 1;
+            rc = cb_txn_commit(p);
+        }
+    }
     if (rc) {
         pool_free(p);
         return rc;
@@ -257,8 +268,11 @@ int cb_pool_close(cb_pool *p)
         return 0;
     pthread_rwlock_wrlock(&p->lock);
     int rc = 0;
-    if (!p->failed && !(p->flags & CB_OPEN_READONLY))
+    if (!p->failed && !(p->flags & CB_OPEN_READONLY)) {
+        p->closing = 1; /* this commit marks the pool clean */
+        p->meta_changed = 1;
         rc = cb_txn_commit(p);
+    }
     pthread_rwlock_unlock(&p->lock);
     pool_free(p);
     return rc;

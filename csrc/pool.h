@@ -76,6 +76,9 @@ struct cb_pool {
     uint8_t uuid[16];
     uint64_t created_ns;
     int meta_changed;     /* something to commit beyond node pages */
+    int was_clean;        /* the superblock loaded says: closed cleanly */
+    int closing;          /* the commit being made is close's: mark clean */
+    int leaky;            /* a punch failed: free blocks may still hold data */
 
     struct cb_spacemap sm;
     struct cb_pagemap pm;
@@ -117,5 +120,7 @@ int cb_txn_format(struct cb_pool *p);
 int cb_txn_maybe_commit(struct cb_pool *p);
 /* check.c */
 int cb_check_run(struct cb_pool *p, int repair, cb_check *out, char *buf, size_t len);
+/* Find (and with punch, punch out) free data blocks that hold data. */
+int cb_check_free_data(struct cb_pool *p, int punch, uint64_t *found, uint64_t *punched);
 
 #endif

@@ -315,6 +315,9 @@ static int write_block(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
             rc = copy_subs(p, old.block, nb, copy);
     }
     if (rc) {
+        /* nb may hold part of the data (no committed state names it): punch
+         * it, or a clean close would leave that space leaked */
+        cb_io_punch(p->data, nb * p->block_size, p->block_size);
         cb_sm_unalloc(&p->sm, nb);
         return rc;
     }
@@ -330,6 +333,68 @@ static int write_block(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
         return rc;
     *e = ne;
     return cb_entry_unref(&p->sm, &old);
+}
+
+/*
+ * Whole blocks v .. v+k-1 from src, in three phases so that data blocks
+ * that happen to be consecutive get one pwrite: plan (private entries are
+ * written in place, the others get a new block), write, then install the
+ * new entries.  Nothing is installed unless every pwrite succeeded.
+ */
+#define FULL_BATCH 256u
+
+static int write_full_blocks(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
+                             uint64_t k, const char *src)
+{
+    struct cb_entry *ent[FULL_BATCH];
+    uint64_t target[FULL_BATCH];
+    uint8_t fresh[FULL_BATCH];
+    uint64_t bs = p->block_size, i;
+    int rc = 0;
+    for (i = 0; i < k; i++) {
+        if ((rc = cb_map_writable(&p->map, &d->root, d->depth, v + i, &ent[i])))
+            break;
+        fresh[i] = !private_entry(p, d, ent[i]);
+        if (!fresh[i])
+            target[i] = ent[i]->block;
+        else if ((rc = cb_sm_alloc(&p->sm, &target[i])))
+            break;
+    }
+    for (uint64_t j = 0; j < i && !rc;) {
+        uint64_t r = j + 1;
+        while (r < i && target[r] == target[r - 1] + 1)
+            r++;
+        rc = data_write(p, target[j], 0, src + j * bs, (r - j) * bs);
+        j = r;
+    }
+    if (rc) {
+        for (uint64_t j = 0; j < i; j++)
+            if (fresh[j]) {
+                /* may hold data already (see write_block) */
+                cb_io_punch(p->data, target[j] * bs, bs);
+                cb_sm_unalloc(&p->sm, target[j]);
+            }
+        return rc;
+    }
+    uint32_t now = p->map.now;
+    for (i = 0; i < k && !rc; i++) {
+        struct cb_entry *e = ent[i], old = *e;
+        if (fresh[i]) {
+            *e = (struct cb_entry){target[i], 0, p->full_bitmap, now, CB_E_MAPPED};
+            if (old.flags & CB_E_MAPPED)
+                p->st.copyups++;
+            rc = cb_entry_unref(&p->sm, &old);
+        } else {
+            e->bitmap = p->full_bitmap;
+            e->time = now;
+            if (e->flags & CB_E_ORIGIN) {
+                e->flags &= ~CB_E_ORIGIN;
+                e->origin = 0;
+                rc = cb_sm_dec(&p->sm, old.origin);
+            }
+        }
+    }
+    return rc;
 }
 
 int cb_thin_write(struct cb_pool *p, struct cb_devrec *d, const void *buf,
@@ -351,7 +416,20 @@ int cb_thin_write(struct cb_pool *p, struct cb_devrec *d, const void *buf,
         uint64_t v = off >> p->block_shift;
         uint32_t boff = (uint32_t)(off & (bs - 1));
         size_t n = bs - boff < len ? bs - boff : len;
-        int rc = write_block(p, d, v, boff, n, src);
+        int rc;
+        if (boff == 0 && len >= 2 * bs) {
+            uint64_t k = len / bs < FULL_BATCH ? len / bs : FULL_BATCH;
+            rc = write_full_blocks(p, d, v, k, src);
+            n = k * bs;
+        } else {
+            rc = write_block(p, d, v, boff, n, src);
+        }
+        if (rc == CB_ENOSPC && p->sm.pending.n) {
+            /* The file system is full: blocks this transaction freed are
+             * punched out by its commit.  Commit, then retry the block. */
+            if (!(rc = cb_txn_commit(p)))
+                continue;
+        }
         if (rc)
             return rc;
         src += n;
@@ -664,6 +742,7 @@ int cb_thin_usage(struct cb_pool *p, cb_usage *out, size_t n, size_t *count)
             continue;
         if (k < n) {
             out[k].id = d->id;
+            memcpy(out[k].name, d->name, sizeof out[k].name);
             out[k].exclusive = exclusive_walk(d->root, &c);
         }
         k++;

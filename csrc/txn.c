@@ -22,13 +22,16 @@
  */
 #include "pool.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define DIRTY_LIMIT 16384u          /* nodes (64 MiB of metadata) */
 #define PENDING_LIMIT (1u << 20)    /* freed blocks awaiting a commit */
 #define MAX_POOL_BLOCKS (1ull << 36)
+#define META_RESERVE 64u            /* pages kept allocated past the metadata in use */
 
 /* ---- encoding ------------------------------------------------------------ */
 
@@ -38,7 +41,8 @@ static void encode_super(struct cb_pool *p, unsigned char *pg, uint64_t gen)
     memcpy(pg + 32, "cowblock", 8);
     cb_put32(pg + 40, CB_FORMAT_VERSION);
     cb_put32(pg + 44, 0);
-    cb_put32(pg + 48, 0);
+    /* a failed punch leaves space behind: let the next open reclaim it */
+    cb_put32(pg + 48, p->closing && !p->leaky ? CB_COMPAT_CLEAN : 0);
     cb_put32(pg + 52, p->block_size);
     cb_put64(pg + 56, p->nblocks);
     cb_put64(pg + 64, p->map.now);
@@ -102,6 +106,16 @@ static void encode_devrec(const struct cb_devrec *d, unsigned char *q)
 }
 
 /* ---- commit -------------------------------------------------------------- */
+
+/* Keep META_RESERVE pages allocated in the metadata file past those in
+ * use, so that a commit (which is what frees space) never needs space from
+ * a full file system.  Best effort: an error here changes nothing. */
+static void meta_reserve(struct cb_pool *p)
+{
+    int fd = cb_file_fd(p->meta);
+    if (fd >= 0)
+        (void)posix_fallocate(fd, 0, (off_t)((p->pm.npages + META_RESERVE) * CB_PAGE));
+}
 
 static int write_page(struct cb_pool *p, unsigned char *pg, uint64_t page)
 {
@@ -208,8 +222,12 @@ static void punch_runs(struct cb_pool *p, const uint64_t *runs, size_t nruns)
                 ok = 0;
         /* A punch that fails only leaves space allocated: check reports
          * it as a leak and repair gives it back. */
-        if (ok && cb_io_punch(p->data, b * p->block_size, n * p->block_size) == 0)
+        if (!ok)
+            continue;
+        if (cb_io_punch(p->data, b * p->block_size, n * p->block_size) == 0)
             p->st.punched_blocks += n;
+        else
+            p->leaky = 1;
     }
 }
 
@@ -277,6 +295,8 @@ static int commit_meta(struct cb_pool *p, uint64_t gen, struct cb_u64vec *runs)
     }
     if (!rc)
         rc = cb_io_sync(p->meta);
+    if (!rc)
+        meta_reserve(p);
     free(pg);
     return rc;
 }
@@ -306,6 +326,7 @@ int cb_txn_commit(struct cb_pool *p)
         return rc;
     }
     p->generation = gen;
+    meta_reserve(p);
     p->meta_changed = 0;
     p->st.commits++;
     punch_runs(p, runs.v, runs.n / 2);
@@ -336,6 +357,8 @@ int cb_txn_format(struct cb_pool *p)
     }
     if (!rc)
         rc = cb_io_sync(p->meta);
+    if (!rc)
+        meta_reserve(p);
     free(pg);
     return rc;
 }
@@ -582,12 +605,19 @@ static int load_externals(struct loader *L, const unsigned char *sb)
         struct cb_external *x = &p->ext[i];
         x->size = cb_get64(L->pg + 32);
         x->page = page;
-        if (x->size > CB_MAX_DEV_SIZE || !(x->path = malloc(len + 1)))
-            return x->path ? CB_ECORRUPT : CB_ENOMEM;
+        if (x->size > CB_MAX_DEV_SIZE)
+            return CB_ECORRUPT;
+        if (!(x->path = malloc(len + 1)))
+            return CB_ENOMEM;
         memcpy(x->path, L->pg + CB_EXT_PATH_OFF, len);
         x->path[len] = 0;
-        if (cb_file_open(x->path, CB_IO_READONLY, &x->io) != 0)
-            x->io = NULL; /* reads through it fail with CB_EEXTERNAL */
+        /* Only what add_external accepts: opening a FIFO named by a hostile
+         * file would block for ever, a character device read for ever. */
+        struct stat st;
+        x->io = NULL; /* reads through it fail with CB_EEXTERNAL */
+        if (stat(x->path, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) &&
+            cb_file_open(x->path, CB_IO_READONLY, &x->io) != 0)
+            x->io = NULL;
     }
     return 0;
 }
@@ -598,6 +628,7 @@ static int load_freelog(struct loader *L)
     uint64_t page = p->freelog_page;
     struct cb_u64vec runs = {NULL, 0, 0};
     int rc = 0;
+    uint64_t end = 0; /* runs are sorted and disjoint (pending_runs) */
     for (uint64_t hops = 0; page && !rc; hops++) {
         if (hops >= L->meta_pages) {
             rc = CB_ECORRUPT;
@@ -613,10 +644,11 @@ static int load_freelog(struct loader *L)
         }
         for (uint32_t i = 0; i < n && !rc; i++) {
             uint64_t b = cb_get64(L->pg + 48 + 16 * i), c = cb_get64(L->pg + 56 + 16 * i);
-            if (c == 0 || b >= p->nblocks || c > p->nblocks - b)
+            if (c == 0 || b >= p->nblocks || c > p->nblocks - b || b < end)
                 rc = CB_ECORRUPT;
             else if (!(rc = cb_u64vec_push(&runs, b)))
                 rc = cb_u64vec_push(&runs, c);
+            end = b + c;
         }
         page = cb_get64(L->pg + 32);
     }
@@ -630,6 +662,11 @@ static int parse_super(struct cb_pool *p, const unsigned char *sb, uint64_t slot
                        uint64_t meta_file_pages, uint64_t data_size)
 {
     if (cb_page_verify(sb, CB_PT_SUPER, slot, UINT64_MAX))
+        return CB_ECORRUPT;
+    /* a commit writes generation g into slot g % 2: anything else would
+     * make the next commit overwrite the superblock it started from */
+    uint64_t gen = cb_get64(sb + 16);
+    if (gen % 2 != slot || gen >= (1ull << 62))
         return CB_ECORRUPT;
     if (memcmp(sb + 32, "cowblock", 8))
         return CB_ECORRUPT;
@@ -690,6 +727,7 @@ int cb_txn_load(struct cb_pool *p)
     L.meta_pages = cb_get64(s + 80);
     L.sb_time = p->map.now;
     p->freelog_page = cb_get64(s + 88);
+    p->was_clean = (cb_get32(s + 48) & CB_COMPAT_CLEAN) != 0;
     memcpy(p->uuid, s + 104, 16);
     p->created_ns = cb_get64(s + 120);
     if ((rc = cb_pool_geometry(p)) || (rc = cb_sm_init(&p->sm, p->nblocks)) ||
