@@ -409,6 +409,7 @@ struct loader {
     unsigned char *pg;
     uint64_t sb_time;
     uint64_t meta_pages;
+    uint64_t *roots;      /* root page of each device slot, while loading */
 };
 
 static int read_page(struct loader *L, uint64_t page, uint32_t type)
@@ -517,7 +518,8 @@ static int load_devtab(struct loader *L, unsigned ndevtab)
 {
     struct cb_pool *p = L->p;
     p->devs = calloc((size_t)CB_SB_DEVTAB_MAX * CB_DEVTAB_RECS, sizeof *p->devs);
-    if (!p->devs)
+    L->roots = calloc((size_t)CB_SB_DEVTAB_MAX * CB_DEVTAB_RECS, sizeof *L->roots);
+    if (!p->devs || !L->roots)
         return CB_ENOMEM;
     p->ndevslots = ndevtab * CB_DEVTAB_RECS;
     for (unsigned k = 0; k < ndevtab; k++) {
@@ -566,8 +568,8 @@ static int load_devtab(struct loader *L, unsigned ndevtab)
             for (unsigned b = 64 + nlen; b < 192; b++)
                 if (q[b])
                     return CB_ECORRUPT;
-            /* root is loaded after the page buffer is free again */
-            d->root = (struct cb_node *)(uintptr_t)root;
+            /* the tree is loaded once the page buffer is free again */
+            L->roots[d->slot] = root;
         }
     }
     /* names and ids unique */
@@ -580,8 +582,7 @@ static int load_devtab(struct loader *L, unsigned ndevtab)
         struct cb_devrec *d = p->devs[i];
         if (!d)
             continue;
-        uint64_t root = (uint64_t)(uintptr_t)d->root;
-        d->root = NULL;
+        uint64_t root = L->roots[i];
         int rc;
         if (root && (rc = load_node(L, root, d->depth, &d->root)))
             return rc;
@@ -695,7 +696,7 @@ int cb_txn_load(struct cb_pool *p)
         return rc;
     uint64_t mfpages = msize / CB_PAGE;
     unsigned char *sb[2] = {malloc(CB_PAGE), malloc(CB_PAGE)};
-    struct loader L = {p, {NULL, NULL, 0, 0}, malloc(CB_PAGE), 0, 0};
+    struct loader L = {p, {NULL, NULL, 0, 0}, malloc(CB_PAGE), 0, 0, NULL};
     if (!sb[0] || !sb[1] || !L.pg) {
         rc = CB_ENOMEM;
         goto out;
@@ -756,6 +757,7 @@ out:
     free(L.nodes.key);
     free(L.nodes.val);
     free(L.pg);
+    free(L.roots);
     free(sb[0]);
     free(sb[1]);
     return rc;
