@@ -174,8 +174,11 @@ class Layer:
         return f"<Layer {self.short_id}>"
 
 
-class Image:
-    """A named chain of read-only layers (base first, see :attr:`layers`)."""
+class _Named:
+    """An object of the model known by its name: a record in model.json."""
+
+    _table = ""  # the record's table in model.json
+    _noun = ""   # what error messages call it
 
     def __init__(self, store: "Store", name: str):
         self.store = store
@@ -183,10 +186,26 @@ class Image:
 
     @property
     def _rec(self) -> dict:
-        rec = self.store._doc()["images"].get(self.name)
+        rec = self.store._doc()[self._table].get(self.name)
         if rec is None:
-            raise NotFoundError(f"image {self.name!r} not found")
+            raise NotFoundError(f"{self._noun} {self.name!r} not found")
         return rec
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.store is self.store and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash((self._noun, self.name))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class Image(_Named):
+    """A named chain of read-only layers (base first, see :attr:`layers`)."""
+
+    _table = "images"
+    _noun = "image"
 
     @property
     def top(self) -> Layer:
@@ -237,29 +256,12 @@ class Image:
         """Remove the image (see :meth:`Store.remove_image`)."""
         self.store.remove_image(self.name)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Image) and other.store is self.store and other.name == self.name
 
-    def __hash__(self) -> int:
-        return hash(("image", self.name))
-
-    def __repr__(self) -> str:
-        return f"<Image {self.name!r}>"
-
-
-class Container:
+class Container(_Named):
     """The writable layer of a container: a snapshot of its image's top layer."""
 
-    def __init__(self, store: "Store", name: str):
-        self.store = store
-        self.name = name
-
-    @property
-    def _rec(self) -> dict:
-        rec = self.store._doc()["containers"].get(self.name)
-        if rec is None:
-            raise NotFoundError(f"container {self.name!r} not found")
-        return rec
+    _table = "containers"
+    _noun = "container"
 
     @property
     def id(self) -> str:
@@ -336,31 +338,14 @@ class Container:
         """Detach a volume or a bind (NotFoundError if not attached)."""
         self.store._detach(self.name, target)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Container) and other.store is self.store and other.name == self.name
 
-    def __hash__(self) -> int:
-        return hash(("container", self.name))
-
-    def __repr__(self) -> str:
-        return f"<Container {self.name!r}>"
-
-
-class Volume:
+class Volume(_Named):
     """A device outside every chain; outlives containers, attachable to several."""
 
     kind = "volume"
 
-    def __init__(self, store: "Store", name: str):
-        self.store = store
-        self.name = name
-
-    @property
-    def _rec(self) -> dict:
-        rec = self.store._doc()["volumes"].get(self.name)
-        if rec is None:
-            raise NotFoundError(f"volume {self.name!r} not found")
-        return rec
+    _table = "volumes"
+    _noun = "volume"
 
     @property
     def key(self) -> str:
@@ -394,15 +379,6 @@ class Volume:
     def remove(self) -> None:
         """Remove the volume (BusyError while attached to a container)."""
         self.store.remove_volume(self.name)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Volume) and other.store is self.store and other.name == self.name
-
-    def __hash__(self) -> int:
-        return hash(("volume", self.name))
-
-    def __repr__(self) -> str:
-        return f"<Volume {self.name!r}>"
 
 
 class Bind(RawImageFile):
