@@ -39,7 +39,7 @@ extern "C" {
 
 /* Bumped with every change to this header or to the on-disk format; the
  * Python package refuses to load a compiled module with another id. */
-#define CB_BUILD_ID "cowblock-core 0.1.0 abi 1"
+#define CB_BUILD_ID "cowblock-core 0.1.0 abi 2"
 
 /* ---- error codes ------------------------------------------------------ */
 #define CB_ERR_FIRST (-30699)

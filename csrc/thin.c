@@ -711,7 +711,8 @@ int cb_thin_usage(struct cb_pool *p, cb_usage *out, size_t n, size_t *count)
             rc = collect(&s, p->devs[i]->root);
     if (rc)
         goto done;
-    qsort(s.v, s.n, sizeof *s.v, by_level_desc);
+    if (s.n)
+        qsort(s.v, s.n, sizeof *s.v, by_level_desc);
     /* devices reaching each node: roots count one per device, then parents
      * pass their count down (parents sort before children) */
     for (unsigned i = 0; i < p->ndevslots; i++)

@@ -164,7 +164,8 @@ static int cmp_u64(const void *a, const void *b)
  * returns the number of runs (pairs at v[0..2*runs)). */
 static size_t pending_runs(struct cb_u64vec *pend, struct cb_u64vec *runs)
 {
-    qsort(pend->v, pend->n, sizeof *pend->v, cmp_u64);
+    if (pend->n) /* qsort's pointer must not be NULL, even for no elements */
+        qsort(pend->v, pend->n, sizeof *pend->v, cmp_u64);
     runs->n = 0;
     for (size_t i = 0; i < pend->n;) {
         size_t j = i + 1;
