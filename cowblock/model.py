@@ -78,7 +78,30 @@ def _new_id() -> str:
     return secrets.token_hex(32)
 
 
-class Layer:
+class _Backed:
+    """An object whose content is a snapshot of the store's snapshotter."""
+
+    @property
+    def key(self) -> str:
+        """The snapshot key of its device (a container's changes on reset)."""
+        return self._rec["key"]
+
+    @property
+    def device(self):
+        """Its device: read-only for a layer, writable otherwise."""
+        return self.store.snapshotter.device(self.key)
+
+    @property
+    def created(self) -> float:
+        """Creation time, Unix seconds."""
+        return self._rec["created"]
+
+    def usage(self) -> Usage:
+        """Exclusive (``size``) and shared bytes of its device."""
+        return self.store.snapshotter.usage(self.key)
+
+
+class Layer(_Backed):
     """A read-only layer: a committed snapshot, identified by a 64-hex ``id``.
 
     ``parent`` is the layer below (None for a base layer); ``device`` the
@@ -103,20 +126,10 @@ class Layer:
         return self.id[:12]
 
     @property
-    def key(self) -> str:
-        """The layer's snapshot key."""
-        return self._rec["key"]
-
-    @property
     def parent(self) -> "Layer | None":
         """The layer below, or None for a base layer."""
         p = self._rec["parent"]
         return Layer(self.store, p) if p else None
-
-    @property
-    def device(self):
-        """The layer's read-only device."""
-        return self.store.snapshotter.device(self.key)
 
     @property
     def size(self) -> int:
@@ -132,11 +145,6 @@ class Layer:
     def comment(self) -> str:
         """What made the layer (``import PATH``, a commit comment, ...)."""
         return self._rec.get("comment", "")
-
-    @property
-    def created(self) -> float:
-        """Creation time, Unix seconds."""
-        return self._rec["created"]
 
     @property
     def changed(self) -> int | None:
@@ -159,10 +167,6 @@ class Layer:
             out.append(layer)
             layer = layer.parent
         return out[::-1]
-
-    def usage(self) -> Usage:
-        """Exclusive (``size``) and shared bytes of the layer's device."""
-        return self.store.snapshotter.usage(self.key)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Layer) and other.store is self.store and other.id == self.id
@@ -257,7 +261,7 @@ class Image(_Named):
         self.store.remove_image(self.name)
 
 
-class Container(_Named):
+class Container(_Named, _Backed):
     """The writable layer of a container: a snapshot of its image's top layer."""
 
     _table = "containers"
@@ -279,21 +283,6 @@ class Container(_Named):
         return Layer(self.store, self._rec["layer"])
 
     @property
-    def key(self) -> str:
-        """The snapshot key of the writable layer (changes on :meth:`reset`)."""
-        return self._rec["key"]
-
-    @property
-    def device(self):
-        """The writable device. A new device after :meth:`reset`."""
-        return self.store.snapshotter.device(self.key)
-
-    @property
-    def created(self) -> float:
-        """Creation time, Unix seconds."""
-        return self._rec["created"]
-
-    @property
     def attachments(self) -> list["Volume | Bind"]:
         """Attached volumes and binds, in attachment order."""
         out: list[Volume | Bind] = []
@@ -306,10 +295,6 @@ class Container(_Named):
         """Bytes of the blocks the writable layer changed since it was
         created or reset (from the core's change bitmap); None if unknown."""
         return _changed_bytes(self.device)
-
-    def usage(self) -> Usage:
-        """Exclusive (``size``) and shared bytes of the writable layer."""
-        return self.store.snapshotter.usage(self.key)
 
     def commit(self, image_name: str, comment: str = "") -> Image:
         """Freeze the writable layer's current content as a new layer on the
@@ -339,7 +324,7 @@ class Container(_Named):
         self.store._detach(self.name, target)
 
 
-class Volume(_Named):
+class Volume(_Named, _Backed):
     """A device outside every chain; outlives containers, attachable to several."""
 
     kind = "volume"
@@ -348,33 +333,14 @@ class Volume(_Named):
     _noun = "volume"
 
     @property
-    def key(self) -> str:
-        """The volume's snapshot key."""
-        return self._rec["key"]
-
-    @property
-    def device(self):
-        """The volume's writable device."""
-        return self.store.snapshotter.device(self.key)
-
-    @property
     def size(self) -> int:
         """Virtual size in bytes."""
         return self.store.snapshotter.stat(self.key).size
 
     @property
-    def created(self) -> float:
-        """Creation time, Unix seconds."""
-        return self._rec["created"]
-
-    @property
     def containers(self) -> list[Container]:
         """Containers the volume is attached to."""
         return self.store._attached_to("volume", self.name)
-
-    def usage(self) -> Usage:
-        """Exclusive (``size``) and shared bytes of the volume's device."""
-        return self.store.snapshotter.usage(self.key)
 
     def remove(self) -> None:
         """Remove the volume (BusyError while attached to a container)."""
