@@ -245,7 +245,12 @@ static int private_entry(struct cb_pool *p, const struct cb_devrec *d, const str
 static uint64_t blocks_needed(struct cb_pool *p, struct cb_devrec *d, uint64_t len, uint64_t off)
 {
     uint64_t need = 0;
-    for (uint64_t v = off >> p->block_shift; len && v <= (off + len - 1) >> p->block_shift; v++)
+    if (len == 0)
+        return 0;
+    uint64_t span = ((off + len - 1) >> p->block_shift) - (off >> p->block_shift) + 1;
+    if (span <= p->sm.nblocks - p->sm.busy)
+        return span; /* fits even if every block needs a new one: no lookups */
+    for (uint64_t v = off >> p->block_shift; v <= (off + len - 1) >> p->block_shift; v++)
         need += !private_entry(p, d, cb_map_lookup(d->root, d->depth, v));
     return need;
 }
