@@ -10,6 +10,7 @@
 """
 from .errors import (
     BusyError,
+    ChecksumError,
     ClosedError,
     CorruptError,
     CowblockError,
@@ -24,12 +25,15 @@ from .errors import (
     ReadOnlyError,
     UnsupportedVersionError,
 )
-from .pool import CheckReport, Device, DeviceInfo, DeviceUsage, Pool, PoolUsage
+from .pool import (
+    CheckReport, Device, DeviceInfo, DeviceUsage, Pool, PoolUsage, ScrubDamage, ScrubReport,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Pool", "Device", "DeviceInfo", "DeviceUsage", "PoolUsage", "CheckReport",
+    "ScrubReport", "ScrubDamage", "ChecksumError",
     "CowblockError", "InvalidArgumentError", "NotFoundError", "ExistsError",
     "ReadOnlyError", "PoolFullError", "CorruptError", "UnsupportedVersionError",
     "BusyError", "PoolFailedError", "LimitError", "ExternalOriginError",

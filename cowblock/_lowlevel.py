@@ -17,7 +17,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "`pip install .` (or `pip install -e .`), which compiles it"
     ) from exc
 
-BUILD_ID = "cowblock-core 0.1.0 abi 2"
+BUILD_ID = "cowblock-core 0.1.0 abi 3"
 
 _built = ffi.string(lib.cb_build_id()).decode()
 if _built != BUILD_ID:  # pragma: no cover - depends on the build
@@ -51,6 +51,12 @@ def raise_for(code, what):
 
     ``what`` names the operation and its object, e.g. ``"write to 'base'"``.
     """
+    if code == lib.CB_ECHECKSUM:
+        offset = lib.cb_bad_offset()  # this thread's: the call that failed
+        exc = errors.ChecksumError(
+            f"{what}: data at offset {offset} failed its checksum", code=code)
+        exc.offset = offset
+        raise exc
     message = f"{what}: {strerror(code)}"
     cls = _CLASSES.get(code)
     if cls is not None:

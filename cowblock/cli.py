@@ -2,7 +2,7 @@
 
 Noun-verb subcommands::
 
-    cowblock pool create|info|check|stats|dump PATH
+    cowblock pool create|info|check|scrub|stats|dump PATH
     cowblock device ls|create|snapshot|rm|info|import|export
     cowblock image ls|import|rm|history
     cowblock container create|ls|commit|reset|rm|attach|detach
@@ -18,7 +18,8 @@ IEC units with the exact byte count; ``--json`` prints integer bytes.
 
 Exit codes: 0 success; 1 error (the message is on stderr); 2 usage error.
 ``pool check``: 0 consistent, 2 corrupted, 3 leaked blocks only (like
-``qemu-img check``).
+``qemu-img check``).  ``pool scrub``: 0 every block read back intact, 2 damage
+found.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_CHECK_CORRUPT = 2
 EXIT_CHECK_LEAKS = 3
+EXIT_SCRUB_DAMAGE = 2
 
 _EPILOG = """\
 The pool is given by --pool PATH or the COWBLOCK_POOL environment variable.
@@ -46,6 +48,7 @@ Sizes accept binary suffixes: 512K, 1.5M, 10G (= 10 GiB), 4KiB.
 
 exit codes: 0 ok, 1 error, 2 usage error;
   pool check: 0 consistent, 2 corrupted, 3 leaked blocks only
+  pool scrub: 0 intact, 2 damaged data found
 """
 
 
@@ -129,10 +132,13 @@ def _store(args, write: bool) -> Iterator[Any]:
 def cmd_pool_create(args) -> int:
     from . import Pool
     path = _pool_path(args, args.path)
-    with Pool.create(path, size=args.size, block_size=args.block_size) as pool:
-        info = {"path": str(pool.path), "size": pool.size, "block_size": pool.block_size}
+    with Pool.create(path, size=args.size, block_size=args.block_size,
+                     checksums=args.checksums) as pool:
+        info = {"path": str(pool.path), "size": pool.size, "block_size": pool.block_size,
+                "checksums": pool.checksums}
     _say(args, f"created pool {path}: size {format_exact(info['size'])}, "
-               f"block size {format_exact(info['block_size'])}", info)
+               f"block size {format_exact(info['block_size'])}"
+               + (", data checksums on" if info["checksums"] else ""), info)
     return EXIT_OK
 
 
@@ -141,6 +147,7 @@ def cmd_pool_info(args) -> int:
         stats = pool.stats()
         info = {"path": str(pool.path), "size": pool.size, "used": pool.used,
                 "block_size": pool.block_size, "devices": len(pool.devices()),
+                "checksums": pool.checksums,
                 "data_bytes_on_disk": stats.get("data_bytes_on_disk"),
                 "meta_bytes": stats.get("meta_bytes"),
                 "meta_bytes_on_disk": stats.get("meta_bytes_on_disk"),
@@ -150,6 +157,7 @@ def cmd_pool_info(args) -> int:
         return EXIT_OK
     rows = [("path", info["path"]), ("size", _exact(info["size"])),
             ("block size", _exact(info["block_size"])), ("used", _exact(info["used"])),
+            ("data checksums", "on" if info["checksums"] else "off"),
             ("devices", info["devices"]),
             ("data file on disk", _exact(info["data_bytes_on_disk"])),
             ("metadata in use", _exact(info["meta_bytes"])),
@@ -205,6 +213,54 @@ def cmd_pool_check(args) -> int:
     if errors:
         return EXIT_CHECK_CORRUPT
     return EXIT_CHECK_LEAKS if leaks else EXIT_OK
+
+
+def _progress_bar(enabled: bool):
+    """A progress(done, total) callback drawing a bar on stderr, and a
+    function that closes it; both do nothing unless enabled."""
+    if not enabled:
+        return None, lambda: None
+    from tqdm import tqdm
+    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024,
+               desc="scrub", file=sys.stderr, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        if total and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    return progress, bar.close
+
+
+def cmd_pool_scrub(args) -> int:
+    path = _pool_path(args, args.path)
+    show = not args.json and not args.no_progress and sys.stderr.isatty()
+    progress, close_bar = _progress_bar(show or args.progress)
+    try:
+        with _pool(args, False, args.path) as pool:
+            report = pool.scrub(progress=progress)
+    finally:
+        close_bar()
+    damage = [{"device": d.device, "offset": d.offset, "length": d.length,
+               "block": d.block, "devices": d.devices, "error": d.error}
+              for d in report.damage]
+    if args.json:
+        _emit_json({"ok": report.ok, "bytes": report.bytes, "blocks": report.blocks,
+                    "checksums": report.checksums, "bad": report.bad, "damage": damage})
+    else:
+        for d in report.damage:
+            where = (f"device {d.device!r} at offset {d.offset}" if d.device
+                     else "no device reads it")
+            also = f" (and {d.devices - 1} more device(s))" if d.devices > 1 else ""
+            print(f"damaged: {d.length} bytes in data block {d.block}, {where}{also}: "
+                  f"{d.error}")
+        if report.bad > len(report.damage):
+            print(f"... and {report.bad - len(report.damage)} more damaged sub-block(s)")
+        how = "verified against checksums" if report.checksums else \
+            "read back (the pool has no checksums: only IO errors can be found)"
+        state = "no damage found" if report.ok else f"{report.bad} damaged sub-block(s)"
+        print(f"{path}: {format_exact(report.bytes)} in {report.blocks} blocks {how}; {state}")
+    return EXIT_OK if report.ok else EXIT_SCRUB_DAMAGE
 
 
 _BYTE_STATS = ("bytes_written", "data_bytes_written", "copyup_bytes", "bytes_read",
@@ -733,6 +789,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data capacity (default 10G; the data file is sparse)")
     p.add_argument("--block-size", type=_size_arg, default=_size_arg("64K"),
                    help="block size, a power of two from 4K to 1M (default 64K)")
+    p.add_argument("--checksums", action="store_true",
+                   help="keep a CRC-32C of every data sub-block, verified on every read")
+    p = verb(g, "scrub", cmd_pool_scrub,
+             "read back and verify every block in use (exit 0 intact, 2 damaged)")
+    p.add_argument("path", nargs="?", metavar="PATH")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--progress", action="store_true",
+                   help="progress bar on stderr even when it is not a terminal")
     for name, func, help in (("info", cmd_pool_info, "show size, use and on-disk footprint"),
                              ("check", cmd_pool_check, "check consistency (exit 0 ok, 2 corrupted, 3 leaks)"),
                              ("stats", cmd_pool_stats, "show the pool's counters"),

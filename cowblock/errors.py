@@ -49,6 +49,16 @@ class CorruptError(CowblockError):
     """Metadata or data failed validation."""
 
 
+class ChecksumError(CorruptError):
+    """Data read from the pool failed its checksum (pools made with ``checksums=True``).
+
+    ``offset`` is the byte offset, in the device the call named, of the
+    first damaged sub-block; nothing of the damaged bytes was returned.
+    """
+
+    offset = None
+
+
 class UnsupportedVersionError(CorruptError):
     """The pool was written by a newer, incompatible version of cowblock."""
 

@@ -16,7 +16,8 @@ import numpy as np
 from . import errors
 from ._lowlevel import ffi, lib, raise_for
 
-__all__ = ["Pool", "Device", "DeviceInfo", "DeviceUsage", "PoolUsage", "CheckReport"]
+__all__ = ["Pool", "Device", "DeviceInfo", "DeviceUsage", "PoolUsage", "CheckReport",
+           "ScrubReport", "ScrubDamage"]
 
 DEFAULT_BLOCK_SIZE = 64 * 1024
 MAX_DEVICE_SIZE = lib.CB_MAX_DEV_SIZE
@@ -131,6 +132,38 @@ class CheckReport:
         return self.leaked_blocks + self.leaked_pages
 
 
+@dataclasses.dataclass(frozen=True)
+class ScrubDamage:
+    """One damaged sub-block found by :meth:`Pool.scrub`.
+
+    ``device`` and ``offset`` name a place that reads it (``device`` is None
+    when no device does); ``devices`` counts every device that reads it.
+    ``error`` says what went wrong: "checksum", or the IO error's text.
+    """
+
+    device: "str | None"
+    offset: int
+    length: int
+    block: int
+    devices: int
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ScrubReport:
+    """Result of :meth:`Pool.scrub`."""
+
+    bytes: int          # bytes read
+    blocks: int         # data blocks read
+    checksums: bool     # verified against checksums (False: only read back)
+    bad: int            # damaged sub-blocks found (``damage`` lists the first ones)
+    damage: list
+
+    @property
+    def ok(self):
+        return self.bad == 0
+
+
 class Pool:
     """A pool of thin devices in a directory.  Use :meth:`create` or :meth:`open`.
 
@@ -147,16 +180,21 @@ class Pool:
         st = self._stat()
         self._block_size = st.block_size
         self._size = st.nblocks * st.block_size
+        self._checksums = bool(st.checksums)
 
     # -- lifecycle ------------------------------------------------------------
 
     @classmethod
-    def create(cls, path, size, block_size=DEFAULT_BLOCK_SIZE, *, direct=False):
+    def create(cls, path, size, block_size=DEFAULT_BLOCK_SIZE, *, direct=False,
+               checksums=False):
         """Make a new pool in directory ``path`` (created if missing).
 
         ``size`` is the data capacity in bytes; ``block_size`` the unit of
         allocation and sharing, a power of two from 4 KiB to 1 MiB.  With
-        ``direct``, data IO bypasses the page cache (O_DIRECT).
+        ``direct``, data IO bypasses the page cache (O_DIRECT).  With
+        ``checksums``, every data sub-block carries a CRC-32C that every read
+        verifies (:class:`ChecksumError` on a mismatch; see README, "Data
+        checksums", for what it costs); fixed for the pool's life.
         """
         raw = _path(path)
         size = _int(size, "size")
@@ -173,7 +211,8 @@ class Pool:
         if os.path.exists(os.path.join(raw, b"meta")):
             raise errors.ExistsError(f"a pool exists already in {os.fsdecode(raw)!r}")
         out = ffi.new("cb_pool **")
-        flags = lib.CB_OPEN_DIRECT if direct else 0
+        flags = (lib.CB_OPEN_DIRECT if direct else 0) | (
+            lib.CB_CREATE_CHECKSUMS if checksums else 0)
         rc = lib.cb_pool_create(raw, size, block_size, flags, out)
         if rc:
             raise_for(rc, f"create pool in {os.fsdecode(raw)!r}")
@@ -253,6 +292,11 @@ class Pool:
     def used(self):
         """Bytes of data blocks allocated (blocks in use times block size)."""
         return self._stat().used_blocks * self._block_size
+
+    @property
+    def checksums(self):
+        """True if the pool keeps (and every read verifies) data checksums."""
+        return self._checksums
 
     @property
     def readonly(self):
@@ -421,7 +465,9 @@ class Pool:
         out = {f: getattr(st, f) for f in (
             "reads", "bytes_read", "writes", "bytes_written", "data_bytes_written",
             "copyups", "copyup_bytes", "commits", "punched_blocks", "generation",
-            "time", "ndevices", "used_blocks", "meta_pages", "meta_file_pages")}
+            "time", "ndevices", "used_blocks", "meta_pages", "meta_file_pages",
+            "checksum_failures")}
+        out["checksums"] = bool(st.checksums)
         out["block_size"] = self._block_size
         out["size"] = self._size
         out["used"] = st.used_blocks * self._block_size
@@ -447,6 +493,57 @@ class Pool:
             leaked_pages=out.leaked_pages, repaired=out.repaired, nodes=out.nodes,
             mapped_entries=out.mapped_entries, messages=messages,
         )
+
+    def scrub(self, progress=None, max_damage=1000):
+        """Read back every data block some device reads and verify it.
+
+        Pools made with ``checksums=True`` are verified against their
+        checksums; others are only read back, which finds IO errors.  Each
+        shared block is read once.  Reads go on meanwhile; writes wait.
+        ``progress``, if given, is called now and then in this thread as
+        ``progress(done_bytes, total_bytes)``.  Returns a
+        :class:`ScrubReport` listing at most ``max_damage`` damaged
+        sub-blocks (``bad`` counts them all).
+        """
+        max_damage = _int(max_damage, "max_damage")
+        if max_damage < 0:
+            raise _bad(f"max_damage must not be negative, not {max_damage}")
+        h = self._handle()
+        state = ffi.new("cb_scrub *")
+        bad = ffi.new("cb_scrub_bad[]", max(max_damage, 1))
+        count = ffi.new("size_t *")
+        result = []
+
+        def run():
+            result.append(lib.cb_pool_scrub(h, state, bad, max_damage, count))
+
+        worker = threading.Thread(target=run, name="cowblock-scrub", daemon=True)
+        worker.start()
+        try:
+            while True:
+                worker.join(0.2)
+                alive = worker.is_alive()
+                if progress is not None:  # at least once, with the final figures
+                    progress(state.done_bytes, state.total_bytes)
+                if not alive:
+                    break
+        except BaseException:
+            state.cancel = 1  # e.g. KeyboardInterrupt: stop the scrub, then re-raise
+            worker.join()
+            raise
+        rc = result[0]
+        if rc:
+            raise_for(rc, f"scrub pool {self._path!r}")
+        damage = []
+        for k in range(min(count[0], max_damage)):
+            b = bad[k]
+            name = ffi.string(b.name).decode("utf-8", "replace") if b.ndevices else None
+            error = "checksum" if b.error == lib.CB_ECHECKSUM else ffi.string(
+                lib.cb_strerror(b.error)).decode()
+            damage.append(ScrubDamage(device=name, offset=b.offset, length=b.length,
+                                      block=b.block, devices=b.ndevices, error=error))
+        return ScrubReport(bytes=state.done_bytes, blocks=state.blocks,
+                           checksums=bool(state.checksums), bad=state.bad, damage=damage)
 
     def dump(self):
         """The committed metadata as a dict, like thin_dump (see ``cowblock pool dump``).

@@ -11,9 +11,9 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ["crc32c.c", "blockio.c", "meta.c", "spacemap.c", "mapping.c",
-           "thin.c", "txn.c", "check.c", "pool.c", "dump.c"]
+           "thin.c", "txn.c", "check.c", "pool.c", "dump.c", "csum.c", "scrub.c"]
 HEADERS = ["cowblock.h", "crc32c.h", "blockio.h", "meta.h", "spacemap.h",
-           "mapping.h", "thin.h", "pool.h", "cowblock.cdef.h"]
+           "mapping.h", "thin.h", "pool.h", "csum.h", "scrub.h", "cowblock.cdef.h"]
 
 flags = ["-std=gnu11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-fvisibility=hidden"]
 link = []

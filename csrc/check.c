@@ -241,7 +241,7 @@ int cb_check_run(struct cb_pool *p, int repair, cb_check *out, char *buf, size_t
     int rc = cb_txn_commit(p);
     if (rc)
         return rc;
-    struct checker c = {p, out, buf, len, 0, malloc(CB_PAGE), NULL, p->pm.npages, NULL};
+    struct checker c = {p, out, buf, len, 0, malloc(CB_PAGE), NULL, p->pm.npages, NULL, 0};
     c.reach = calloc((c.npages + 63) / 64 + 1, sizeof *c.reach);
     c.cnt = calloc(p->sm.nchunks ? p->sm.nchunks : 1, sizeof *c.cnt);
     if (!c.pg || !c.reach || !c.cnt) {

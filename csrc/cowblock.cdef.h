@@ -12,6 +12,7 @@
 #define CB_EVERSION ...
 #define CB_ENOMEM ...
 #define CB_EEXTERNAL ...
+#define CB_ECHECKSUM ...
 #define CB_NAME_MAX ...
 #define CB_PATH_MAX ...
 #define CB_MIN_BLOCK_SIZE ...
@@ -22,6 +23,7 @@
 #define CB_OPEN_READONLY ...
 #define CB_OPEN_DIRECT ...
 #define CB_DEV_READONLY ...
+#define CB_CREATE_CHECKSUMS ...
 
 typedef struct cb_pool cb_pool;
 typedef struct cb_dev cb_dev;
@@ -31,6 +33,7 @@ typedef struct cb_stat {
     uint64_t meta_pages, meta_file_pages;
     uint64_t reads, bytes_read, writes, bytes_written, data_bytes_written;
     uint64_t copyups, copyup_bytes, commits, punched_blocks;
+    uint64_t checksums, checksum_failures;
 } cb_stat;
 
 typedef struct cb_devinfo {
@@ -52,8 +55,21 @@ typedef struct cb_check {
     uint64_t errors, leaked_blocks, leaked_pages, nodes, mapped_entries, repaired;
 } cb_check;
 
+typedef struct cb_scrub {
+    uint64_t total_bytes, done_bytes, blocks, bad;
+    int checksums, cancel;
+} cb_scrub;
+
+typedef struct cb_scrub_bad {
+    char name[...];
+    uint64_t offset, length, block;
+    uint32_t ndevices;
+    int error;
+} cb_scrub_bad;
+
 const char *cb_build_id(void);
 const char *cb_strerror(int code);
+uint64_t cb_bad_offset(void);
 
 int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
                    unsigned flags, cb_pool **out);
@@ -72,6 +88,8 @@ int cb_pool_external_path(cb_pool *pool, uint32_t id, char *buf, size_t len);
 int cb_pool_usage(cb_pool *pool, cb_usage *out, size_t n, size_t *count);
 int cb_pool_check(cb_pool *pool, int repair, cb_check *out, char *buf, size_t len);
 int cb_pool_dump(cb_pool *pool, char **json, size_t *len);
+int cb_pool_scrub(cb_pool *pool, cb_scrub *progress, cb_scrub_bad *bad,
+                  size_t n, size_t *count);
 void cb_free(void *ptr);
 
 int cb_dev_open(cb_pool *pool, const char *name, cb_dev **out);

@@ -39,7 +39,7 @@ extern "C" {
 
 /* Bumped with every change to this header or to the on-disk format; the
  * Python package refuses to load a compiled module with another id. */
-#define CB_BUILD_ID "cowblock-core 0.1.0 abi 2"
+#define CB_BUILD_ID "cowblock-core 0.1.0 abi 3"
 
 /* ---- error codes ------------------------------------------------------ */
 #define CB_ERR_FIRST (-30699)
@@ -55,7 +55,8 @@ extern "C" {
 #define CB_EVERSION  (-30690) /* unsupported on-disk format version */
 #define CB_ENOMEM    (-30689) /* out of memory */
 #define CB_EEXTERNAL (-30688) /* external origin file missing/unusable */
-#define CB_ERR_LAST  (-30688)
+#define CB_ECHECKSUM (-30687) /* data failed its checksum: see cb_bad_offset() */
+#define CB_ERR_LAST  (-30687)
 
 /* ---- limits ----------------------------------------------------------- */
 #define CB_NAME_MAX       127          /* bytes of a device name, no NUL */
@@ -70,6 +71,9 @@ extern "C" {
 #define CB_OPEN_READONLY 1u  /* open the pool read-only (shared lock) */
 #define CB_OPEN_DIRECT   2u  /* O_DIRECT on the data file */
 #define CB_DEV_READONLY  1u  /* device refuses writes and discards */
+/* cb_pool_create: keep a CRC-32C of every data sub-block and verify it on
+ * every read (see "Data checksums" below).  Fixed for the pool's life. */
+#define CB_CREATE_CHECKSUMS 0x100u
 
 typedef struct cb_pool cb_pool;
 typedef struct cb_dev cb_dev;
@@ -91,6 +95,8 @@ typedef struct cb_stat {
     uint64_t copyup_bytes;                /* bytes copied from an origin block */
     uint64_t commits;
     uint64_t punched_blocks;              /* data blocks given back to the file system */
+    uint64_t checksums;                   /* 1 if the pool keeps data checksums */
+    uint64_t checksum_failures;           /* sub-blocks that failed verification */
 } cb_stat;
 
 /* One device's description.  name is NUL-terminated. */
@@ -125,9 +131,35 @@ typedef struct cb_check {
     uint64_t repaired;        /* problems fixed (with repair) */
 } cb_check;
 
+/* Progress and outcome of cb_pool_scrub.  The scrub stores into the
+ * counters as it goes (atomically), so another thread may read them to show
+ * progress, and may set cancel to non-zero to stop it early. */
+typedef struct cb_scrub {
+    uint64_t total_bytes;     /* bytes to read; known once the walk is done */
+    uint64_t done_bytes;      /* bytes read so far */
+    uint64_t blocks;          /* data blocks read */
+    uint64_t bad;             /* sub-blocks that failed (checksum or IO error) */
+    int checksums;            /* 1: verified against checksums; 0: only read */
+    int cancel;               /* set by the caller to stop */
+} cb_scrub;
+
+/* One damaged sub-block found by cb_pool_scrub. */
+typedef struct cb_scrub_bad {
+    char name[CB_NAME_MAX + 1]; /* a device that reads it, "" if none does */
+    uint64_t offset;          /* byte offset in that device */
+    uint64_t length;          /* bytes (one sub-block) */
+    uint64_t block;           /* data block */
+    uint32_t ndevices;        /* devices that read it */
+    int error;                /* CB_ECHECKSUM, or the IO error */
+} cb_scrub_bad;
+
 /* ---- library ---------------------------------------------------------- */
 const char *cb_build_id(void);          /* == CB_BUILD_ID; static storage */
 const char *cb_strerror(int code);      /* static storage, never NULL */
+/* After a call on this thread returned CB_ECHECKSUM: the byte offset, in
+ * the device that call named, of the first sub-block whose data failed its
+ * checksum.  Undefined after any other result. */
+uint64_t cb_bad_offset(void);
 
 /* ---- pool ------------------------------------------------------------- */
 /* Make a new pool in directory `path` (created if missing, must be empty of
@@ -174,6 +206,15 @@ int cb_pool_check(cb_pool *pool, int repair, cb_check *out,
  * and released with cb_free(); *len (if len is not NULL) gets its length.
  * Takes the pool lock shared.  CB_ECORRUPT if a page fails verification. */
 int cb_pool_dump(cb_pool *pool, char **json, size_t *len);
+/* Read every data block some device reads, once, in data-file order, and
+ * verify it against its checksums (pools made without checksums are only
+ * read, which finds IO errors).  Holds the pool lock shared: reads go on,
+ * writes wait.  Damaged sub-blocks are reported in bad (at most n; *count
+ * gets how many were found, as does progress->bad).  Returns 0 when the
+ * scrub ran to the end, whatever it found; -ECANCELED if progress->cancel
+ * was set. */
+int cb_pool_scrub(cb_pool *pool, cb_scrub *progress, cb_scrub_bad *bad,
+                  size_t n, size_t *count);
 /* Release memory the library handed out (cb_pool_dump).  NULL is a no-op. */
 void cb_free(void *ptr);
 
@@ -185,7 +226,15 @@ void cb_dev_close(cb_dev *dev);
 int cb_dev_info(cb_dev *dev, cb_devinfo *out);
 
 /* Byte IO.  off + len must lie within the device.  Unmapped ranges read as
- * zeros.  Writes into shared blocks copy up only the touched sub-blocks. */
+ * zeros.  Writes into shared blocks copy up only the touched sub-blocks.
+ *
+ * Data checksums (pools made with CB_CREATE_CHECKSUMS): every sub-block a
+ * read or a copy-up takes from the data file is verified first; a mismatch
+ * fails the call with CB_ECHECKSUM and cb_bad_offset() tells where.  Bytes
+ * from external origins are not covered.  To keep the checksums exact
+ * across crashes, a block is never rewritten once a commit made it
+ * durable: the first write to it after a flush copies up, as if it were
+ * shared. */
 int cb_dev_read(cb_dev *dev, void *buf, uint64_t len, uint64_t off);
 int cb_dev_write(cb_dev *dev, const void *buf, uint64_t len, uint64_t off);
 int cb_dev_discard(cb_dev *dev, uint64_t len, uint64_t off);

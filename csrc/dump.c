@@ -287,13 +287,16 @@ static void dump_super(struct dumper *D, const unsigned char *sb, unsigned ndevt
     struct jbuf *b = D->b;
     struct cb_pool *p = D->p;
     jb_printf(b, "  \"superblock\": {\n    \"slot\": %llu,\n    \"generation\": %llu,\n"
-                 "    \"version\": %u,\n    \"incompat\": %u,\n    \"compat\": %u,\n"
+                 "    \"version\": %u,\n    \"incompat\": %u,\n    \"checksums\": %s,\n"
+                 "    \"compat\": %u,\n"
                  "    \"block_size\": %u,\n    \"sub_block_size\": %u,\n"
                  "    \"nblocks\": %llu,\n    \"time\": %llu,\n    \"next_dev_id\": %llu,\n"
                  "    \"meta_pages\": %llu,\n    \"free_log_page\": %llu,\n"
                  "    \"created_ns\": %llu,\n    \"uuid\": ",
               (unsigned long long)(p->generation % 2), (unsigned long long)cb_get64(sb + 16),
-              cb_get32(sb + 40), cb_get32(sb + 44), cb_get32(sb + 48), cb_get32(sb + 52),
+              cb_get32(sb + 40), cb_get32(sb + 44),
+              (cb_get32(sb + 44) & CB_INCOMPAT_CSUM) ? "true" : "false", cb_get32(sb + 48),
+              cb_get32(sb + 52),
               p->sub_size, (unsigned long long)cb_get64(sb + 56),
               (unsigned long long)cb_get64(sb + 64), (unsigned long long)cb_get64(sb + 72),
               (unsigned long long)cb_get64(sb + 80), (unsigned long long)cb_get64(sb + 88),

@@ -18,7 +18,7 @@
  *  30  u16 count        entries in use (type specific)
  *
  * Superblock payload (offsets from the page start):
- *  32 char[8] "cowblock"   40 u32 version   44 u32 incompat   48 u32 compat (CLEAN)
+ *  32 char[8] "cowblock"   40 u32 version   44 u32 incompat (CSUM)   48 u32 compat (CLEAN)
  *  52 u32 block_size       56 u64 nblocks   64 u64 time       72 u64 next_dev_id
  *  80 u64 meta_pages       88 u64 freelog   96 u32 ndevtab    100 u32 reserved
  * 104 u8[16] uuid         120 u64 created_ns
@@ -48,6 +48,10 @@
 /* compat feature bits (superblock offset 48): readers that do not know a
  * bit may ignore it */
 #define CB_COMPAT_CLEAN 1u  /* written by close: no allocation since this commit */
+/* incompat feature bits (superblock offset 44): readers that do not know a
+ * bit must refuse the pool */
+#define CB_INCOMPAT_CSUM 1u   /* data checksums at the tail of the data file (csum.h) */
+#define CB_INCOMPAT_KNOWN CB_INCOMPAT_CSUM
 
 enum cb_page_type {
     CB_PT_SUPER = 0x42534243,   /* "CBSB" */

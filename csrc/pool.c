@@ -11,6 +11,7 @@
  * read-only openers, so two processes never write one pool.
  */
 #include "pool.h"
+#include "scrub.h"
 #include "thin.h"
 
 #include <errno.h>
@@ -46,6 +47,7 @@ const char *cb_strerror(int code)
     case CB_EVERSION: return "unsupported on-disk format version";
     case CB_ENOMEM: return "out of memory";
     case CB_EEXTERNAL: return "external origin file is missing or unreadable";
+    case CB_ECHECKSUM: return "data failed its checksum";
     default:
         if (code < 0 && code > -4096)
             return strerror(-code); /* glibc: static strings for errno values */
@@ -107,6 +109,7 @@ static void pool_free(struct cb_pool *p)
     }
     cb_sm_destroy(&p->sm);
     cb_pm_destroy(&p->pm);
+    cb_csum_destroy(&p->csum);
     cb_u64vec_free(&p->freelog_pages);
     if (p->data)
         p->data->ops->close(p->data);
@@ -152,6 +155,12 @@ int cb_pool_geometry(struct cb_pool *p)
     return p->zero && p->scratch ? 0 : CB_ENOMEM;
 }
 
+uint64_t cb_pool_data_span(const struct cb_pool *p)
+{
+    uint64_t blocks = p->nblocks * (uint64_t)p->block_size;
+    return p->csum_on ? blocks + cb_csum_bytes(p->nblocks * p->nsub) : blocks;
+}
+
 static int pool_lock_file(struct cb_pool *p)
 {
     int fd = cb_file_fd(p->meta);
@@ -185,7 +194,7 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
 {
     if (!path || !out || !*path || block_size < CB_MIN_BLOCK_SIZE ||
         block_size > CB_MAX_BLOCK_SIZE || (block_size & (block_size - 1)) ||
-        size < block_size || (flags & ~CB_OPEN_DIRECT))
+        size < block_size || (flags & ~(CB_OPEN_DIRECT | CB_CREATE_CHECKSUMS)))
         return CB_EINVAL;
     if (size / block_size > (1ull << 36))
         return CB_EINVAL;
@@ -202,6 +211,8 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
     p->created_ns = now_ns();
     if (getrandom(p->uuid, sizeof p->uuid, 0) != (ssize_t)sizeof p->uuid)
         memcpy(p->uuid, &p->created_ns, sizeof p->created_ns);
+    p->csum_on = (flags & CB_CREATE_CHECKSUMS) != 0;
+    p->flags &= ~CB_CREATE_CHECKSUMS;
     rc = cb_pool_geometry(p);
     if (!rc) {
         rc = open_files(p, CB_IO_CREATE);
@@ -209,9 +220,12 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
             rc = CB_EEXIST;
     }
     if (!rc)
-        rc = p->data->ops->truncate(p->data, p->nblocks * (uint64_t)block_size);
-    if (!rc)
-        rc = cb_sm_init(&p->sm, p->nblocks);
+        rc = p->data->ops->truncate(p->data, cb_pool_data_span(p));
+    if (!rc && p->csum_on)
+        rc = cb_csum_init(&p->csum, p->data, p->nblocks * (uint64_t)block_size,
+                          p->nblocks * p->nsub);
+    if (!rc && !(rc = cb_sm_init(&p->sm, p->nblocks)))
+        p->sm.track_fresh = p->csum_on;
     if (!rc)
         rc = cb_pm_init(&p->pm, 2);
     if (!rc && !(p->devs = calloc((size_t)CB_SB_DEVTAB_MAX * CB_DEVTAB_RECS, sizeof *p->devs)))
@@ -329,6 +343,8 @@ int cb_pool_stat(cb_pool *p, cb_stat *out)
     out->time = p->map.now;
     out->meta_pages = p->pm.nbusy;
     out->meta_file_pages = p->pm.npages;
+    out->checksums = (uint64_t)p->csum_on;
+    out->checksum_failures = __atomic_load_n(&p->st.checksum_failures, __ATOMIC_RELAXED);
     return leave(p, 0);
 }
 
@@ -601,6 +617,19 @@ int cb_pool_check(cb_pool *p, int repair, cb_check *out, char *buf, size_t len)
 {
     int rc = enter(p, repair ? MUTATE : EXCLUSIVE);
     return rc ? rc : leave(p, cb_check_run(p, repair, out, buf, len));
+}
+
+int cb_pool_scrub(cb_pool *p, cb_scrub *progress, cb_scrub_bad *bad, size_t n, size_t *count)
+{
+    if (!progress || !count || (!bad && n))
+        return CB_EINVAL;
+    int rc = enter(p, SHARED);
+    return rc ? rc : leave(p, cb_scrub_run(p, progress, bad, n, count));
+}
+
+uint64_t cb_bad_offset(void)
+{
+    return cb_thin_bad_offset();
 }
 
 /* ---- device handles ----------------------------------------------------------- */

@@ -20,6 +20,7 @@
 
 #include "blockio.h"
 #include "cowblock.h"
+#include "csum.h"
 #include "mapping.h"
 #include "meta.h"
 #include "spacemap.h"
@@ -79,6 +80,8 @@ struct cb_pool {
     int was_clean;        /* the superblock loaded says: closed cleanly */
     int closing;          /* the commit being made is close's: mark clean */
     int leaky;            /* a punch failed: free blocks may still hold data */
+    int csum_on;          /* data checksums (CB_INCOMPAT_CSUM) */
+    struct cb_csum csum;
 
     struct cb_spacemap sm;
     struct cb_pagemap pm;
@@ -109,6 +112,8 @@ struct cb_dev {
 struct cb_devrec *cb_pool_find(struct cb_pool *p, const char *name);
 /* Block shift, sub-block size and the buffers sized by the block size. */
 int cb_pool_geometry(struct cb_pool *p);
+/* Bytes the data file must span: the blocks, then the checksum table. */
+uint64_t cb_pool_data_span(const struct cb_pool *p);
 /* Mark a device's table page dirty. */
 void cb_pool_devdirty(struct cb_pool *p, struct cb_devrec *d);
 

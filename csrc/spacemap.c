@@ -48,6 +48,7 @@ void cb_sm_destroy(struct cb_spacemap *sm)
             free(sm->chunks[i]);
     free(sm->chunks);
     cb_u64vec_free(&sm->pending);
+    cb_u64vec_free(&sm->fresh);
     memset(sm, 0, sizeof *sm);
 }
 
@@ -148,6 +149,13 @@ int cb_sm_alloc(struct cb_spacemap *sm, uint64_t *out)
                 if (j >= limit)
                     break;
                 take(sm, c, base, j, out);
+                if (sm->track_fresh) {
+                    if (cb_u64vec_push(&sm->fresh, *out)) {
+                        cb_sm_unalloc(sm, *out);
+                        return CB_ENOMEM;
+                    }
+                    c->fresh[j / 64] |= 1ull << (j % 64);
+                }
                 return 0;
             }
         }
@@ -162,7 +170,29 @@ void cb_sm_unalloc(struct cb_spacemap *sm, uint64_t b)
     struct cb_sm_chunk *c = sm->chunks[b / CB_SM_CHUNK];
     uint64_t i = b % CB_SM_CHUNK;
     c->rc[i] = 0;
+    c->fresh[i / 64] &= ~(1ull << (i % 64));
     clear_busy(sm, c, i);
+}
+
+int cb_sm_fresh(const struct cb_spacemap *sm, uint64_t b)
+{
+    if (b >= sm->nblocks)
+        return 0;
+    const struct cb_sm_chunk *c = sm->chunks[b / CB_SM_CHUNK];
+    uint64_t i = b % CB_SM_CHUNK;
+    return c && (c->fresh[i / 64] >> (i % 64)) & 1;
+}
+
+void cb_sm_forget_fresh(struct cb_spacemap *sm)
+{
+    for (size_t k = 0; k < sm->fresh.n; k++) {
+        uint64_t b = sm->fresh.v[k];
+        struct cb_sm_chunk *c = sm->chunks[b / CB_SM_CHUNK];
+        uint64_t i = b % CB_SM_CHUNK;
+        if (c)
+            c->fresh[i / 64] &= ~(1ull << (i % 64));
+    }
+    sm->fresh.n = 0;
 }
 
 void cb_sm_release_pending(struct cb_spacemap *sm)

@@ -25,6 +25,7 @@
 struct cb_sm_chunk {
     uint32_t nbusy;
     uint64_t busy[CB_SM_CHUNK / 64];  /* rc > 0 or pending */
+    uint64_t fresh[CB_SM_CHUNK / 64]; /* allocated since the last commit */
     uint32_t rc[CB_SM_CHUNK];
 };
 
@@ -42,6 +43,8 @@ struct cb_spacemap {
     uint64_t busy;      /* blocks with rc > 0 or pending */
     uint64_t cursor;    /* where the next search starts */
     struct cb_u64vec pending;  /* freed in the open transaction */
+    int track_fresh;           /* keep the fresh bits (pools with checksums) */
+    struct cb_u64vec fresh;    /* allocated in the open transaction */
 };
 
 int cb_sm_init(struct cb_spacemap *sm, uint64_t nblocks);
@@ -58,6 +61,11 @@ void cb_sm_unalloc(struct cb_spacemap *sm, uint64_t b);
 /* After a durable commit: make every pending block free again.  The
  * caller punches them first. */
 void cb_sm_release_pending(struct cb_spacemap *sm);
+/* With track_fresh: was b allocated after the last commit (so that no
+ * committed mapping can name it)?  Always 0 without track_fresh. */
+int cb_sm_fresh(const struct cb_spacemap *sm, uint64_t b);
+/* After a durable commit: nothing is fresh any more. */
+void cb_sm_forget_fresh(struct cb_spacemap *sm);
 
 /* Metadata pages: a dense bitmap over the pages of the metadata file. */
 struct cb_pagemap {

@@ -25,9 +25,15 @@
  *  2. bitmap != 0 implies MAPPED; bitmap has no bit >= nsub.
  *  3. A data block is written only while no committed entry can show it
  *     through another device (see above), or before any entry names it.
+ *  4. With data checksums, a block is written only before any committed
+ *     entry names it (private also means "allocated since the last
+ *     commit"), and only in whole sub-blocks, whose checksums are recorded
+ *     with the write; every sub-block read from the data file is verified
+ *     (see csum.h).
  */
 #include "thin.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,21 +55,84 @@ static struct cb_external *ext_of(struct cb_pool *p, const struct cb_devrec *d)
 /* Coalesces reads that are contiguous both in the data file and in the
  * destination buffer into one pread. */
 struct run {
-    uint64_t off;
+    uint64_t off;   /* in the data file */
     char *dst;
     size_t len;
+    uint64_t vpos;  /* device offset dst stands for (error reports) */
 };
+
+static __thread uint64_t bad_offset;
+
+uint64_t cb_thin_bad_offset(void)
+{
+    return bad_offset;
+}
+
+/* Check whole sub-blocks buf[0..len), read from data-file offset off
+ * (sub-block aligned), against their checksums. */
+static int verify(struct cb_pool *p, const char *buf, size_t len, uint64_t off, uint64_t vpos)
+{
+    uint32_t sub = p->sub_size;
+    for (size_t k = 0; k < len; k += sub) {
+        uint64_t slot = (off + k) / sub;
+        uint32_t want;
+        int rc = cb_csum_get(&p->csum, slot, &want);
+        if (rc)
+            return rc;
+        if (cb_csum_of(slot, buf + k, sub) != want) {
+            bad_offset = vpos + k;
+            __atomic_fetch_add(&p->st.checksum_failures, 1, __ATOMIC_RELAXED);
+            return CB_ECHECKSUM;
+        }
+    }
+    return 0;
+}
+
+int cb_thin_data_read(struct cb_pool *p, void *buf, size_t len, uint64_t off, uint64_t vpos)
+{
+    if (!p->csum_on)
+        return cb_io_pread(p->data, buf, len, off);
+    /* Only whole sub-blocks can be verified: the parts of partly covered
+     * ones go through a buffer. */
+    uint32_t sub = p->sub_size;
+    char *dst = buf;
+    while (len) {
+        uint32_t skip = (uint32_t)(off % sub);
+        int rc;
+        size_t n;
+        if (skip == 0 && len >= sub) {
+            n = len - len % sub;
+            if (!(rc = cb_io_pread(p->data, dst, n, off)))
+                rc = verify(p, dst, n, off, vpos);
+        } else {
+            _Alignas(4096) char tmp[CB_MAX_BLOCK_SIZE / 64];
+            n = sub - skip < len ? sub - skip : len;
+            if (!(rc = cb_io_pread(p->data, tmp, sub, off - skip)))
+                rc = verify(p, tmp, sub, off - skip, vpos - skip);
+            if (!rc)
+                memcpy(dst, tmp + skip, n);
+        }
+        if (rc)
+            return rc;
+        dst += n;
+        off += n;
+        vpos += n;
+        len -= n;
+    }
+    return 0;
+}
 
 static int run_flush(struct cb_pool *p, struct run *r)
 {
     int rc = 0;
     if (r->len)
-        rc = cb_io_pread(p->data, r->dst, r->len, r->off);
+        rc = cb_thin_data_read(p, r->dst, r->len, r->off, r->vpos);
     r->len = 0;
     return rc;
 }
 
-static int run_add(struct cb_pool *p, struct run *r, uint64_t off, char *dst, size_t len)
+static int run_add(struct cb_pool *p, struct run *r, uint64_t off, char *dst, size_t len,
+                   uint64_t vpos)
 {
     if (r->len && r->off + r->len == off && r->dst + r->len == dst) {
         r->len += len;
@@ -73,6 +142,7 @@ static int run_add(struct cb_pool *p, struct run *r, uint64_t off, char *dst, si
     r->off = off;
     r->dst = dst;
     r->len = len;
+    r->vpos = vpos;
     return rc;
 }
 
@@ -100,7 +170,7 @@ static int read_part(struct cb_pool *p, const struct cb_devrec *d,
 {
     uint64_t bs = p->block_size;
     if (e && (e->flags & CB_E_MAPPED) && e->bitmap == p->full_bitmap)
-        return run_add(p, r, e->block * bs + boff, dst, len);
+        return run_add(p, r, e->block * bs + boff, dst, len, v * bs + boff);
     int has_ext = d->external_id && !(e && (e->flags & CB_E_ZERO));
     if (!e || !(e->flags & (CB_E_MAPPED | CB_E_ORIGIN))) {
         if (!has_ext) {
@@ -118,9 +188,9 @@ static int read_part(struct cb_pool *p, const struct cb_devrec *d,
             n = len;
         int rc;
         if ((e->flags & CB_E_MAPPED) && (e->bitmap & BIT(s)))
-            rc = run_add(p, r, e->block * bs + boff, dst, n);
+            rc = run_add(p, r, e->block * bs + boff, dst, n, v * bs + boff);
         else if (e->flags & CB_E_ORIGIN)
-            rc = run_add(p, r, e->origin * bs + boff, dst, n);
+            rc = run_add(p, r, e->origin * bs + boff, dst, n, v * bs + boff);
         else if (!has_ext) {
             memset(dst, 0, n);
             rc = 0;
@@ -141,7 +211,7 @@ static int read_part(struct cb_pool *p, const struct cb_devrec *d,
 int cb_thin_read(struct cb_pool *p, struct cb_devrec *d, void *buf,
                  uint64_t len, uint64_t off)
 {
-    struct run r = {0, NULL, 0};
+    struct run r = {0, NULL, 0, 0};
     char *dst = buf;
     uint64_t bs = p->block_size;
     while (len) {
@@ -161,12 +231,44 @@ int cb_thin_read(struct cb_pool *p, struct cb_devrec *d, void *buf,
 
 /* ---- writing ------------------------------------------------------------ */
 
+/* After a failed write of whole sub-blocks at data-file offset off: the
+ * file may hold the old bytes, the new ones, or a mix.  Record checksums of
+ * what it holds, so that a write that failed leaves every byte readable as
+ * old or new (as without checksums) rather than failing verification. */
+static void resum(struct cb_pool *p, uint64_t off, size_t len)
+{
+    uint32_t sub = p->sub_size;
+    char *buf = malloc(sub);
+    for (size_t k = 0; buf && k < len; k += sub) {
+        uint64_t slot = (off + k) / sub;
+        if (cb_io_pread(p->data, buf, sub, off + k) == 0)
+            cb_csum_set(&p->csum, slot, cb_csum_of(slot, buf, sub));
+    }
+    free(buf);
+}
+
 static int data_write(struct cb_pool *p, uint64_t block, uint32_t boff,
                       const void *src, size_t len)
 {
-    int rc = cb_io_pwrite(p->data, src, len, block * p->block_size + boff);
+    uint64_t off = block * p->block_size + boff;
+    if (p->csum_on) {
+        /* whole sub-blocks only (write_into completes the edges); the
+         * checksums go first, so a failed write cannot leave data that
+         * verifies against a stale checksum */
+        uint32_t sub = p->sub_size;
+        assert(off % sub == 0 && len % sub == 0);
+        for (size_t k = 0; k < len; k += sub) {
+            uint64_t slot = (off + k) / sub;
+            int rc = cb_csum_set(&p->csum, slot, cb_csum_of(slot, (const char *)src + k, sub));
+            if (rc)
+                return rc;
+        }
+    }
+    int rc = cb_io_pwrite(p->data, src, len, off);
     if (rc == 0)
         p->st.data_bytes_written += len;
+    else if (p->csum_on)
+        resum(p, off, len);
     return rc;
 }
 
@@ -185,13 +287,15 @@ static int write_into(struct cb_pool *p, const struct cb_devrec *d,
     uint32_t b = (uint32_t)((boff + len + sub - 1) / sub * sub);
     int head_partial = a != boff && !(present & BIT(a / sub));
     int tail_partial = b != boff + len && !(present & BIT((b - 1) / sub));
-    if (!head_partial && !tail_partial)
+    if (!head_partial && !tail_partial && (!p->csum_on || (a == boff && b == boff + len)))
         return data_write(p, target, boff, src, len);
+    /* With checksums, edges are completed even when present in target:
+     * a checksum covers a whole sub-block. */
     /* Complete the partly covered edge sub-blocks in the scratch block
      * (from wherever the view reads them, target included), then write
      * the whole aligned range. */
     char *buf = (char *)p->scratch;
-    struct run r = {0, NULL, 0};
+    struct run r = {0, NULL, 0, 0};
     int rc = 0;
     if (a != boff) {
         rc = read_part(p, d, view, v, a, sub, buf, &r);
@@ -211,8 +315,10 @@ static int write_into(struct cb_pool *p, const struct cb_devrec *d,
     return data_write(p, target, a, buf, b - a);
 }
 
-/* Copy the sub-blocks in `which` from block `from` to block `to`. */
-static int copy_subs(struct cb_pool *p, uint64_t from, uint64_t to, uint64_t which)
+/* Copy the sub-blocks in `which` from block `from` to block `to`; vpos is
+ * the device offset of the block (error reports). */
+static int copy_subs(struct cb_pool *p, uint64_t from, uint64_t to, uint64_t which,
+                     uint64_t vpos)
 {
     uint32_t sub = p->sub_size;
     char *buf = (char *)p->scratch;
@@ -223,7 +329,7 @@ static int copy_subs(struct cb_pool *p, uint64_t from, uint64_t to, uint64_t whi
         while (t + 1 < p->nsub && (which & BIT(t + 1)))
             t++;
         uint64_t off = (uint64_t)s * sub, len = (uint64_t)(t - s + 1) * sub;
-        int rc = cb_io_pread(p->data, buf, len, from * p->block_size + off);
+        int rc = cb_thin_data_read(p, buf, len, from * p->block_size + off, vpos + off);
         if (!rc)
             rc = data_write(p, to, (uint32_t)off, buf, len);
         if (rc)
@@ -238,7 +344,7 @@ static int copy_subs(struct cb_pool *p, uint64_t from, uint64_t to, uint64_t whi
 static int private_entry(struct cb_pool *p, const struct cb_devrec *d, const struct cb_entry *e)
 {
     return e && (e->flags & CB_E_MAPPED) && e->time >= d->snap_time &&
-           cb_sm_rc(&p->sm, e->block) == 1;
+           cb_sm_rc(&p->sm, e->block) == 1 && (!p->csum_on || cb_sm_fresh(&p->sm, e->block));
 }
 
 /* Blocks a write of [off, off + len) will allocate, at most. */
@@ -317,7 +423,7 @@ static int write_block(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
         ne.bitmap = touched | old.bitmap;
         rc = write_into(p, d, &old, v, nb, 0, boff, len, src);
         if (!rc && copy)
-            rc = copy_subs(p, old.block, nb, copy);
+            rc = copy_subs(p, old.block, nb, copy, v << p->block_shift);
     }
     if (rc) {
         /* nb may hold part of the data (no committed state names it): punch

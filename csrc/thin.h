@@ -8,6 +8,12 @@
 #define CB_THIN_H
 #include "pool.h"
 
+/* Bytes [off, off + len) of the data file, verified against their
+ * checksums when the pool keeps them; vpos is the device offset they stand
+ * for, reported through cb_thin_bad_offset() on CB_ECHECKSUM. */
+int cb_thin_data_read(struct cb_pool *p, void *buf, size_t len, uint64_t off, uint64_t vpos);
+/* This thread's last CB_ECHECKSUM offset. */
+uint64_t cb_thin_bad_offset(void);
 int cb_thin_read(struct cb_pool *p, struct cb_devrec *d, void *buf,
                  uint64_t len, uint64_t off);
 int cb_thin_write(struct cb_pool *p, struct cb_devrec *d, const void *buf,

@@ -40,7 +40,7 @@ static void encode_super(struct cb_pool *p, unsigned char *pg, uint64_t gen)
     memset(pg, 0, CB_PAGE);
     memcpy(pg + 32, "cowblock", 8);
     cb_put32(pg + 40, CB_FORMAT_VERSION);
-    cb_put32(pg + 44, 0);
+    cb_put32(pg + 44, p->csum_on ? CB_INCOMPAT_CSUM : 0);
     /* a failed punch leaves space behind: let the next open reclaim it */
     cb_put32(pg + 48, p->closing && !p->leaky ? CB_COMPAT_CLEAN : 0);
     cb_put32(pg + 52, p->block_size);
@@ -308,7 +308,9 @@ int cb_txn_commit(struct cb_pool *p)
         return CB_EFAILED;
     if (p->flags & CB_OPEN_READONLY)
         return 0;
-    int rc = cb_io_sync(p->data);
+    int rc = p->csum_on ? cb_csum_writeback(&p->csum) : 0;
+    if (!rc)
+        rc = cb_io_sync(p->data);
     if (rc) {
         /* After a failed fdatasync the kernel may have dropped the dirty
          * pages: nothing written since the last commit can be trusted. */
@@ -330,6 +332,7 @@ int cb_txn_commit(struct cb_pool *p)
     meta_reserve(p);
     p->meta_changed = 0;
     p->st.commits++;
+    cb_sm_forget_fresh(&p->sm);
     punch_runs(p, runs.v, runs.n / 2);
     cb_u64vec_free(&runs);
     cb_sm_release_pending(&p->sm);
@@ -660,8 +663,7 @@ static int load_freelog(struct loader *L)
     return rc;
 }
 
-static int parse_super(struct cb_pool *p, const unsigned char *sb, uint64_t slot,
-                       uint64_t meta_file_pages, uint64_t data_size)
+static int parse_super(const unsigned char *sb, uint64_t slot, uint64_t meta_file_pages)
 {
     if (cb_page_verify(sb, CB_PT_SUPER, slot, UINT64_MAX))
         return CB_ECORRUPT;
@@ -672,7 +674,7 @@ static int parse_super(struct cb_pool *p, const unsigned char *sb, uint64_t slot
         return CB_ECORRUPT;
     if (memcmp(sb + 32, "cowblock", 8))
         return CB_ECORRUPT;
-    if (cb_get32(sb + 40) != CB_FORMAT_VERSION || cb_get32(sb + 44) != 0)
+    if (cb_get32(sb + 40) != CB_FORMAT_VERSION || (cb_get32(sb + 44) & ~CB_INCOMPAT_KNOWN))
         return CB_EVERSION;
     uint32_t bs = cb_get32(sb + 52);
     uint64_t nblocks = cb_get64(sb + 56);
@@ -683,10 +685,7 @@ static int parse_super(struct cb_pool *p, const unsigned char *sb, uint64_t slot
         cb_get32(sb + 96) > CB_SB_DEVTAB_MAX || cb_get64(sb + 72) > UINT32_MAX ||
         cb_get64(sb + 72) == 0)
         return CB_ECORRUPT;
-    if (data_size < nblocks * (uint64_t)bs)
-        return CB_ECORRUPT; /* data file truncated */
-    (void)p;
-    return 0;
+    return 0; /* the data file's size is checked once the geometry is known */
 }
 
 int cb_txn_load(struct cb_pool *p)
@@ -710,7 +709,7 @@ int cb_txn_load(struct cb_pool *p)
         }
         if ((rc = cb_io_pread(p->meta, sb[s], CB_PAGE, (uint64_t)s * CB_PAGE)))
             goto out;
-        ok[s] = parse_super(p, sb[s], (uint64_t)s, mfpages, dsize);
+        ok[s] = parse_super(sb[s], (uint64_t)s, mfpages);
     }
     int best = -1;
     for (int s = 0; s < 2; s++)
@@ -732,9 +731,18 @@ int cb_txn_load(struct cb_pool *p)
     p->was_clean = (cb_get32(s + 48) & CB_COMPAT_CLEAN) != 0;
     memcpy(p->uuid, s + 104, 16);
     p->created_ns = cb_get64(s + 120);
+    p->csum_on = (cb_get32(s + 44) & CB_INCOMPAT_CSUM) != 0;
     if ((rc = cb_pool_geometry(p)) || (rc = cb_sm_init(&p->sm, p->nblocks)) ||
         (rc = cb_pm_init(&p->pm, L.meta_pages)))
         goto out;
+    if (dsize < cb_pool_data_span(p)) {
+        rc = CB_ECORRUPT; /* data file truncated */
+        goto out;
+    }
+    if (p->csum_on && (rc = cb_csum_init(&p->csum, p->data, p->nblocks * (uint64_t)p->block_size,
+                                         p->nblocks * p->nsub)))
+        goto out;
+    p->sm.track_fresh = p->csum_on;
     /* parse everything that needs the superblock before L.pg is reused */
     unsigned ndevtab = cb_get32(s + 96);
     if ((rc = load_externals(&L, s)))

@@ -478,7 +478,9 @@ class Harness:
         old = os.path.join(self.workdir, f"pool{self.npool - 1}")
         shutil.rmtree(old, ignore_errors=True)
         bs = BLOCK_SIZES[(self.npool - 1) % len(BLOCK_SIZES)]
-        with cowblock.Pool.create(self.pool, size=4096 * bs, block_size=bs):
+        # every other pool keeps data checksums
+        with cowblock.Pool.create(self.pool, size=4096 * bs, block_size=bs,
+                                  checksums=self.npool % 2 == 0):
             pass
         self.block_size = bs
         self.direct = self.npool % 3 == 0   # every third pool: the writer uses O_DIRECT

@@ -94,7 +94,7 @@ def _assert_sticky(pool, model):
 def _fault_run(lib, base, work, base_model, cfg, nops, kind, file, n, err, sticky, stats):
     import cowblock
 
-    seed, bs, pool_size = cfg
+    seed, bs, pool_size = cfg[:3]
     sparse_copy(base, work)
     model = copy.deepcopy(base_model)
     wl = Workload(seed, bs, weights=_weights(pool_size))
@@ -153,8 +153,8 @@ def _fault_run(lib, base, work, base_model, cfg, nops, kind, file, n, err, stick
                 stats["punch_leaks"] += 1
                 pool.check(repair=True)
                 check_ok(pool)
-    except AssertionError as e:
-        raise AssertionError(f"{where}: after reopen: {e}") from None
+    except (AssertionError, cowblock.CowblockError) as e:
+        raise AssertionError(f"{where}: after reopen: {e!r}") from None
     shutil.rmtree(work)
     stats["runs"] += 1
     stats["failed_state"] += failed
@@ -183,9 +183,9 @@ def fault_rounds(configs, nops, modes):
     tmp = scratch_dir("cb-faults-")
     try:
         for cfg in configs:
-            seed, bs, pool_size = cfg
+            seed, bs, pool_size, checksums = cfg
             base, work = os.path.join(tmp, "base"), os.path.join(tmp, "work")
-            base_model = make_base(base, bs, pool_size, seed)
+            base_model = make_base(base, bs, pool_size, seed, checksums)
             # dry run: count the calls
             sparse_copy(base, work)
             model = copy.deepcopy(base_model)
@@ -330,12 +330,14 @@ def test_check_read_error_is_not_corruption(testing_build):
 
 
 def test_fault_injection(testing_build, run_slow, capsys):
-    # (seed, block size, pool size); seeds 13, 18 and 32 meet the tight pool's
-    # capacity and commit inside writes
-    configs = [[7, 16384, POOL_SIZE], [13, 16384, 2 << 20]]
+    # (seed, block size, pool size, data checksums); seeds 13, 18 and 32 meet
+    # the tight pool's capacity and commit inside writes
+    configs = [[7, 16384, POOL_SIZE, False], [13, 16384, 2 << 20, True]]
     if run_slow:
-        configs += [[8, 4096, POOL_SIZE], [9, 65536, POOL_SIZE], [10, 16384, POOL_SIZE],
-                    [18, 16384, 2 << 20], [32, 16384, 2 << 20]]
+        configs += [[8, 4096, POOL_SIZE, True], [9, 65536, POOL_SIZE, False],
+                    [10, 16384, POOL_SIZE, True], [18, 16384, 2 << 20, False],
+                    [32, 16384, 2 << 20, False], [7, 16384, POOL_SIZE, True],
+                    [9, 65536, POOL_SIZE, True]]
     stats = run_worker(testing_build, "test_faults", "fault_rounds",
                        timeout=4 * 3600 if run_slow else 600,
                        configs=configs, nops=80 if run_slow else 45, modes=[False, True])

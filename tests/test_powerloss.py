@@ -172,7 +172,8 @@ def powerloss_rounds(seeds, nops, random_cuts, commit_cuts):
             bs = cfg[0]
             rng = random.Random(seed)
             base, work = os.path.join(tmp, "base"), os.path.join(tmp, "work")
-            base_model = make_base(base, bs, cfg[1], seed)
+            # seeds 4-7, 12-15, ...: every config again with data checksums
+            base_model = make_base(base, bs, cfg[1], seed, checksums=bool(seed & 4))
             spans, total = _dry_run(lib, base, work, base_model, seed, cfg, nops)
             figures["events"] += total
             commits = [(b, e) for kind, b, e, committed in spans if committed]

@@ -543,17 +543,19 @@ def execute(pool, model, op):
     return exc
 
 
-def make_base(path, block_size, pool_size, seed):
+def make_base(path, block_size, pool_size, seed, checksums=False):
     """A flushed pool: "a" written in full, "b" in patches, "s" a snapshot of
     "a" (so that writes copy up), and a last commit that freed blocks (so
-    that its free log is not empty and open punches them)."""
+    that its free log is not empty and open punches them); with data
+    checksums if asked."""
     import random
 
     import cowblock
 
     rng = random.Random(seed ^ 0x5EED)
     model = Model()
-    with cowblock.Pool.create(path, size=pool_size, block_size=block_size) as pool:
+    with cowblock.Pool.create(path, size=pool_size, block_size=block_size,
+                              checksums=checksums) as pool:
         for name, size in (("a", 1 << 20), ("b", (1 << 20) - 1536)):
             pool.create_device(name, size)
             model.create(name, size)
