@@ -192,6 +192,8 @@ int cb_check_free_data(struct cb_pool *p, int punch, uint64_t *found, uint64_t *
             while ((b + 1) * bs < hole && cb_sm_rc(&p->sm, b + 1) == 0)
                 b++;
             *found += b - first + 1;
+            if (punch)
+                p->data_dirty = 1; /* the next commit makes the punch durable */
             if (punch && cb_io_punch(p->data, first * bs, (b - first + 1) * bs) == 0)
                 *punched += b - first + 1;
         }

@@ -80,6 +80,7 @@ struct cb_pool {
     int was_clean;        /* the superblock loaded says: closed cleanly */
     int closing;          /* the commit being made is close's: mark clean */
     int leaky;            /* a punch failed: free blocks may still hold data */
+    int data_dirty;       /* data written since the last fdatasync(data) */
     int csum_on;          /* data checksums (CB_INCOMPAT_CSUM) */
     struct cb_csum csum;
 

@@ -264,6 +264,7 @@ static int data_write(struct cb_pool *p, uint64_t block, uint32_t boff,
                 return rc;
         }
     }
+    p->data_dirty = 1;
     int rc = cb_io_pwrite(p->data, src, len, off);
     if (rc == 0)
         p->st.data_bytes_written += len;

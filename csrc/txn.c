@@ -2,7 +2,8 @@
  * txn.c - the commit protocol, and its inverse: loading a committed state.
  *
  * Commit (shadow paging, as in dm-thin and LMDB):
- *   1. fdatasync(data): every data block a new entry names is durable.
+ *   1. fdatasync(data): every data block a new entry names is durable
+ *      (skipped when nothing was written to the data file since the last).
  *   2. Write every dirty node to a fresh page, children before parents;
  *      then the changed device-table pages, new external-origin pages and
  *      the free log (data blocks this transaction freed), all to fresh
@@ -225,6 +226,7 @@ static void punch_runs(struct cb_pool *p, const uint64_t *runs, size_t nruns)
          * it as a leak and repair gives it back. */
         if (!ok)
             continue;
+        p->data_dirty = 1; /* made durable by the next commit's sync */
         if (cb_io_punch(p->data, b * p->block_size, n * p->block_size) == 0)
             p->st.punched_blocks += n;
         else
@@ -308,9 +310,15 @@ int cb_txn_commit(struct cb_pool *p)
         return CB_EFAILED;
     if (p->flags & CB_OPEN_READONLY)
         return 0;
-    int rc = p->csum_on ? cb_csum_writeback(&p->csum) : 0;
-    if (!rc)
-        rc = cb_io_sync(p->data);
+    int rc = 0;
+    if (p->csum_on && p->csum.dirty_list.n) {
+        p->data_dirty = 1;
+        rc = cb_csum_writeback(&p->csum);
+    }
+    /* A commit with no data written since the last one (a snapshot, a
+     * delete) skips the data file's sync. */
+    if (!rc && p->data_dirty && !(rc = cb_io_sync(p->data)))
+        p->data_dirty = 0;
     if (rc) {
         /* After a failed fdatasync the kernel may have dropped the dirty
          * pages: nothing written since the last commit can be trusted. */
