@@ -65,15 +65,30 @@ def base_file(tmp_path_factory, bench_size, payload) -> str:
     return path
 
 
-@pytest.fixture(scope="session")
-def pool(cowblock_mod, tmp_path_factory, bench_size, bench_block_size, payload):
-    """A pool (on the same disk as pytest's tmp dir) with device 'base' fully written."""
-    path = str(tmp_path_factory.mktemp("bench") / "pool")
-    p = cowblock_mod.Pool.create(path, size=bench_size * 16, block_size=bench_block_size)
+def _filled_pool(cowblock_mod, path, bench_size, bench_block_size, payload, **kw):
+    p = cowblock_mod.Pool.create(path, size=bench_size * 16, block_size=bench_block_size, **kw)
     dev = p.create_device("base", bench_size)
     for off in range(0, bench_size, len(payload)):
         dev.write(off, payload[: min(len(payload), bench_size - off)])
     p.flush()
+    return p
+
+
+@pytest.fixture(scope="session")
+def pool(cowblock_mod, tmp_path_factory, bench_size, bench_block_size, payload):
+    """A pool (on the same disk as pytest's tmp dir) with device 'base' fully written."""
+    path = str(tmp_path_factory.mktemp("bench") / "pool")
+    p = _filled_pool(cowblock_mod, path, bench_size, bench_block_size, payload)
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="session")
+def pool_mmap(cowblock_mod, tmp_path_factory, bench_size, bench_block_size, payload):
+    """The same as ``pool``, but a pool of its own opened with mmap=True (reads copied from a
+    mapping of the data file)."""
+    path = str(tmp_path_factory.mktemp("bench") / "pool-mmap")
+    p = _filled_pool(cowblock_mod, path, bench_size, bench_block_size, payload, mmap=True)
     yield p
     p.close()
 

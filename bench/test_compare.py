@@ -92,6 +92,29 @@ def test_ratios_and_goals_reported(results):
     assert all(g["status"] in ("MET", "NOT MET", "not measured") for g in results["goals"])
 
 
+def test_w5_mmap_side_by_side(tmp_path):
+    """``--mmap``: every cowblock figure of W5 also on the pool opened with mmap=True, each
+    paired with its like (single calls and batch in the same mode)."""
+    if not _cowblock_ok():
+        pytest.skip("cowblock not importable")
+    out = io.StringIO()
+    res = benchmark.run(["--dir", str(tmp_path), "--quick", "--quiet", "--only", "W5", "--mmap",
+                         "--calls", "2000"], out=out)
+    groups = _groups(res, "W5")
+    assert len(groups) == 2
+    for g in groups:
+        nums = _numbers(g)
+        assert any(n.endswith(", mmap") for n in nums), nums
+        assert all(v > 0 for v in nums.values())
+        assert not [e for e in g["entries"] if e["error"]]
+        for r in g["ratios"]:
+            if r["num"].startswith("Device.") and "read_blocks" in r["den"]:
+                assert r["num"].endswith(", mmap") == r["den"].endswith(", mmap")
+    texts = [gl["text"] for gl in res["goals"]]
+    assert "Device.read(4 KiB) / os.pread <= 1.5" in texts  # the issue's goal, unchanged
+    assert any(t.startswith("(mmap)") for t in texts)
+
+
 def test_cli_parses_sizes():
     assert benchmark.parse_size("64K") == 65536
     assert benchmark.parse_size("1G") == 2**30

@@ -83,6 +83,21 @@ def test_read_4k_device_readinto(benchmark, pool, bench_size):
 
 
 @pytest.mark.benchmark(group="read 4 KiB random (cached)")
+def test_read_4k_device_read_mmap(benchmark, pool_mmap, bench_size):
+    nxt = itertools.cycle(_offsets(bench_size, 4 * KiB)).__next__
+    read = pool_mmap.device("base").read
+    benchmark(lambda: read(nxt(), 4096))
+
+
+@pytest.mark.benchmark(group="read 4 KiB random (cached)")
+def test_read_4k_device_readinto_mmap(benchmark, pool_mmap, bench_size):
+    nxt = itertools.cycle(_offsets(bench_size, 4 * KiB)).__next__
+    readinto = pool_mmap.device("base").readinto
+    buf = bytearray(4096)
+    benchmark(lambda: readinto(nxt(), buf))
+
+
+@pytest.mark.benchmark(group="read 4 KiB random (cached)")
 def test_read_4k_os_preadv(benchmark, raw_fd, bench_size):
     nxt = itertools.cycle(_offsets(bench_size, 4 * KiB)).__next__
     preadv = os.preadv
@@ -96,6 +111,15 @@ def test_read_4k_os_preadv(benchmark, raw_fd, bench_size):
 @pytest.mark.benchmark(group="read 256 random blocks")
 def test_read_blocks_batch(benchmark, pool, bench_size, bench_block_size):
     dev = pool.device("base")
+    nblk = bench_size // bench_block_size
+    idx = np.array(random.Random(1).sample(range(nblk), min(256, nblk)), dtype=np.uint64)
+    out = np.empty((len(idx), bench_block_size), dtype=np.uint8)
+    benchmark(dev.read_blocks, idx, out=out)
+
+
+@pytest.mark.benchmark(group="read 256 random blocks")
+def test_read_blocks_batch_mmap(benchmark, pool_mmap, bench_size, bench_block_size):
+    dev = pool_mmap.device("base")
     nblk = bench_size // bench_block_size
     idx = np.array(random.Random(1).sample(range(nblk), min(256, nblk)), dtype=np.uint64)
     out = np.empty((len(idx), bench_block_size), dtype=np.uint8)

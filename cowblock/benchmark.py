@@ -17,7 +17,10 @@ W3   reads of the whole device through snapshot chains of depth 1, 10, 100, 1000
      (qcow2 at 1, 10, 100), sequential (1 MiB) and random (one read per block, permuted).
 W4   snapshot cost against device size (1 GiB vs 1 TiB, same data) and mapped data.
 W5   Python per-call cost: 4 KiB cached random reads through Device.read/readinto against
-     os.pread/os.preadv on a plain file; the read_blocks batch call per block.
+     os.pread/os.preadv on a plain file; the read_blocks batch call per block.  With ``--mmap``
+     every cowblock figure is also taken, side by side, on the same pool opened with
+     ``mmap=True`` (reads served from a mapping of the data file); both pools are then opened
+     read-only, as two writable opens of one pool exclude each other.
 MEM  resident memory growth and metadata bytes per mapped block (in a subprocess).
 
 Peers: qcow2 through ``qemu-img bench`` at queue depth 1, cluster size = block size,
@@ -546,7 +549,7 @@ class Runner:
         key = "direct" if direct else "cache"
         if key in self.pools:
             return self.pools[key]
-        for other in [k for k in self.pools if k in ("direct", "cache")]:
+        for other in [k for k in self.pools if k in ("direct", "cache", "w5", "w5-mmap")]:
             self.pools.pop(other).close()
         if not os.path.exists(path):
             self.log(f"creating cowblock pool with a fully written {fmt_size(self.a.size)} device")
@@ -1076,6 +1079,18 @@ class Runner:
             shutil.rmtree(path, ignore_errors=True)
 
     # W5 --------------------------------------------------------------------------------
+    def w5_pools(self) -> list[tuple[str, Callable[[], Any]]]:
+        """(name suffix, getter of the main pool) for each cowblock mode W5 measures."""
+        if not self.a.mmap:
+            return [("", lambda: self.main_pool(False))]
+        self.main_pool(False)  # makes the pool if needed
+        for other in [k for k in self.pools if k in ("direct", "cache")]:
+            self.pools.pop(other).close()
+        cb, path = self.cowblock, self.path("pool")
+        self.pools["w5"] = cb.Pool.open(path, readonly=True)
+        self.pools["w5-mmap"] = cb.Pool.open(path, readonly=True, mmap=True)
+        return [("", lambda: self.pools["w5"]), (", mmap", lambda: self.pools["w5-mmap"])]
+
     def w5(self) -> None:
         a = self.a
         base = self.base_raw()
@@ -1112,31 +1127,35 @@ class Runner:
         entries += [Entry("os.pread(fd, 4096, off)", r_pread),
                     Entry("os.preadv(fd, [buf], off)", r_preadv)]
         pairs = []
-        if self.have_cb():
-            def r_read(rep: int) -> float:
-                rd = self.main_pool(False).device("base").read
+        modes = self.w5_pools() if self.have_cb() else []
+        for sfx, get_pool in modes:
+            def r_read(rep: int, get_pool=get_pool) -> float:
+                rd = get_pool().device("base").read
                 with no_gc():
                     t0 = time.perf_counter()
                     for off in offs:
                         rd(off, 4096)
                     return (time.perf_counter() - t0) / n
 
-            def r_readinto(rep: int) -> float:
-                ri = self.main_pool(False).device("base").readinto
+            def r_readinto(rep: int, get_pool=get_pool) -> float:
+                ri = get_pool().device("base").readinto
                 with no_gc():
                     t0 = time.perf_counter()
                     for off in offs:
                         ri(off, buf4)
                     return (time.perf_counter() - t0) / n
 
-            entries += [Entry("Device.read(off, 4096)", r_read),
-                        Entry("Device.readinto(off, buf)", r_readinto)]
-            pairs += [("Device.read(off, 4096)", "os.pread(fd, 4096, off)"),
-                      ("Device.readinto(off, buf)", "os.preadv(fd, [buf], off)")]
+            entries += [Entry(f"Device.read(off, 4096){sfx}", r_read),
+                        Entry(f"Device.readinto(off, buf){sfx}", r_readinto)]
+            pairs += [(f"Device.read(off, 4096){sfx}", "os.pread(fd, 4096, off)"),
+                      (f"Device.readinto(off, buf){sfx}", "os.preadv(fd, [buf], off)")]
         g = Group("W5", f"Python per-call cost: {n} cached random 4 KiB reads",
                   "page cache (warm)", entries, pairs, per_op=True, warmup=True)
         g.notes.append("os.pread/os.preadv read the raw base file; Device.* read the fully "
                        "written base device (same data)")
+        if a.mmap and self.have_cb():
+            g.notes.append("--mmap: both cowblock pools opened read-only; ', mmap' = "
+                           "Pool.open(mmap=True), reads copied from a mapping of the data file")
         self.run_group(g)
         if "fd" in fds:
             os.close(fds.pop("fd"))
@@ -1158,14 +1177,22 @@ class Runner:
                 d4.write(off, buf[: min(len(buf), small_size - off)])
             p4.flush()
             p4.close()
-        p4 = cb.Pool.open(small_path)
-        self.pools["4k"] = p4
+        if a.mmap:
+            self.pools["4k"] = cb.Pool.open(small_path, readonly=True)
+            self.pools["4k-mmap"] = cb.Pool.open(small_path, readonly=True, mmap=True)
+        else:
+            self.pools["4k"] = cb.Pool.open(small_path)
         batch_entries: list[Entry] = []
         bpairs: list[tuple[str, str]] = []
-        for label, get_dev, bsz, dsize in (
-                (fmt_size(a.block_size), lambda: self.main_pool(False).device("base"),
-                 a.block_size, a.size),
-                ("4 KiB", lambda: p4.device("base"), 4 * KiB, small_size)):
+        cases = []
+        for sfx, get_pool in modes:
+            p4 = self.pools["4k-mmap" if sfx else "4k"]
+            cases += [(fmt_size(a.block_size), sfx, lambda g=get_pool: g().device("base"),
+                       a.block_size, a.size),
+                      ("4 KiB", sfx, lambda p4=p4: p4.device("base"), 4 * KiB, small_size)]
+        # grouped by block size, so that the two modes of one size run next to each other
+        cases.sort(key=lambda c: -c[3])
+        for label, sfx, get_dev, bsz, dsize in cases:
             nb = min(dsize // bsz, 16384)
             # a batch fills at most --batch-bytes (1 MiB): bigger destinations fall out of the
             # CPU caches and then the memcpy, not the call, sets the per-block cost
@@ -1203,17 +1230,19 @@ class Runner:
                         rb(c, out=out)
                     return (time.perf_counter() - t0) / nb
 
-            n1 = f"Device.read, {label} blocks"
-            n2 = f"Device.readinto, {label} blocks"
-            n3 = f"Device.read_blocks ({batch_n} per call), {label} blocks"
+            # pairs compare like with like: single calls and the batch on the same pool/mode
+            n1 = f"Device.read, {label} blocks{sfx}"
+            n2 = f"Device.readinto, {label} blocks{sfx}"
+            n3 = f"Device.read_blocks ({batch_n} per call), {label} blocks{sfx}"
             batch_entries += [Entry(n1, single), Entry(n2, single_into), Entry(n3, batch)]
             bpairs += [(n1, n3), (n2, n3)]
         g2 = Group("W5", "batch call: Device.read_blocks per block vs one call per block "
                          "(random blocks)", "page cache (warm)", batch_entries, bpairs,
                    per_op=True, warmup=True)
         self.run_group(g2)
-        p4.close()
-        self.pools.pop("4k", None)
+        for k in ("4k", "4k-mmap", "w5", "w5-mmap"):
+            if k in self.pools:
+                self.pools.pop(k).close()
 
     # MEM -------------------------------------------------------------------------------
     def mem(self) -> None:
@@ -1361,6 +1390,9 @@ class Runner:
         if g:
             add("W5", "Device.read(4 KiB) / os.pread <= 1.5",
                 g.ratio("Device.read(off, 4096)", "os.pread(fd, 4096, off)"), 1.5)
+            if "Device.read(off, 4096), mmap" in g.times:
+                add("W5", "(mmap) Device.read(4 KiB), mmap / os.pread <= 1.5",
+                    g.ratio("Device.read(off, 4096), mmap", "os.pread(fd, 4096, off)"), 1.5)
         g = self.find("W5", "batch call")
         if g:
             for n, d in g.pairs:
@@ -1535,6 +1567,9 @@ def build_parser(prog: str = "cowblock bench") -> argparse.ArgumentParser:
     p.add_argument("--depths", default=None, help="W3 cowblock chain depths (default 1,10,100,1000)")
     p.add_argument("--qcow2-depths", default=None, help="W3 qcow2 chain depths (default 1,10,100)")
     p.add_argument("--calls", type=int, default=None, help="W5 calls per run (default 200000)")
+    p.add_argument("--mmap", action="store_true",
+                   help="W5: also measure cowblock with Pool.open(mmap=True), side by side "
+                        "(reads from a read-only mapping of the data file)")
     p.add_argument("--batch", type=int, default=256,
                    help="W5: at most this many blocks per read_blocks call (default 256)")
     p.add_argument("--batch-bytes", type=parse_size, default=MiB,

@@ -61,6 +61,13 @@ def _name(name, what="device name"):
     return raw
 
 
+def _mmap_flag(mmap, direct):
+    if mmap and direct:
+        raise _bad("mmap and direct exclude each other: O_DIRECT bypasses the page cache "
+                   "that a mapping reads")
+    return lib.CB_OPEN_MMAP if mmap else 0
+
+
 def _size(size, what="size"):
     size = _int(size, what)
     if size <= 0 or size % 512:
@@ -186,7 +193,7 @@ class Pool:
 
     @classmethod
     def create(cls, path, size, block_size=DEFAULT_BLOCK_SIZE, *, direct=False,
-               checksums=False):
+               checksums=False, mmap=False):
         """Make a new pool in directory ``path`` (created if missing).
 
         ``size`` is the data capacity in bytes; ``block_size`` the unit of
@@ -195,6 +202,7 @@ class Pool:
         ``checksums``, every data sub-block carries a CRC-32C that every read
         verifies (:class:`ChecksumError` on a mismatch; see README, "Data
         checksums", for what it costs); fixed for the pool's life.
+        ``mmap``: see :meth:`open`.
         """
         raw = _path(path)
         size = _int(size, "size")
@@ -211,7 +219,7 @@ class Pool:
         if os.path.exists(os.path.join(raw, b"meta")):
             raise errors.ExistsError(f"a pool exists already in {os.fsdecode(raw)!r}")
         out = ffi.new("cb_pool **")
-        flags = (lib.CB_OPEN_DIRECT if direct else 0) | (
+        flags = (lib.CB_OPEN_DIRECT if direct else 0) | _mmap_flag(mmap, direct) | (
             lib.CB_CREATE_CHECKSUMS if checksums else 0)
         rc = lib.cb_pool_create(raw, size, block_size, flags, out)
         if rc:
@@ -219,13 +227,25 @@ class Pool:
         return cls(out[0], raw, False)
 
     @classmethod
-    def open(cls, path, readonly=False, *, direct=False):
-        """Open an existing pool.  ``readonly`` pools refuse every change."""
+    def open(cls, path, readonly=False, *, direct=False, mmap=False):
+        """Open an existing pool.  ``readonly`` pools refuse every change.
+
+        ``direct``: data IO bypasses the page cache (O_DIRECT).
+
+        ``mmap`` (opt-in, not with ``direct``): reads of the data file are
+        served from a read-only shared memory mapping of it, with no system
+        call per read (writes stay ``pwrite``, which the mapping sees at
+        once).  The price, as with SQLite's ``mmap_size``: a disk error while
+        reading, or the data file being truncated by someone else while the
+        pool is open, kills the process with SIGBUS instead of raising an
+        error; and the pages read count in the process's resident size.
+        """
         raw = _path(path)
         if not os.path.isdir(raw):
             raise errors.NotFoundError(f"no pool directory at {os.fsdecode(raw)!r}")
         out = ffi.new("cb_pool **")
-        flags = (lib.CB_OPEN_READONLY if readonly else 0) | (lib.CB_OPEN_DIRECT if direct else 0)
+        flags = ((lib.CB_OPEN_READONLY if readonly else 0) | (lib.CB_OPEN_DIRECT if direct else 0)
+                 | _mmap_flag(mmap, direct))
         rc = lib.cb_pool_open(raw, flags, out)
         if rc:
             if rc == lib.CB_ENOENT:
@@ -566,13 +586,25 @@ class Pool:
         return json.loads(text)
 
 
-# Reads of up to _SCRATCH bytes go through a per-thread buffer, then into
-# the bytes object returned: one copy, no allocation of a cdata per call.
+# Reads of up to _SCRATCH bytes go through a per-thread buffer (the GIL is
+# dropped during the C call, so threads cannot share one), then into the
+# bytes object returned by slicing a cffi buffer over it: one copy, no cdata
+# allocated and no argument parsing per call (ffi.unpack parses keywords).
 _SCRATCH = 64 * 1024
 _local = threading.local()
 _read = lib.cb_dev_read
 _write = lib.cb_dev_write
 _from_buffer = ffi.from_buffer
+_EINVAL = lib.CB_EINVAL
+_U64 = np.dtype(np.uint64)  # the native one: numpy's builtin dtypes are singletons
+# Big reads: the core fills every byte on success, so no need to clear first.
+_new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
+
+
+def _new_scratch():
+    buf = ffi.new("char[]", _SCRATCH)
+    return buf, ffi.buffer(buf)
+
 
 _RawInfo = collections.namedtuple(
     "_RawInfo", "name id origin_id size flags external_id created_ns")
@@ -657,25 +689,45 @@ class Device:
 
     def read(self, offset, length):
         """``length`` bytes from ``offset``; unwritten ranges read as zeros."""
-        # The common case is checked inline: this is the per-call hot path.
-        if offset.__class__ is not int or length.__class__ is not int or not (
-            0 <= offset and 0 <= length and offset + length <= self._size
-        ):
-            offset, length = self._range(offset, length, "read")
+        # The per-call hot path (W5), cut to what it needs.  Exact ints, an
+        # open handle and a length that fits the scratch go straight to the
+        # core, which checks the range itself (cb_dev_read: CB_EINVAL; cffi
+        # refuses a negative or 65-bit int with OverflowError).  Everything
+        # else, and every failure, runs the full Python checks first
+        # (_read_other, _read_failed), so the errors are exactly those of
+        # checking everything up front.
         h = self._h
-        if h is None:
-            self._handle()
+        if (offset.__class__ is not int or length.__class__ is not int or h is None
+                or length > _SCRATCH):
+            return self._read_other(offset, length)
+        try:
+            buf, view = _local.scratch
+        except AttributeError:
+            buf, view = _local.scratch = _new_scratch()
+        try:
+            rc = _read(h, buf, length, offset)
+        except OverflowError:
+            rc = _EINVAL
+        if rc:
+            self._read_failed(rc, offset, length)
+        return view[:length]
+
+    def _read_other(self, offset, length):
+        """read() for other int types, a closed handle, or more than the scratch holds."""
+        offset, length = self._range(offset, length, "read")
+        h = self._handle()
         if length <= _SCRATCH:
-            try:
-                buf = _local.buf
-            except AttributeError:
-                buf = _local.buf = ffi.new("char[]", _SCRATCH)
-        else:
-            buf = ffi.new("char[]", length)
+            return self.read(offset, length)
+        buf = _new_uncleared("char[]", length)
         rc = _read(h, buf, length, offset)
         if rc:
             raise_for(rc, f"read from {self._name!r}")
-        return ffi.buffer(buf, length)[:]
+        return ffi.buffer(buf)[:]
+
+    def _read_failed(self, rc, offset, length):
+        self._range(offset, length, "read")  # a bad range is reported as such, first
+        self._handle()
+        raise_for(rc, f"read from {self._name!r}")
 
     def readinto(self, offset, buffer):
         """Fill ``buffer`` (any writable buffer) from ``offset``; returns its length."""
@@ -687,14 +739,16 @@ class Device:
             except (TypeError, BufferError, ValueError):
                 raise _bad(f"readinto needs a writable buffer, not {type(buffer).__name__}") from None
         n = len(cbuf)
-        if offset.__class__ is not int or not (0 <= offset and offset + n <= self._size):
-            offset, n = self._range(offset, n, "read")
         h = self._h
-        if h is None:
-            self._handle()
-        rc = _read(h, cbuf, n, offset)
+        if offset.__class__ is not int or h is None:  # the core checks the range (see read)
+            offset, n = self._range(offset, n, "read")
+            h = self._handle()
+        try:
+            rc = _read(h, cbuf, n, offset)
+        except OverflowError:
+            rc = _EINVAL
         if rc:
-            raise_for(rc, f"read from {self._name!r}")
+            self._read_failed(rc, offset, n)
         return n
 
     def write(self, offset, data):
@@ -754,18 +808,30 @@ class Device:
 
     def read_blocks(self, indices, out=None):
         """Read whole blocks in one call: an (n, block_size) uint8 array."""
-        idx = self._indices(indices)
+        # What batch callers pass, a contiguous 1-D native uint64 array, is used
+        # as it is: the core checks the range (CB_EINVAL), which saves the
+        # numpy reduction of _indices (most of the Python cost of a call).
+        # Before any error is raised, _indices runs in full, so the errors
+        # and their order are those of checking everything up front.
+        if (indices.__class__ is np.ndarray and indices.dtype is _U64 and indices.ndim == 1
+                and indices.flags.c_contiguous):
+            idx = indices
+        else:
+            idx = self._indices(indices)
         n = idx.size
         if out is None:
             out = np.empty((n, self._bs), dtype=np.uint8)
         try:
-            cbuf = ffi.from_buffer(out, require_writable=True)
+            cbuf = _from_buffer(out, require_writable=True)
         except (TypeError, BufferError, ValueError):
+            self._indices(idx)
             raise _bad("out must be a writable buffer") from None
-        if len(ffi.buffer(cbuf)) != n * self._bs:
+        if len(cbuf) != n * self._bs:
+            self._indices(idx)
             raise _bad(f"out must hold exactly {n} blocks of {self._bs} bytes")
-        rc = lib.cb_dev_read_blocks(self._handle(), ffi.from_buffer("uint64_t[]", idx), n, cbuf)
+        rc = lib.cb_dev_read_blocks(self._handle(), _from_buffer("uint64_t[]", idx), n, cbuf)
         if rc:
+            self._indices(idx)
             raise_for(rc, f"read blocks from {self._name!r}")
         return out
 

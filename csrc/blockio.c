@@ -6,6 +6,15 @@
  * opened O_DIRECT and requests that are not aligned to DIO_ALIGN (in buffer
  * address, offset or length) go through an aligned bounce buffer, with a
  * read-modify-write for unaligned writes.
+ *
+ * With CB_IO_MMAP (see blockio.h for the contract and its dangers) the file
+ * is also mapped read-only and shared, and preads inside the mapping are
+ * memcpys from it: no system call per read.  State of the mapping:
+ *   map == NULL            no mapping (not asked, direct, empty file, block
+ *                          device, or mmap failed): every read is a pread;
+ *   map over [0, map_len)  the file is at least map_len bytes long.
+ * Only truncate changes it (unmap, resize, map again), so readers need no
+ * lock: the pool truncates only while it creates the file.
  */
 #include "blockio.h"
 #include "cowblock.h"
@@ -17,6 +26,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,6 +36,9 @@ struct file_io {
     struct cb_io io;
     int fd;
     int direct;
+    int want_map;         /* CB_IO_MMAP asked, and not direct */
+    const char *map;      /* PROT_READ, MAP_SHARED view of [0, map_len), or NULL */
+    uint64_t map_len;
 };
 
 static int os_err(int e)
@@ -75,6 +88,29 @@ static int raw_pwrite(int fd, const void *buf, size_t len, uint64_t off)
     return 0;
 }
 
+/* Map the file over its current size.  Not being able to is no error:
+ * reads then take the pread path. */
+static void map_file(struct file_io *f)
+{
+    struct stat st;
+    if (!f->want_map || fstat(f->fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+        st.st_size <= 0 || (uint64_t)st.st_size > SIZE_MAX)
+        return;
+    void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, f->fd, 0);
+    if (m == MAP_FAILED)
+        return;
+    f->map = m;
+    f->map_len = (uint64_t)st.st_size;
+}
+
+static void unmap_file(struct file_io *f)
+{
+    if (f->map)
+        munmap((void *)f->map, (size_t)f->map_len);
+    f->map = NULL;
+    f->map_len = 0;
+}
+
 static int aligned(const void *buf, size_t len, uint64_t off)
 {
     return ((uintptr_t)buf % DIO_ALIGN) == 0 && len % DIO_ALIGN == 0 &&
@@ -84,6 +120,10 @@ static int aligned(const void *buf, size_t len, uint64_t off)
 static int f_pread(cb_io *io, void *buf, size_t len, uint64_t off)
 {
     struct file_io *f = (struct file_io *)io;
+    if (f->map && off <= f->map_len && len <= f->map_len - off) {
+        memcpy(buf, f->map + off, len); /* SIGBUS on a media error: see blockio.h */
+        return 0;
+    }
     if (!f->direct || aligned(buf, len, off))
         return raw_pread(f->fd, buf, len, off);
     uint64_t start = off - off % DIO_ALIGN;
@@ -156,11 +196,16 @@ static int f_size(cb_io *io, uint64_t *out)
 static int f_truncate(cb_io *io, uint64_t size)
 {
     struct file_io *f = (struct file_io *)io;
+    unmap_file(f); /* never a mapping past the end of the file */
+    int rc = 0;
     while (ftruncate(f->fd, (off_t)size) != 0) {
-        if (errno != EINTR)
-            return os_err(errno);
+        if (errno != EINTR) {
+            rc = os_err(errno);
+            break;
+        }
     }
-    return 0;
+    map_file(f);
+    return rc;
 }
 
 static int f_next_data(cb_io *io, uint64_t off, uint64_t *out, uint64_t *hole)
@@ -195,6 +240,7 @@ static int f_next_data(cb_io *io, uint64_t off, uint64_t *out, uint64_t *hole)
 static void f_close(cb_io *io)
 {
     struct file_io *f = (struct file_io *)io;
+    unmap_file(f);
     close(f->fd);
     free(f);
 }
@@ -231,6 +277,8 @@ int cb_file_open(const char *path, unsigned flags, cb_io **out)
     f->io.ops = &file_ops;
     f->fd = fd;
     f->direct = (flags & CB_IO_DIRECT) != 0;
+    f->want_map = (flags & CB_IO_MMAP) && !f->direct;
+    map_file(f);
     *out = &f->io;
 #ifdef CB_TESTING
     return cb_testio_wrap(path, out);

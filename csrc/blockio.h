@@ -35,8 +35,30 @@ struct cb_io {
 #define CB_IO_CREATE   1u  /* create; fail if it exists */
 #define CB_IO_READONLY 2u
 #define CB_IO_DIRECT   4u  /* O_DIRECT; unaligned requests go through a bounce buffer */
+#define CB_IO_MMAP     8u  /* serve preads from a read-only shared mapping (below) */
 
-/* Open a plain file as an IO backend. */
+/*
+ * CB_IO_MMAP (opt-in, never together with CB_IO_DIRECT, which wins): the
+ * file is mapped PROT_READ, MAP_SHARED over the size it has at open (and
+ * again after each truncate), and a pread that lies wholly inside the
+ * mapping is a memcpy from it instead of a system call; any other pread
+ * (past the mapping, or when the mapping could not be made: an empty file,
+ * a block device, no address space) is a plain pread.  Writes, punches and
+ * syncs stay system calls: MAP_SHARED shares the page cache with pwrite, so
+ * the mapping sees every write at once, and a punched range reads as zeros.
+ *
+ * Why opt-in (like SQLite's mmap_size): a read fault the kernel cannot
+ * serve -- an IO error on the disk, or a page past the end of a file that
+ * someone shrank -- arrives as SIGBUS, which kills the process, where pread
+ * would return -EIO.  So the file must never shrink while it is mapped:
+ * truncate drops the mapping before it changes the size and maps the new
+ * size after (it must not run concurrently with reads; the pool truncates
+ * its data file only while it creates it).  The data file of a pool is never
+ * truncated after that, nor grown: it is made nblocks * block_size long at
+ * create, so mapping its whole (sparse) size at open covers every block.
+ */
+
+/* Open a plain file as an IO backend (CB_IO_* flags). */
 int cb_file_open(const char *path, unsigned flags, cb_io **out);
 /* The file descriptor under a file backend, for locking; -1 for others. */
 int cb_file_fd(cb_io *io);

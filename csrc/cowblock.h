@@ -70,6 +70,10 @@ extern "C" {
 /* ---- flags ------------------------------------------------------------ */
 #define CB_OPEN_READONLY 1u  /* open the pool read-only (shared lock) */
 #define CB_OPEN_DIRECT   2u  /* O_DIRECT on the data file */
+#define CB_OPEN_MMAP     4u  /* reads of the data file from a read-only shared mapping: no
+                              * syscall per read, but a media error or the file shrinking
+                              * under the pool raises SIGBUS (see blockio.h); opt-in, and
+                              * not with CB_OPEN_DIRECT (CB_EINVAL) */
 #define CB_DEV_READONLY  1u  /* device refuses writes and discards */
 /* cb_pool_create: keep a CRC-32C of every data sub-block and verify it on
  * every read (see "Data checksums" below).  Fixed for the pool's life. */

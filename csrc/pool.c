@@ -178,12 +178,13 @@ static int open_files(struct cb_pool *p, unsigned ioflags)
     int rc = (m && d) ? 0 : CB_ENOMEM;
     unsigned ro = (p->flags & CB_OPEN_READONLY) ? CB_IO_READONLY : 0;
     unsigned direct = (p->flags & CB_OPEN_DIRECT) ? CB_IO_DIRECT : 0;
+    unsigned map = (p->flags & CB_OPEN_MMAP) ? CB_IO_MMAP : 0; /* data file only */
     if (!rc)
         rc = cb_file_open(m, ioflags | ro, &p->meta);
     if (!rc)
         rc = pool_lock_file(p);
     if (!rc)
-        rc = cb_file_open(d, ioflags | ro | direct, &p->data);
+        rc = cb_file_open(d, ioflags | ro | direct | map, &p->data);
     free(m);
     free(d);
     return rc;
@@ -194,7 +195,8 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
 {
     if (!path || !out || !*path || block_size < CB_MIN_BLOCK_SIZE ||
         block_size > CB_MAX_BLOCK_SIZE || (block_size & (block_size - 1)) ||
-        size < block_size || (flags & ~(CB_OPEN_DIRECT | CB_CREATE_CHECKSUMS)))
+        size < block_size || (flags & ~(CB_OPEN_DIRECT | CB_OPEN_MMAP | CB_CREATE_CHECKSUMS)) ||
+        ((flags & CB_OPEN_DIRECT) && (flags & CB_OPEN_MMAP)))
         return CB_EINVAL;
     if (size / block_size > (1ull << 36))
         return CB_EINVAL;
@@ -244,7 +246,8 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
 
 int cb_pool_open(const char *path, unsigned flags, cb_pool **out)
 {
-    if (!path || !out || (flags & ~(CB_OPEN_READONLY | CB_OPEN_DIRECT)))
+    if (!path || !out || (flags & ~(CB_OPEN_READONLY | CB_OPEN_DIRECT | CB_OPEN_MMAP)) ||
+        ((flags & CB_OPEN_DIRECT) && (flags & CB_OPEN_MMAP)))
         return CB_EINVAL;
     struct cb_pool *p;
     int rc = pool_alloc(path, flags, &p);
