@@ -87,7 +87,7 @@ def test_copy_up_4k(benchmark, pools, bench_size, bench_block_size, csum):
         pool.flush()
         _drop(pool, name)
 
-    benchmark.pedantic(run, setup=setup, rounds=5)
+    benchmark.pedantic(run, setup=setup, rounds=5, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("csum", MODES, ids=_label)
@@ -105,7 +105,7 @@ def test_write_1m(benchmark, pools, bench_size, payload, csum):
         pool.flush()
         _drop(pool, name)
 
-    benchmark.pedantic(run, setup=setup, rounds=5)
+    benchmark.pedantic(run, setup=setup, rounds=5, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("csum", MODES, ids=_label)
