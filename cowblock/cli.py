@@ -234,11 +234,13 @@ def _progress_bar(enabled: bool):
 
 def cmd_pool_scrub(args) -> int:
     path = _pool_path(args, args.path)
+    if args.rate is not None and args.rate <= 0:
+        raise UsageError("--rate must be positive")
     show = not args.json and not args.no_progress and sys.stderr.isatty()
     progress, close_bar = _progress_bar(show or args.progress)
     try:
         with _pool(args, False, args.path) as pool:
-            report = pool.scrub(progress=progress)
+            report = pool.scrub(progress=progress, rate=args.rate)
     finally:
         close_bar()
     damage = [{"device": d.device, "offset": d.offset, "length": d.length,
@@ -794,6 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb(g, "scrub", cmd_pool_scrub,
              "read back and verify every block in use (exit 0 intact, 2 damaged)")
     p.add_argument("path", nargs="?", metavar="PATH")
+    p.add_argument("--rate", type=_size_arg, metavar="SIZE",
+                   help="read at most SIZE bytes per second (e.g. 100M)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--progress", action="store_true",
                    help="progress bar on stderr even when it is not a terminal")

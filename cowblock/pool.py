@@ -514,22 +514,29 @@ class Pool:
             mapped_entries=out.mapped_entries, messages=messages,
         )
 
-    def scrub(self, progress=None, max_damage=1000):
+    def scrub(self, progress=None, max_damage=1000, rate=None):
         """Read back every data block some device reads and verify it.
 
         Pools made with ``checksums=True`` are verified against their
         checksums; others are only read back, which finds IO errors.  Each
-        shared block is read once.  Reads go on meanwhile; writes wait.
-        ``progress``, if given, is called now and then in this thread as
-        ``progress(done_bytes, total_bytes)``.  Returns a
-        :class:`ScrubReport` listing at most ``max_damage`` damaged
-        sub-blocks (``bad`` counts them all).
+        shared block is read once.  The pool stays usable meanwhile, from
+        other threads: writes wait for a 4 MiB slice at most.  ``rate``
+        caps the scrub's reads in bytes per second.  ``progress``, if
+        given, is called now and then in this thread as
+        ``progress(done_bytes, total_bytes)``; an exception it raises stops
+        the scrub and propagates.  Returns a :class:`ScrubReport` listing at
+        most ``max_damage`` damaged sub-blocks (``bad`` counts them all).
         """
         max_damage = _int(max_damage, "max_damage")
         if max_damage < 0:
             raise _bad(f"max_damage must not be negative, not {max_damage}")
+        if rate is not None:
+            rate = _int(rate, "rate")
+            if rate <= 0:
+                raise _bad(f"rate must be a positive number of bytes per second, not {rate}")
         h = self._handle()
         state = ffi.new("cb_scrub *")
+        state.rate_limit = rate or 0
         bad = ffi.new("cb_scrub_bad[]", max(max_damage, 1))
         count = ffi.new("size_t *")
         result = []

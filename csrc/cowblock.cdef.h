@@ -59,6 +59,7 @@ typedef struct cb_check {
 typedef struct cb_scrub {
     uint64_t total_bytes, done_bytes, blocks, bad;
     int checksums, cancel;
+    uint64_t rate_limit;
 } cb_scrub;
 
 typedef struct cb_scrub_bad {

@@ -145,6 +145,7 @@ typedef struct cb_scrub {
     uint64_t bad;             /* sub-blocks that failed (checksum or IO error) */
     int checksums;            /* 1: verified against checksums; 0: only read */
     int cancel;               /* set by the caller to stop */
+    uint64_t rate_limit;      /* set by the caller: bytes per second at most, 0 = none */
 } cb_scrub;
 
 /* One damaged sub-block found by cb_pool_scrub. */
@@ -212,11 +213,14 @@ int cb_pool_check(cb_pool *pool, int repair, cb_check *out,
 int cb_pool_dump(cb_pool *pool, char **json, size_t *len);
 /* Read every data block some device reads, once, in data-file order, and
  * verify it against its checksums (pools made without checksums are only
- * read, which finds IO errors).  Holds the pool lock shared: reads go on,
- * writes wait.  Damaged sub-blocks are reported in bad (at most n; *count
- * gets how many were found, as does progress->bad).  Returns 0 when the
- * scrub ran to the end, whatever it found; -ECANCELED if progress->cancel
- * was set. */
+ * read, which finds IO errors).  Online: it holds the pool lock shared for
+ * a 4 MiB slice of blocks at a time, so writes wait for one slice at most;
+ * what changes meanwhile is handled (blocks freed are skipped, blocks
+ * written after the scrub began are not read).  Damaged sub-blocks are
+ * reported in bad (at most n; *count gets how many were found, as does
+ * progress->bad).  Returns 0 when the scrub ran to the end, whatever it
+ * found; -ECANCELED if progress->cancel was set.  The pool must not be
+ * closed while it runs. */
 int cb_pool_scrub(cb_pool *pool, cb_scrub *progress, cb_scrub_bad *bad,
                   size_t n, size_t *count);
 /* Release memory the library handed out (cb_pool_dump).  NULL is a no-op. */

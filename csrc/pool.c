@@ -295,8 +295,8 @@ int cb_pool_close(cb_pool *p)
     return rc;
 }
 
-/* Take the lock in the given mode and check the pool may be used. */
-static int enter(struct cb_pool *p, int write)
+/* Take the lock in the given mode and check the pool may be used (pool.h). */
+int cb_pool_enter(struct cb_pool *p, int write)
 {
     if (write)
         pthread_rwlock_wrlock(&p->lock);
@@ -306,33 +306,32 @@ static int enter(struct cb_pool *p, int write)
         pthread_rwlock_unlock(&p->lock);
         return CB_EFAILED;
     }
-    if (write == 2 && (p->flags & CB_OPEN_READONLY)) {
+    if (write == CB_LOCK_MUTATE && (p->flags & CB_OPEN_READONLY)) {
         pthread_rwlock_unlock(&p->lock);
         return CB_EROFS;
     }
     return 0;
 }
 
-static int leave(struct cb_pool *p, int rc)
+int cb_pool_leave(struct cb_pool *p, int rc)
 {
     pthread_rwlock_unlock(&p->lock);
     return rc;
 }
 
-/* write = 2: a mutation (refused on a read-only pool) */
-#define MUTATE 2
-#define EXCLUSIVE 1
-#define SHARED 0
+#define MUTATE CB_LOCK_MUTATE
+#define EXCLUSIVE CB_LOCK_EXCLUSIVE
+#define SHARED CB_LOCK_SHARED
 
 int cb_pool_flush(cb_pool *p)
 {
-    int rc = enter(p, EXCLUSIVE);
-    return rc ? rc : leave(p, cb_txn_commit(p));
+    int rc = cb_pool_enter(p, EXCLUSIVE);
+    return rc ? rc : cb_pool_leave(p, cb_txn_commit(p));
 }
 
 int cb_pool_stat(cb_pool *p, cb_stat *out)
 {
-    int rc = enter(p, SHARED);
+    int rc = cb_pool_enter(p, SHARED);
     if (rc)
         return rc;
     *out = p->st;
@@ -348,7 +347,7 @@ int cb_pool_stat(cb_pool *p, cb_stat *out)
     out->meta_file_pages = p->pm.npages;
     out->checksums = (uint64_t)p->csum_on;
     out->checksum_failures = __atomic_load_n(&p->st.checksum_failures, __ATOMIC_RELAXED);
-    return leave(p, 0);
+    return cb_pool_leave(p, 0);
 }
 
 /* ---- device table ----------------------------------------------------------- */
@@ -454,44 +453,44 @@ int cb_pool_create_device(cb_pool *p, const char *name, uint64_t size,
     if (!valid_name(name) || size % 512 || size > CB_MAX_DEV_SIZE ||
         (size == 0 && !external_path))
         return CB_EINVAL;
-    int rc = enter(p, MUTATE);
+    int rc = cb_pool_enter(p, MUTATE);
     if (rc)
         return rc;
     if (cb_pool_find(p, name))
-        return leave(p, CB_EEXIST);
+        return cb_pool_leave(p, CB_EEXIST);
     uint32_t ext = 0;
     uint64_t esize = 0;
     if (external_path && (rc = add_external(p, external_path, &esize, &ext)))
-        return leave(p, rc);
+        return cb_pool_leave(p, rc);
     if (size == 0)
         size = (esize + 511) / 512 * 512;
     if (size == 0 || size > CB_MAX_DEV_SIZE)
-        return leave(p, CB_EINVAL);
+        return cb_pool_leave(p, CB_EINVAL);
     struct cb_devrec *d;
     if ((rc = new_rec(p, name, &d)))
-        return leave(p, rc);
+        return cb_pool_leave(p, rc);
     set_geometry(p, d, size);
     d->external_id = ext;
     d->birth_time = d->snap_time = p->map.now;
-    return leave(p, cb_txn_maybe_commit(p));
+    return cb_pool_leave(p, cb_txn_maybe_commit(p));
 }
 
 int cb_pool_snapshot(cb_pool *p, const char *source, const char *name, unsigned dev_flags)
 {
     if (!valid_name(name) || !source || (dev_flags & ~CB_DEV_READONLY))
         return CB_EINVAL;
-    int rc = enter(p, MUTATE);
+    int rc = cb_pool_enter(p, MUTATE);
     if (rc)
         return rc;
     struct cb_devrec *s = cb_pool_find(p, source), *d;
     if (!s)
-        return leave(p, CB_ENOENT);
+        return cb_pool_leave(p, CB_ENOENT);
     if (cb_pool_find(p, name))
-        return leave(p, CB_EEXIST);
+        return cb_pool_leave(p, CB_EEXIST);
     if (p->map.now == UINT32_MAX)
-        return leave(p, CB_ETOOMANY);
+        return cb_pool_leave(p, CB_ETOOMANY);
     if ((rc = new_rec(p, name, &d)))
-        return leave(p, rc);
+        return cb_pool_leave(p, rc);
     /* O(1): share the root; both sides treat older entries as shared */
     uint32_t t = ++p->map.now;
     set_geometry(p, d, s->size);
@@ -504,7 +503,7 @@ int cb_pool_snapshot(cb_pool *p, const char *source, const char *name, unsigned 
     d->birth_time = d->snap_time = t;
     s->snap_time = t;
     cb_pool_devdirty(p, s);
-    return leave(p, cb_txn_maybe_commit(p));
+    return cb_pool_leave(p, cb_txn_maybe_commit(p));
 }
 
 static void drop_external_if_unused(struct cb_pool *p, uint32_t id)
@@ -528,12 +527,12 @@ int cb_pool_delete(cb_pool *p, const char *name)
 {
     if (!name)
         return CB_EINVAL;
-    int rc = enter(p, MUTATE);
+    int rc = cb_pool_enter(p, MUTATE);
     if (rc)
         return rc;
     struct cb_devrec *d = cb_pool_find(p, name);
     if (!d)
-        return leave(p, CB_ENOENT);
+        return cb_pool_leave(p, CB_ENOENT);
     rc = cb_node_put(&p->map, d->root);
     d->root = NULL;
     cb_pool_devdirty(p, d);
@@ -547,9 +546,9 @@ int cb_pool_delete(cb_pool *p, const char *name)
         free(d);
     if (rc) {
         p->failed = rc; /* counts disagreed with the trees: stop writing */
-        return leave(p, rc);
+        return cb_pool_leave(p, rc);
     }
-    return leave(p, cb_txn_maybe_commit(p));
+    return cb_pool_leave(p, cb_txn_maybe_commit(p));
 }
 
 static void fill_info(const struct cb_devrec *d, cb_devinfo *out)
@@ -568,7 +567,7 @@ static void fill_info(const struct cb_devrec *d, cb_devinfo *out)
 
 int cb_pool_list(cb_pool *p, cb_devinfo *out, size_t n, size_t *count)
 {
-    int rc = enter(p, SHARED);
+    int rc = cb_pool_enter(p, SHARED);
     if (rc)
         return rc;
     size_t k = 0;
@@ -580,54 +579,53 @@ int cb_pool_list(cb_pool *p, cb_devinfo *out, size_t n, size_t *count)
         k++;
     }
     *count = k;
-    return leave(p, 0);
+    return cb_pool_leave(p, 0);
 }
 
 int cb_pool_info(cb_pool *p, const char *name, cb_devinfo *out)
 {
     if (!name)
         return CB_EINVAL;
-    int rc = enter(p, SHARED);
+    int rc = cb_pool_enter(p, SHARED);
     if (rc)
         return rc;
     struct cb_devrec *d = cb_pool_find(p, name);
     if (!d)
-        return leave(p, CB_ENOENT);
+        return cb_pool_leave(p, CB_ENOENT);
     fill_info(d, out);
-    return leave(p, 0);
+    return cb_pool_leave(p, 0);
 }
 
 int cb_pool_external_path(cb_pool *p, uint32_t id, char *buf, size_t len)
 {
     if (id == 0 || id > CB_MAX_EXTERNALS || !buf || len == 0)
         return CB_EINVAL;
-    int rc = enter(p, SHARED);
+    int rc = cb_pool_enter(p, SHARED);
     if (rc)
         return rc;
     if (!p->ext[id - 1].path)
-        return leave(p, CB_ENOENT);
+        return cb_pool_leave(p, CB_ENOENT);
     snprintf(buf, len, "%s", p->ext[id - 1].path);
-    return leave(p, strlen(p->ext[id - 1].path) < len ? 0 : CB_EINVAL);
+    return cb_pool_leave(p, strlen(p->ext[id - 1].path) < len ? 0 : CB_EINVAL);
 }
 
 int cb_pool_usage(cb_pool *p, cb_usage *out, size_t n, size_t *count)
 {
-    int rc = enter(p, EXCLUSIVE); /* the walk uses scratch fields of nodes */
-    return rc ? rc : leave(p, cb_thin_usage(p, out, n, count));
+    int rc = cb_pool_enter(p, EXCLUSIVE); /* the walk uses scratch fields of nodes */
+    return rc ? rc : cb_pool_leave(p, cb_thin_usage(p, out, n, count));
 }
 
 int cb_pool_check(cb_pool *p, int repair, cb_check *out, char *buf, size_t len)
 {
-    int rc = enter(p, repair ? MUTATE : EXCLUSIVE);
-    return rc ? rc : leave(p, cb_check_run(p, repair, out, buf, len));
+    int rc = cb_pool_enter(p, repair ? MUTATE : EXCLUSIVE);
+    return rc ? rc : cb_pool_leave(p, cb_check_run(p, repair, out, buf, len));
 }
 
 int cb_pool_scrub(cb_pool *p, cb_scrub *progress, cb_scrub_bad *bad, size_t n, size_t *count)
 {
     if (!progress || !count || (!bad && n))
         return CB_EINVAL;
-    int rc = enter(p, SHARED);
-    return rc ? rc : leave(p, cb_scrub_run(p, progress, bad, n, count));
+    return cb_scrub_run(p, progress, bad, n, count); /* takes the lock itself */
 }
 
 uint64_t cb_bad_offset(void)
@@ -641,15 +639,15 @@ int cb_dev_open(cb_pool *p, const char *name, cb_dev **out)
 {
     if (!name || !out)
         return CB_EINVAL;
-    int rc = enter(p, EXCLUSIVE);
+    int rc = cb_pool_enter(p, EXCLUSIVE);
     if (rc)
         return rc;
     struct cb_devrec *d = cb_pool_find(p, name);
     if (!d)
-        return leave(p, CB_ENOENT);
+        return cb_pool_leave(p, CB_ENOENT);
     struct cb_dev *h = calloc(1, sizeof *h);
     if (!h)
-        return leave(p, CB_ENOMEM);
+        return cb_pool_leave(p, CB_ENOMEM);
     h->pool = p;
     h->rec = d;
     d->handles++;
@@ -658,7 +656,7 @@ int cb_dev_open(cb_pool *p, const char *name, cb_dev **out)
         p->handles->prev = h;
     p->handles = h;
     *out = h;
-    return leave(p, 0);
+    return cb_pool_leave(p, 0);
 }
 
 void cb_dev_close(cb_dev *h)
@@ -682,13 +680,13 @@ void cb_dev_close(cb_dev *h)
 /* Enter for an operation on a device: live, and writable if asked. */
 static int dev_enter(cb_dev *h, int mode)
 {
-    int rc = enter(h->pool, mode);
+    int rc = cb_pool_enter(h->pool, mode);
     if (rc)
         return rc;
     if (h->rec->deleted)
-        return leave(h->pool, CB_ENOENT);
+        return cb_pool_leave(h->pool, CB_ENOENT);
     if (mode == MUTATE && (h->rec->flags & CB_DEV_READONLY))
-        return leave(h->pool, CB_EROFS);
+        return cb_pool_leave(h->pool, CB_EROFS);
     return 0;
 }
 
@@ -703,7 +701,7 @@ int cb_dev_info(cb_dev *h, cb_devinfo *out)
     if (rc)
         return rc;
     fill_info(h->rec, out);
-    return leave(h->pool, 0);
+    return cb_pool_leave(h->pool, 0);
 }
 
 int cb_dev_read(cb_dev *h, void *buf, uint64_t len, uint64_t off)
@@ -712,11 +710,11 @@ int cb_dev_read(cb_dev *h, void *buf, uint64_t len, uint64_t off)
     if (rc)
         return rc;
     if (!in_range(h->rec, len, off) || (!buf && len))
-        return leave(h->pool, CB_EINVAL);
+        return cb_pool_leave(h->pool, CB_EINVAL);
     rc = cb_thin_read(h->pool, h->rec, buf, len, off);
     __atomic_fetch_add(&h->pool->st.reads, 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&h->pool->st.bytes_read, len, __ATOMIC_RELAXED);
-    return leave(h->pool, rc);
+    return cb_pool_leave(h->pool, rc);
 }
 
 int cb_dev_write(cb_dev *h, const void *buf, uint64_t len, uint64_t off)
@@ -726,13 +724,13 @@ int cb_dev_write(cb_dev *h, const void *buf, uint64_t len, uint64_t off)
         return rc;
     struct cb_pool *p = h->pool;
     if (!in_range(h->rec, len, off) || (!buf && len))
-        return leave(p, CB_EINVAL);
+        return cb_pool_leave(p, CB_EINVAL);
     rc = cb_thin_write(p, h->rec, buf, len, off);
     p->st.writes++;
     p->st.bytes_written += len;
     if (!rc)
         rc = cb_txn_maybe_commit(p);
-    return leave(p, rc);
+    return cb_pool_leave(p, rc);
 }
 
 int cb_dev_discard(cb_dev *h, uint64_t len, uint64_t off)
@@ -741,17 +739,17 @@ int cb_dev_discard(cb_dev *h, uint64_t len, uint64_t off)
     if (rc)
         return rc;
     if (!in_range(h->rec, len, off))
-        return leave(h->pool, CB_EINVAL);
+        return cb_pool_leave(h->pool, CB_EINVAL);
     rc = cb_thin_discard(h->pool, h->rec, len, off);
     if (!rc)
         rc = cb_txn_maybe_commit(h->pool);
-    return leave(h->pool, rc);
+    return cb_pool_leave(h->pool, rc);
 }
 
 int cb_dev_flush(cb_dev *h)
 {
     int rc = dev_enter(h, EXCLUSIVE);
-    return rc ? rc : leave(h->pool, cb_txn_commit(h->pool));
+    return rc ? rc : cb_pool_leave(h->pool, cb_txn_commit(h->pool));
 }
 
 static int blocks_in_range(struct cb_pool *p, const struct cb_devrec *d,
@@ -771,14 +769,14 @@ int cb_dev_read_blocks(cb_dev *h, const uint64_t *idx, size_t n, void *buf)
         return rc;
     struct cb_pool *p = h->pool;
     if ((n && (!idx || !buf)) || !blocks_in_range(p, h->rec, idx, n))
-        return leave(p, CB_EINVAL);
+        return cb_pool_leave(p, CB_EINVAL);
     char *dst = buf;
     for (size_t i = 0; i < n && !rc; i++)
         rc = cb_thin_read(p, h->rec, dst + i * (size_t)p->block_size, p->block_size,
                           idx[i] << p->block_shift);
     __atomic_fetch_add(&p->st.reads, n, __ATOMIC_RELAXED);
     __atomic_fetch_add(&p->st.bytes_read, n * (uint64_t)p->block_size, __ATOMIC_RELAXED);
-    return leave(p, rc);
+    return cb_pool_leave(p, rc);
 }
 
 int cb_dev_write_blocks(cb_dev *h, const uint64_t *idx, size_t n, const void *buf)
@@ -788,7 +786,7 @@ int cb_dev_write_blocks(cb_dev *h, const uint64_t *idx, size_t n, const void *bu
         return rc;
     struct cb_pool *p = h->pool;
     if ((n && (!idx || !buf)) || !blocks_in_range(p, h->rec, idx, n))
-        return leave(p, CB_EINVAL);
+        return cb_pool_leave(p, CB_EINVAL);
     const char *src = buf;
     for (size_t i = 0; i < n && !rc; i++) {
         rc = cb_thin_write(p, h->rec, src + i * (size_t)p->block_size, p->block_size,
@@ -798,7 +796,7 @@ int cb_dev_write_blocks(cb_dev *h, const uint64_t *idx, size_t n, const void *bu
     }
     if (!rc)
         rc = cb_txn_maybe_commit(p);
-    return leave(p, rc);
+    return cb_pool_leave(p, rc);
 }
 
 int cb_dev_changed(cb_dev *h, uint8_t *bits, size_t nbytes)
@@ -806,7 +804,7 @@ int cb_dev_changed(cb_dev *h, uint8_t *bits, size_t nbytes)
     if (!bits && nbytes)
         return CB_EINVAL;
     int rc = dev_enter(h, SHARED);
-    return rc ? rc : leave(h->pool, cb_thin_changed(h->pool, h->rec, bits, nbytes));
+    return rc ? rc : cb_pool_leave(h->pool, cb_thin_changed(h->pool, h->rec, bits, nbytes));
 }
 
 int cb_dev_extents(cb_dev *h, uint64_t *pairs, size_t n, size_t *count)
@@ -814,7 +812,7 @@ int cb_dev_extents(cb_dev *h, uint64_t *pairs, size_t n, size_t *count)
     if ((!pairs && n) || !count)
         return CB_EINVAL;
     int rc = dev_enter(h, SHARED);
-    return rc ? rc : leave(h->pool, cb_thin_extents(h->pool, h->rec, pairs, n, count));
+    return rc ? rc : cb_pool_leave(h->pool, cb_thin_extents(h->pool, h->rec, pairs, n, count));
 }
 
 int cb_dev_usage(cb_dev *h, cb_usage *out)
@@ -826,11 +824,11 @@ int cb_dev_usage(cb_dev *h, cb_usage *out)
     size_t count, n = p->ndevs;
     cb_usage *all = calloc(n ? n : 1, sizeof *all);
     if (!all)
-        return leave(p, CB_ENOMEM);
+        return cb_pool_leave(p, CB_ENOMEM);
     rc = cb_thin_usage(p, all, n, &count);
     for (size_t i = 0; i < count && i < n && !rc; i++)
         if (all[i].id == h->rec->id)
             *out = all[i];
     free(all);
-    return leave(p, rc);
+    return cb_pool_leave(p, rc);
 }

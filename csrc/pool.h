@@ -109,6 +109,15 @@ struct cb_dev {
     struct cb_dev *prev, *next;
 };
 
+/* Take the pool lock (CB_LOCK_SHARED, or CB_LOCK_EXCLUSIVE; CB_LOCK_MUTATE is
+ * exclusive and refused with CB_EROFS on a read-only pool) and check the
+ * pool has not failed; on an error the lock is not held.  cb_pool_leave
+ * releases it and returns rc. */
+#define CB_LOCK_SHARED 0
+#define CB_LOCK_EXCLUSIVE 1
+#define CB_LOCK_MUTATE 2
+int cb_pool_enter(struct cb_pool *p, int mode);
+int cb_pool_leave(struct cb_pool *p, int rc);
 /* Record for a name, or NULL. */
 struct cb_devrec *cb_pool_find(struct cb_pool *p, const char *name);
 /* Block shift, sub-block size and the buffers sized by the block size. */

@@ -7,12 +7,18 @@
  *    entry naming it as its block, all of them for an origin.
  * 2. Read those sub-blocks in data-file order, coalesced per block, and
  *    verify them (cb_thin_data_read); a failed run is verified again one
- *    sub-block at a time so that each damaged sub-block is named.
- * 3. For the damaged ones (as many as the caller has room for), find the
- *    devices that read them: the first one names the place.
+ *    sub-block at a time so that each damaged sub-block is named, with the
+ *    devices that read it now (the first one names the place).
  *
- * Runs under the pool's shared lock; the caller's cb_scrub is updated with
- * atomic stores so another thread may watch it and set cancel.
+ * Online: the walk holds the pool's lock shared; the reads take it again
+ * for a slice of blocks at a time (SLICE bytes), so writers wait for one
+ * slice at most.  Between slices the pool may change, so a slice skips
+ * blocks freed since the walk, and a sub-block that fails is reported only
+ * if some device still reads it (a block freed and reused may hold stale
+ * sub-blocks that no entry shows); blocks allocated since the walk are not
+ * read (they were just written).  The caller's cb_scrub is updated with
+ * atomic stores so another thread may watch it and set cancel; with
+ * rate_limit set, the scrub sleeps between slices to stay under it.
  */
 #include "scrub.h"
 #include "thin.h"
@@ -20,6 +26,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+#define SLICE (4u << 20) /* bytes of blocks read per lock hold */
 
 #define BIT(s) (1ull << (s))
 
@@ -133,18 +142,22 @@ static void add(uint64_t *field, uint64_t k)
     __atomic_fetch_add(field, k, __ATOMIC_RELAXED);
 }
 
-/* Record one damaged sub-block (its index in offset until named). */
+/* Record one damaged sub-block, with the devices that read it now; one no
+ * device reads is not damage (see the top of this file). */
 static void found(struct cb_pool *p, cb_scrub *pr, cb_scrub_bad *bad, size_t n,
                   size_t *count, uint64_t b, unsigned s, int err)
 {
-    if (*count < n) {
-        cb_scrub_bad *x = &bad[*count];
-        memset(x, 0, sizeof *x);
-        x->block = b;
-        x->offset = (uint64_t)s * p->sub_size;
-        x->length = p->sub_size;
-        x->error = err;
-    }
+    cb_scrub_bad x;
+    memset(&x, 0, sizeof x);
+    x.block = b;
+    x.offset = (uint64_t)s * p->sub_size;
+    x.length = p->sub_size;
+    x.error = err;
+    name_readers(p, &x);
+    if (x.ndevices == 0)
+        return;
+    if (*count < n)
+        bad[*count] = x;
     (*count)++;
     add(&pr->bad, 1);
 }
@@ -171,53 +184,99 @@ static int scrub_run(struct cb_pool *p, cb_scrub *pr, char *buf, uint64_t b, uns
     return 0;
 }
 
+static void pace(const cb_scrub *pr, const struct timespec *t0)
+{
+    uint64_t rate = __atomic_load_n(&pr->rate_limit, __ATOMIC_RELAXED);
+    if (!rate)
+        return;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double spent = (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
+    double due = (double)__atomic_load_n(&pr->done_bytes, __ATOMIC_RELAXED) / (double)rate;
+    if (due > spent) {
+        double wait = due - spent > 1.0 ? 1.0 : due - spent; /* cancel stays responsive */
+        struct timespec ts = {(time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9)};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Read and verify the blocks of [from, to) that the walk marked and that
+ * are still in use.  Caller holds the lock shared. */
+static int scrub_slice(struct cb_pool *p, cb_scrub *pr, struct masks *m, char *buf,
+                       uint64_t from, uint64_t to, cb_scrub_bad *bad, size_t n, size_t *count)
+{
+    int rc = 0;
+    for (uint64_t b = from; b < to && !rc; b++) {
+        uint64_t *chunk = m->chunk[b / CB_SM_CHUNK];
+        uint64_t bits = chunk ? chunk[b % CB_SM_CHUNK] : 0;
+        if (!bits)
+            continue;
+        if (cb_sm_rc(&p->sm, b) == 0) { /* freed since the walk */
+            add(&pr->done_bytes, (uint64_t)__builtin_popcountll(bits) * p->sub_size);
+            continue;
+        }
+        for (unsigned s = 0; s < p->nsub && !rc; s++) {
+            if (!(bits & BIT(s)))
+                continue;
+            unsigned t = s;
+            while (t + 1 < p->nsub && (bits & BIT(t + 1)))
+                t++;
+            rc = scrub_run(p, pr, buf, b, s, t, bad, n, count);
+            s = t;
+        }
+        add(&pr->blocks, 1);
+    }
+    return rc;
+}
+
 int cb_scrub_run(struct cb_pool *p, cb_scrub *pr, cb_scrub_bad *bad, size_t n, size_t *count)
 {
-    struct masks m = {NULL, p->sm.nchunks};
+    struct masks m = {NULL, 0};
+    struct seen seen = {NULL, 0};
+    char *buf = NULL;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    *count = 0;
+    int rc = cb_pool_enter(p, CB_LOCK_SHARED);
+    if (rc)
+        return rc;
+    m.nchunks = p->sm.nchunks;
     size_t cap = 64;
     while (cap < 2 * p->map.nnodes + 2)
         cap *= 2;
-    struct seen seen = {calloc(cap, sizeof(struct cb_node *)), cap};
+    seen.v = calloc(cap, sizeof(struct cb_node *));
+    seen.cap = cap;
     m.chunk = calloc(m.nchunks ? m.nchunks : 1, sizeof *m.chunk);
-    char *buf = NULL;
-    int rc = seen.v && m.chunk ? 0 : CB_ENOMEM;
-    *count = 0;
+    if (!seen.v || !m.chunk || posix_memalign((void **)&buf, 4096, p->block_size))
+        rc = CB_ENOMEM;
     __atomic_store_n(&pr->checksums, p->csum_on, __ATOMIC_RELAXED);
     for (unsigned i = 0; i < p->ndevslots && !rc; i++)
         if (p->devs[i])
             rc = mark_walk(p, p->devs[i]->root, &seen, &m);
     free(seen.v);
-    if (!rc && posix_memalign((void **)&buf, 4096, p->block_size))
-        rc = CB_ENOMEM;
-    uint64_t total = 0;
+    uint64_t total = 0, nblocks = p->nblocks;
     for (uint64_t ci = 0; ci < m.nchunks && !rc; ci++)
         for (uint64_t i = 0; m.chunk[ci] && i < CB_SM_CHUNK; i++)
             total += (uint64_t)__builtin_popcountll(m.chunk[ci][i]) * p->sub_size;
     __atomic_store_n(&pr->total_bytes, total, __ATOMIC_RELAXED);
-    for (uint64_t ci = 0; ci < m.nchunks && !rc; ci++) {
-        for (uint64_t i = 0; m.chunk[ci] && i < CB_SM_CHUNK && !rc; i++) {
-            uint64_t bits = m.chunk[ci][i];
-            if (!bits)
-                continue;
-            if (__atomic_load_n(&pr->cancel, __ATOMIC_RELAXED)) {
-                rc = -ECANCELED;
-                break;
-            }
-            uint64_t b = ci * CB_SM_CHUNK + i;
-            for (unsigned s = 0; s < p->nsub && !rc; s++) {
-                if (!(bits & BIT(s)))
-                    continue;
-                unsigned t = s;
-                while (t + 1 < p->nsub && (bits & BIT(t + 1)))
-                    t++;
-                rc = scrub_run(p, pr, buf, b, s, t, bad, n, count);
-                s = t;
-            }
-            add(&pr->blocks, 1);
+    uint64_t slice = SLICE / p->block_size ? SLICE / p->block_size : 1;
+    cb_pool_leave(p, 0);
+    for (uint64_t from = 0; from < nblocks && !rc; from += slice) {
+        uint64_t ci = from / CB_SM_CHUNK;
+        if (!m.chunk[ci]) { /* nothing marked in this chunk */
+            from = (ci + 1) * CB_SM_CHUNK - slice;
+            continue;
         }
+        if (__atomic_load_n(&pr->cancel, __ATOMIC_RELAXED)) {
+            rc = -ECANCELED;
+            break;
+        }
+        uint64_t to = from + slice < nblocks ? from + slice : nblocks;
+        if ((rc = cb_pool_enter(p, CB_LOCK_SHARED)))
+            break;
+        rc = cb_pool_leave(p, scrub_slice(p, pr, &m, buf, from, to, bad, n, count));
+        pace(pr, &t0);
     }
-    for (size_t k = 0; k < *count && k < n && !rc; k++)
-        name_readers(p, &bad[k]);
     free(buf);
     for (uint64_t ci = 0; m.chunk && ci < m.nchunks; ci++)
         free(m.chunk[ci]);
