@@ -7,6 +7,7 @@ with their origin until one side writes to it.
 """
 import collections
 import dataclasses
+import errno
 import os
 import threading
 import weakref
@@ -184,6 +185,7 @@ class Pool:
         self._readonly = readonly
         self._devices = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
+        self._scrubs = set()  # (cb_scrub state, worker thread) of scrubs running
         st = self._stat()
         self._block_size = st.block_size
         self._size = st.nblocks * st.block_size
@@ -262,6 +264,10 @@ class Pool:
             for dev in list(self._devices.values()):
                 dev._h = None  # freed by the pool below
             self._devices.clear()
+            scrubs = list(self._scrubs)
+        for state, worker in scrubs:  # a scrub in another thread: stop it first
+            state.cancel = 1
+            worker.join()
         rc = lib.cb_pool_close(h)
         if rc:
             raise_for(rc, f"close pool {self._path!r}")
@@ -545,7 +551,12 @@ class Pool:
             result.append(lib.cb_pool_scrub(h, state, bad, max_damage, count))
 
         worker = threading.Thread(target=run, name="cowblock-scrub", daemon=True)
-        worker.start()
+        with self._lock:
+            if self._h is None:
+                raise errors.ClosedError(f"pool {self._path!r} is closed")
+            entry = (state, worker)
+            self._scrubs.add(entry)
+            worker.start()
         try:
             while True:
                 worker.join(0.2)
@@ -558,7 +569,12 @@ class Pool:
             state.cancel = 1  # e.g. KeyboardInterrupt: stop the scrub, then re-raise
             worker.join()
             raise
+        finally:
+            with self._lock:
+                self._scrubs.discard(entry)
         rc = result[0]
+        if rc == -errno.ECANCELED and self._h is None:
+            raise errors.ClosedError(f"pool {self._path!r} was closed during the scrub")
         if rc:
             raise_for(rc, f"scrub pool {self._path!r}")
         damage = []

@@ -258,6 +258,21 @@ def test_scrub_is_online_paced_and_follows_changes(tmp_path):
             p.scrub(rate=0)
 
 
+def test_close_from_another_thread_stops_a_scrub(tmp_path):
+    import threading
+
+    p = make(tmp_path)
+    p.create_device("a", 64 * BS).write(0, b"c" * 64 * BS)
+    closer = threading.Timer(0.3, p.close)
+    closer.start()
+    with pytest.raises(cowblock.ClosedError):
+        p.scrub(rate=1 << 20)  # 4 s at that rate: the close comes first
+    closer.join()
+    assert p.closed
+    with pytest.raises(cowblock.ClosedError):
+        p.scrub()
+
+
 def test_damaged_table_is_caught_too(tmp_path):
     path, block = damaged_pool(tmp_path)
     table = 256 * BS
