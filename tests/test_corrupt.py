@@ -391,12 +391,13 @@ def build_mixed(path):
     return s.finish()
 
 
-def build_history(path):
+def build_history(path, checksums=False):
     """Six commits that only ever add (no frees, no in-place overwrite of a committed
-    block): any older metadata file still describes its generation's data exactly."""
+    block): any older metadata file still describes its generation's data exactly.  With
+    checksums, the same on a pool that verifies its data (incompat bit, checksum table)."""
     rng = random.Random(11)
     s = Shape(path)
-    with cowblock.Pool.create(path, size=4 * MiB, block_size=BS) as pool:
+    with cowblock.Pool.create(path, size=4 * MiB, block_size=BS, checksums=checksums) as pool:
         s.record(pool)
         a = pool.create_device("a", 256 * KiB)
         a.write(0, rng.randbytes(64 * KiB))
@@ -425,7 +426,8 @@ def build_empty(path):
 def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
     return {"mixed": build_mixed(root / "mixed"), "history": build_history(root / "history"),
-            "empty": build_empty(root / "empty")}
+            "empty": build_empty(root / "empty"),
+            "history-checksums": build_history(root / "history-checksums", checksums=True)}
 
 
 # --------------------------------------------------------------------------- running cases
@@ -609,7 +611,7 @@ def test_bit_flips(shapes, tmp_path, run_slow):
 def test_bit_flips_other_shapes(shapes, tmp_path, run_slow):
     seed = seed_for("flips-other")
     rng = random.Random(seed)
-    for name in ("history", "empty"):
+    for name in ("history", "empty", "history-checksums"):
         sh = shapes[name]
         run = Runner(sh, tmp_path, f"bit flips ({name})")
         for page in sorted(sh.reachable):
@@ -716,8 +718,12 @@ def test_superblock_slots(shapes, tmp_path):
 
 def test_older_generations(shapes, tmp_path):
     """An older metadata file copied over the newest (as a careless backup restore would)."""
-    sh = shapes["history"]
-    run = Runner(sh, tmp_path, "older generations")
+    for name in ("history", "history-checksums"):
+        _older_generations(shapes[name], tmp_path, name)
+
+
+def _older_generations(sh, tmp_path, name):
+    run = Runner(sh, tmp_path, f"older generations ({name})")
     for gen, raw in sorted(sh.metas.items()):
         res = run.run(f"metadata of generation {gen}", raw, "no_crash")
         r = res.get("ok", {})
@@ -761,7 +767,8 @@ def _crafted(sh):
     # superblock: any of these may fall back to the older slot, which is intact
     R = "reject_or_fallback"
     for label, off, size, val in [
-            ("version 2", 40, 4, 2), ("incompat 1", 44, 4, 1), ("magic", 32, 8, 0x4b636f6c62776f63),
+            ("version 2", 40, 4, 2), ("incompat 1 (checksums, no table)", 44, 4, 1),
+            ("incompat 2 (unknown)", 44, 4, 2), ("magic", 32, 8, 0x4b636f6c62776f63),
             ("block size 0", 52, 4, 0), ("block size 3000", 52, 4, 3000),
             ("block size 2 MiB", 52, 4, 2 << 20), ("block size 2^32-1", 52, 4, 0xFFFFFFFF),
             ("nblocks 0", 56, 8, 0), ("nblocks 2^36+1", 56, 8, (1 << 36) + 1),
