@@ -195,7 +195,7 @@ class Pool:
 
     @classmethod
     def create(cls, path, size, block_size=DEFAULT_BLOCK_SIZE, *, direct=False,
-               checksums=False, mmap=False):
+               checksums=False, mmap=False, keep_freed=0):
         """Make a new pool in directory ``path`` (created if missing).
 
         ``size`` is the data capacity in bytes; ``block_size`` the unit of
@@ -204,7 +204,7 @@ class Pool:
         ``checksums``, every data sub-block carries a CRC-32C that every read
         verifies (:class:`ChecksumError` on a mismatch; see README, "Data
         checksums", for what it costs); fixed for the pool's life.
-        ``mmap``: see :meth:`open`.
+        ``mmap`` and ``keep_freed``: see :meth:`open`.
         """
         raw = _path(path)
         size = _int(size, "size")
@@ -223,14 +223,19 @@ class Pool:
         out = ffi.new("cb_pool **")
         flags = (lib.CB_OPEN_DIRECT if direct else 0) | _mmap_flag(mmap, direct) | (
             lib.CB_CREATE_CHECKSUMS if checksums else 0)
+        keep_freed = _int(keep_freed, "keep_freed")
         rc = lib.cb_pool_create(raw, size, block_size, flags, out)
         if rc:
             raise_for(rc, f"create pool in {os.fsdecode(raw)!r}")
-        return cls(out[0], raw, False)
+        return cls(out[0], raw, False)._kept(keep_freed)
 
     @classmethod
-    def open(cls, path, readonly=False, *, direct=False, mmap=False):
+    def open(cls, path, readonly=False, *, direct=False, mmap=False, keep_freed=0):
         """Open an existing pool.  ``readonly`` pools refuse every change.
+
+        ``keep_freed``: bytes of freed blocks to keep allocated in the data
+        file for reuse (see :meth:`set_keep_freed`); 0, the default, gives
+        every freed block back to the file system.
 
         ``direct``: data IO bypasses the page cache (O_DIRECT).
 
@@ -248,12 +253,44 @@ class Pool:
         out = ffi.new("cb_pool **")
         flags = ((lib.CB_OPEN_READONLY if readonly else 0) | (lib.CB_OPEN_DIRECT if direct else 0)
                  | _mmap_flag(mmap, direct))
+        keep_freed = _int(keep_freed, "keep_freed")
+        if keep_freed and readonly:
+            raise _bad("keep_freed needs a writable pool")
         rc = lib.cb_pool_open(raw, flags, out)
         if rc:
             if rc == lib.CB_ENOENT:
                 raise errors.NotFoundError(f"no pool in {os.fsdecode(raw)!r}", code=rc)
             raise_for(rc, f"open pool {os.fsdecode(raw)!r}")
-        return cls(out[0], raw, bool(readonly))
+        return cls(out[0], raw, bool(readonly))._kept(keep_freed)
+
+    def _kept(self, keep_freed):
+        if keep_freed:
+            try:
+                self.set_keep_freed(keep_freed)
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def set_keep_freed(self, nbytes):
+        """Keep up to ``nbytes`` of freed blocks allocated in the data file.
+
+        By default a block freed by a delete, a discard or a copy-up is
+        punched out of the data file once the commit that freed it is
+        durable.  Kept blocks are not: later writes take them first and land
+        in space the file system has already allocated, often still in the
+        page cache, which is what makes a copy-up as cheap as an overwrite
+        (like dm-thin without discard passdown).  They count as free
+        everywhere but in the data file's size on disk.  Lowering the bound
+        gives the excess back at once; :meth:`close` gives back all of them.
+        Not stored in the pool: pass it at each open.
+        """
+        nbytes = _int(nbytes, "keep_freed")
+        if nbytes < 0:
+            raise _bad(f"keep_freed must not be negative, not {nbytes}")
+        rc = lib.cb_pool_set_keep(self._handle(), nbytes // self._block_size)
+        if rc:
+            raise_for(rc, f"set keep_freed on pool {self._path!r}")
 
     def close(self):
         """Commit and release the pool.  Idempotent; device objects become unusable."""
@@ -492,7 +529,7 @@ class Pool:
             "reads", "bytes_read", "writes", "bytes_written", "data_bytes_written",
             "copyups", "copyup_bytes", "commits", "punched_blocks", "generation",
             "time", "ndevices", "used_blocks", "meta_pages", "meta_file_pages",
-            "checksum_failures")}
+            "checksum_failures", "kept_blocks")}
         out["checksums"] = bool(st.checksums)
         out["block_size"] = self._block_size
         out["size"] = self._size

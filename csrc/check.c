@@ -186,10 +186,11 @@ int cb_check_free_data(struct cb_pool *p, int punch, uint64_t *found, uint64_t *
         if (hole > end)
             hole = end;
         for (uint64_t b = data / bs; b * bs < hole; b++) {
-            if (cb_sm_rc(&p->sm, b))
-                continue;
+            if (cb_sm_rc(&p->sm, b) || cb_sm_kept(&p->sm, b))
+                continue; /* in use, or kept for reuse on purpose */
             uint64_t first = b;
-            while ((b + 1) * bs < hole && cb_sm_rc(&p->sm, b + 1) == 0)
+            while ((b + 1) * bs < hole && cb_sm_rc(&p->sm, b + 1) == 0 &&
+                   !cb_sm_kept(&p->sm, b + 1))
                 b++;
             *found += b - first + 1;
             if (punch)

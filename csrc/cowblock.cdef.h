@@ -34,7 +34,7 @@ typedef struct cb_stat {
     uint64_t meta_pages, meta_file_pages;
     uint64_t reads, bytes_read, writes, bytes_written, data_bytes_written;
     uint64_t copyups, copyup_bytes, commits, punched_blocks;
-    uint64_t checksums, checksum_failures;
+    uint64_t checksums, checksum_failures, kept_blocks;
 } cb_stat;
 
 typedef struct cb_devinfo {
@@ -78,6 +78,7 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
 int cb_pool_open(const char *path, unsigned flags, cb_pool **out);
 int cb_pool_close(cb_pool *pool);
 int cb_pool_flush(cb_pool *pool);
+int cb_pool_set_keep(cb_pool *pool, uint64_t max_blocks);
 int cb_pool_stat(cb_pool *pool, cb_stat *out);
 int cb_pool_create_device(cb_pool *pool, const char *name, uint64_t size,
                           const char *external_path);

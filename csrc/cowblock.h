@@ -101,6 +101,7 @@ typedef struct cb_stat {
     uint64_t punched_blocks;              /* data blocks given back to the file system */
     uint64_t checksums;                   /* 1 if the pool keeps data checksums */
     uint64_t checksum_failures;           /* sub-blocks that failed verification */
+    uint64_t kept_blocks;                 /* free blocks kept allocated for reuse */
 } cb_stat;
 
 /* One device's description.  name is NUL-terminated. */
@@ -181,6 +182,15 @@ int cb_pool_open(const char *path, unsigned flags, cb_pool **out);
 int cb_pool_close(cb_pool *pool);
 /* Durability point: data, then metadata, then the superblock. */
 int cb_pool_flush(cb_pool *pool);
+/* Keep up to max_blocks freed data blocks allocated in the data file
+ * instead of punching them out once the commit that freed them is durable,
+ * and hand them out first to later writes, which then land in space the
+ * file system has already allocated (like dm-thin without discard
+ * passdown).  Default 0: every freed block is punched.  Kept blocks count
+ * as free in every figure but the data file's size on disk; lowering the
+ * bound punches the excess at once, and close punches them all, so a
+ * closed pool holds none.  Not persistent: set it after each open. */
+int cb_pool_set_keep(cb_pool *pool, uint64_t max_blocks);
 int cb_pool_stat(cb_pool *pool, cb_stat *out);
 
 /* Device table.  Names are 1..CB_NAME_MAX bytes, no '/' and no NUL. */

@@ -286,6 +286,9 @@ int cb_pool_close(cb_pool *p)
     pthread_rwlock_wrlock(&p->lock);
     int rc = 0;
     if (!p->failed && !(p->flags & CB_OPEN_READONLY)) {
+        /* kept blocks hold stale data: a clean pool has none (the commit
+         * below makes the punches durable) */
+        cb_txn_trim_kept(p, 0);
         p->closing = 1; /* this commit marks the pool clean */
         p->meta_changed = 1;
         rc = cb_txn_commit(p);
@@ -346,6 +349,7 @@ int cb_pool_stat(cb_pool *p, cb_stat *out)
     out->meta_pages = p->pm.nbusy;
     out->meta_file_pages = p->pm.npages;
     out->checksums = (uint64_t)p->csum_on;
+    out->kept_blocks = p->sm.nkept;
     out->checksum_failures = __atomic_load_n(&p->st.checksum_failures, __ATOMIC_RELAXED);
     return cb_pool_leave(p, 0);
 }
@@ -619,6 +623,16 @@ int cb_pool_check(cb_pool *p, int repair, cb_check *out, char *buf, size_t len)
 {
     int rc = cb_pool_enter(p, repair ? MUTATE : EXCLUSIVE);
     return rc ? rc : cb_pool_leave(p, cb_check_run(p, repair, out, buf, len));
+}
+
+int cb_pool_set_keep(cb_pool *p, uint64_t max_blocks)
+{
+    int rc = cb_pool_enter(p, MUTATE);
+    if (rc)
+        return rc;
+    p->keep_max = max_blocks < p->nblocks ? max_blocks : p->nblocks;
+    cb_txn_trim_kept(p, p->keep_max);
+    return cb_pool_leave(p, 0);
 }
 
 int cb_pool_scrub(cb_pool *p, cb_scrub *progress, cb_scrub_bad *bad, size_t n, size_t *count)

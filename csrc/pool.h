@@ -81,6 +81,7 @@ struct cb_pool {
     int closing;          /* the commit being made is close's: mark clean */
     int leaky;            /* a punch failed: free blocks may still hold data */
     int data_dirty;       /* data written since the last fdatasync(data) */
+    uint64_t keep_max;    /* freed blocks to keep allocated for reuse (cb_pool_set_keep) */
     int csum_on;          /* data checksums (CB_INCOMPAT_CSUM) */
     struct cb_csum csum;
 
@@ -133,6 +134,8 @@ int cb_txn_load(struct cb_pool *p);
 int cb_txn_format(struct cb_pool *p);
 /* Commit if the open transaction has grown past its bound. */
 int cb_txn_maybe_commit(struct cb_pool *p);
+/* Punch kept blocks until at most max are kept. */
+void cb_txn_trim_kept(struct cb_pool *p, uint64_t max);
 /* check.c */
 int cb_check_run(struct cb_pool *p, int repair, cb_check *out, char *buf, size_t len);
 /* Find (and with punch, punch out) free data blocks that hold data. */

@@ -49,6 +49,7 @@ void cb_sm_destroy(struct cb_spacemap *sm)
     free(sm->chunks);
     cb_u64vec_free(&sm->pending);
     cb_u64vec_free(&sm->fresh);
+    cb_u64vec_free(&sm->kept);
     memset(sm, 0, sizeof *sm);
 }
 
@@ -119,16 +120,45 @@ int cb_sm_dec(struct cb_spacemap *sm, uint64_t b)
 static void take(struct cb_spacemap *sm, struct cb_sm_chunk *c, uint64_t base,
                  uint64_t i, uint64_t *out)
 {
+    uint64_t m = 1ull << (i % 64);
+    if (c->kept[i / 64] & m) {
+        c->kept[i / 64] &= ~m;
+        sm->nkept--;
+    }
     c->rc[i] = 1;
     set_busy(sm, c, i);
     *out = base + i;
     sm->cursor = base + i + 1 < sm->nblocks ? base + i + 1 : 0;
 }
 
+/* Fresh-block bookkeeping of an allocation just made. */
+static int took(struct cb_spacemap *sm, struct cb_sm_chunk *c, uint64_t i, uint64_t b)
+{
+    if (sm->track_fresh) {
+        if (cb_u64vec_push(&sm->fresh, b)) {
+            cb_sm_unalloc(sm, b);
+            return CB_ENOMEM;
+        }
+        c->fresh[i / 64] |= 1ull << (i % 64);
+    }
+    return 0;
+}
+
 int cb_sm_alloc(struct cb_spacemap *sm, uint64_t *out)
 {
     if (sm->busy >= sm->nblocks)
         return CB_ENOSPC;
+    while (sm->nkept && sm->kept.n) { /* kept blocks first (stale entries skipped) */
+        uint64_t b = sm->kept.v[--sm->kept.n];
+        struct cb_sm_chunk *c = sm->chunks[b / CB_SM_CHUNK];
+        uint64_t i = b % CB_SM_CHUNK;
+        if (c && (c->kept[i / 64] >> (i % 64)) & 1 && !((c->busy[i / 64] >> (i % 64)) & 1)) {
+            uint64_t cursor = sm->cursor;
+            take(sm, c, b / CB_SM_CHUNK * CB_SM_CHUNK, i, out);
+            sm->cursor = cursor; /* the scan goes on where it was */
+            return took(sm, c, i, b);
+        }
+    }
     uint64_t b = sm->cursor < sm->nblocks ? sm->cursor : 0;
     /* One lap around the pool from the cursor, a chunk at a time; full
      * chunks are skipped by their count, busy words by their value. */
@@ -149,14 +179,7 @@ int cb_sm_alloc(struct cb_spacemap *sm, uint64_t *out)
                 if (j >= limit)
                     break;
                 take(sm, c, base, j, out);
-                if (sm->track_fresh) {
-                    if (cb_u64vec_push(&sm->fresh, *out)) {
-                        cb_sm_unalloc(sm, *out);
-                        return CB_ENOMEM;
-                    }
-                    c->fresh[j / 64] |= 1ull << (j % 64);
-                }
-                return 0;
+                return took(sm, c, j, *out);
             }
         }
         scanned += base + limit - b;
@@ -181,6 +204,47 @@ int cb_sm_fresh(const struct cb_spacemap *sm, uint64_t b)
     const struct cb_sm_chunk *c = sm->chunks[b / CB_SM_CHUNK];
     uint64_t i = b % CB_SM_CHUNK;
     return c && (c->fresh[i / 64] >> (i % 64)) & 1;
+}
+
+int cb_sm_keep(struct cb_spacemap *sm, uint64_t b)
+{
+    struct cb_sm_chunk *c = b < sm->nblocks ? chunk_get(sm, b) : NULL;
+    uint64_t i = b % CB_SM_CHUNK, m = 1ull << (i % 64);
+    if (!c)
+        return b < sm->nblocks ? CB_ENOMEM : CB_ECORRUPT;
+    if ((c->kept[i / 64] & m) || (c->busy[i / 64] & m))
+        return 0;
+    int rc = cb_u64vec_push(&sm->kept, b);
+    if (rc)
+        return rc;
+    c->kept[i / 64] |= m;
+    sm->nkept++;
+    return 0;
+}
+
+int cb_sm_kept(const struct cb_spacemap *sm, uint64_t b)
+{
+    if (b >= sm->nblocks)
+        return 0;
+    const struct cb_sm_chunk *c = sm->chunks[b / CB_SM_CHUNK];
+    uint64_t i = b % CB_SM_CHUNK;
+    return c && (c->kept[i / 64] >> (i % 64)) & 1;
+}
+
+int cb_sm_unkeep_one(struct cb_spacemap *sm, uint64_t *out)
+{
+    while (sm->kept.n) {
+        uint64_t b = sm->kept.v[--sm->kept.n];
+        struct cb_sm_chunk *c = sm->chunks[b / CB_SM_CHUNK];
+        uint64_t i = b % CB_SM_CHUNK, m = 1ull << (i % 64);
+        if (c && (c->kept[i / 64] & m)) {
+            c->kept[i / 64] &= ~m;
+            sm->nkept--;
+            *out = b;
+            return 1;
+        }
+    }
+    return 0;
 }
 
 void cb_sm_forget_fresh(struct cb_spacemap *sm)

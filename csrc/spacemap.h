@@ -26,6 +26,7 @@ struct cb_sm_chunk {
     uint32_t nbusy;
     uint64_t busy[CB_SM_CHUNK / 64];  /* rc > 0 or pending */
     uint64_t fresh[CB_SM_CHUNK / 64]; /* allocated since the last commit */
+    uint64_t kept[CB_SM_CHUNK / 64];  /* free, not punched: reused first */
     uint32_t rc[CB_SM_CHUNK];
 };
 
@@ -45,6 +46,8 @@ struct cb_spacemap {
     struct cb_u64vec pending;  /* freed in the open transaction */
     int track_fresh;           /* keep the fresh bits (pools with checksums) */
     struct cb_u64vec fresh;    /* allocated in the open transaction */
+    uint64_t nkept;            /* blocks with the kept bit */
+    struct cb_u64vec kept;     /* kept blocks (entries whose bit is clear are stale) */
 };
 
 int cb_sm_init(struct cb_spacemap *sm, uint64_t nblocks);
@@ -66,6 +69,14 @@ void cb_sm_release_pending(struct cb_spacemap *sm);
 int cb_sm_fresh(const struct cb_spacemap *sm, uint64_t b);
 /* After a durable commit: nothing is fresh any more. */
 void cb_sm_forget_fresh(struct cb_spacemap *sm);
+
+/* Kept blocks: free blocks whose space is still allocated in the data file
+ * (not punched, see txn.c), which cb_sm_alloc hands out before any other,
+ * so that a write lands in space the file system has already allocated. */
+int cb_sm_keep(struct cb_spacemap *sm, uint64_t b);       /* b free; CB_ENOMEM */
+int cb_sm_kept(const struct cb_spacemap *sm, uint64_t b);
+/* Take one kept block off the kept set (to punch it); 0 if none. */
+int cb_sm_unkeep_one(struct cb_spacemap *sm, uint64_t *out);
 
 /* Metadata pages: a dense bitmap over the pages of the metadata file. */
 struct cb_pagemap {

@@ -214,24 +214,54 @@ static int write_freelog(struct cb_pool *p, const struct cb_u64vec *runs,
     return 0;
 }
 
+/* Give the freed blocks of runs back to the file system, or keep them
+ * (up to p->keep_max kept blocks in all) for cb_sm_alloc to hand out
+ * first.  The runs go backwards, so that kept blocks come back in
+ * ascending order and whole-block writes into them coalesce. */
 static void punch_runs(struct cb_pool *p, const uint64_t *runs, size_t nruns)
 {
-    for (size_t i = 0; i < nruns; i++) {
+    for (size_t i = nruns; i-- > 0;) {
         uint64_t b = runs[2 * i], n = runs[2 * i + 1];
         int ok = 1;
         for (uint64_t k = 0; k < n; k++)
             if (cb_sm_rc(&p->sm, b + k) != 0)
                 ok = 0;
-        /* A punch that fails only leaves space allocated: check reports
-         * it as a leak and repair gives it back. */
         if (!ok)
             continue;
+        while (n && p->sm.nkept < p->keep_max && cb_sm_keep(&p->sm, b + n - 1) == 0)
+            n--;
+        if (!n)
+            continue;
+        /* A punch that fails only leaves space allocated: check reports
+         * it as a leak and repair gives it back. */
         p->data_dirty = 1; /* made durable by the next commit's sync */
         if (cb_io_punch(p->data, b * p->block_size, n * p->block_size) == 0)
             p->st.punched_blocks += n;
         else
             p->leaky = 1;
     }
+}
+
+void cb_txn_trim_kept(struct cb_pool *p, uint64_t max)
+{
+    struct cb_u64vec blocks = {NULL, 0, 0}, runs = {NULL, 0, 0};
+    uint64_t b;
+    while (p->sm.nkept > max && cb_sm_unkeep_one(&p->sm, &b))
+        if (cb_u64vec_push(&blocks, b)) {
+            p->leaky = 1; /* out of memory: left for the next open to reclaim */
+            break;
+        }
+    size_t nruns = pending_runs(&blocks, &runs);
+    if (nruns != (size_t)-1) {
+        uint64_t keep = p->keep_max;
+        p->keep_max = 0;
+        punch_runs(p, runs.v, nruns);
+        p->keep_max = keep;
+    } else {
+        p->leaky = 1;
+    }
+    cb_u64vec_free(&blocks);
+    cb_u64vec_free(&runs);
 }
 
 static int commit_meta(struct cb_pool *p, uint64_t gen, struct cb_u64vec *runs)
@@ -341,9 +371,11 @@ int cb_txn_commit(struct cb_pool *p)
     p->meta_changed = 0;
     p->st.commits++;
     cb_sm_forget_fresh(&p->sm);
+    /* the freed blocks are free from here on: punched, or kept for reuse
+     * (nothing allocates in between: the caller holds the write lock) */
+    cb_sm_release_pending(&p->sm);
     punch_runs(p, runs.v, runs.n / 2);
     cb_u64vec_free(&runs);
-    cb_sm_release_pending(&p->sm);
     cb_pm_release_pending(&p->pm);
     return 0;
 }

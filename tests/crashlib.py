@@ -259,7 +259,8 @@ def writer_main(argv=None):
     import cowblock
 
     note("O")  # about to open: a kill from here to "S" lands in open/recovery
-    pool = cowblock.Pool.open(spec["pool"], direct=spec.get("direct", False))
+    pool = cowblock.Pool.open(spec["pool"], direct=spec.get("direct", False),
+                              keep_freed=spec.get("keep_freed", 0))
     note(f"S {pool.stats()['generation']}")
     gen = OpGen(spec["seed"], spec["round"], pool.block_size,
                 [DevMeta(*d) for d in spec["devices"]], spec["next_code"])
@@ -484,6 +485,8 @@ class Harness:
             pass
         self.block_size = bs
         self.direct = self.npool % 3 == 0   # every third pool: the writer uses O_DIRECT
+        # pools 2, 3 of every 4: the writer keeps freed blocks for reuse (punch-free)
+        self.keep_freed = (64 * bs) if self.npool % 4 in (2, 3) else 0
         self.devices = []            # [DevMeta]
         self.baseline = {}           # name -> bytes
         self.next_code = 1
@@ -497,7 +500,8 @@ class Harness:
         self.rnd += 1
         seed = self.rng.randrange(1 << 32)
         tag = (f"seed {self.seed} pool {self.npool} (block {self.block_size}"
-               f"{', O_DIRECT' if self.direct else ''}) round {self.rnd}")
+               f"{', O_DIRECT' if self.direct else ''}"
+               f"{', keeping freed blocks' if self.keep_freed else ''}) round {self.rnd}")
         log = os.path.join(self.workdir, "oplog")
         if os.path.exists(log):
             os.unlink(log)
@@ -506,7 +510,7 @@ class Harness:
             json.dump({"pool": self.pool, "log": log, "seed": seed, "round": self.rnd,
                        "devices": [d.as_json() for d in self.devices],
                        "next_code": self.next_code, "max_ops": 200000,
-                       "direct": self.direct}, f)
+                       "direct": self.direct, "keep_freed": self.keep_freed}, f)
         # When to kill: mostly a random moment of the run; sometimes during start-up, or
         # just after the writer starts opening the pool (recovery: punching, first commit).
         mode = self.rng.random()

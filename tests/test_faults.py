@@ -94,7 +94,7 @@ def _assert_sticky(pool, model):
 def _fault_run(lib, base, work, base_model, cfg, nops, kind, file, n, err, sticky, stats):
     import cowblock
 
-    seed, bs, pool_size = cfg[:3]
+    seed, bs, pool_size, _, keep = cfg
     sparse_copy(base, work)
     model = copy.deepcopy(base_model)
     wl = Workload(seed, bs, weights=_weights(pool_size))
@@ -105,7 +105,7 @@ def _fault_run(lib, base, work, base_model, cfg, nops, kind, file, n, err, stick
     where = f"{kind} #{n} of {file} -> {errno.errorcode[err]}{' sticky' if sticky else ''}"
     errors, failed, clean_close = 0, False, False
     try:
-        pool = cowblock.Pool.open(work)
+        pool = cowblock.Pool.open(work, keep_freed=keep * bs)
     except cowblock.CowblockError as e:
         assert lib.cb_test_injected(), f"open failed without a fault: {e!r}"
         _expect(e, err, f"{where}: open")
@@ -183,7 +183,7 @@ def fault_rounds(configs, nops, modes):
     tmp = scratch_dir("cb-faults-")
     try:
         for cfg in configs:
-            seed, bs, pool_size, checksums = cfg
+            seed, bs, pool_size, checksums, keep = cfg
             base, work = os.path.join(tmp, "base"), os.path.join(tmp, "work")
             base_model = make_base(base, bs, pool_size, seed, checksums)
             # dry run: count the calls
@@ -192,7 +192,7 @@ def fault_rounds(configs, nops, modes):
             wl = Workload(seed, bs, weights=_weights(pool_size))
             lib.cb_test_reset()
             lib.cb_test_enable(1)
-            with cowblock.Pool.open(work) as pool:
+            with cowblock.Pool.open(work, keep_freed=keep * bs) as pool:
                 for _ in range(nops):
                     op = wl.next(model)
                     syncs = lib.cb_test_count(lib.CB_TEST_SYNC, lib.CB_TEST_META)
@@ -330,14 +330,15 @@ def test_check_read_error_is_not_corruption(testing_build):
 
 
 def test_fault_injection(testing_build, run_slow, capsys):
-    # (seed, block size, pool size, data checksums); seeds 13, 18 and 32 meet
-    # the tight pool's capacity and commit inside writes
-    configs = [[7, 16384, POOL_SIZE, False], [13, 16384, 2 << 20, True]]
+    # (seed, block size, pool size, data checksums, freed blocks kept for
+    # reuse); seeds 13, 18 and 32 meet the tight pool's capacity and commit
+    # inside writes
+    configs = [[7, 16384, POOL_SIZE, False, 64], [13, 16384, 2 << 20, True, 0]]
     if run_slow:
-        configs += [[8, 4096, POOL_SIZE, True], [9, 65536, POOL_SIZE, False],
-                    [10, 16384, POOL_SIZE, True], [18, 16384, 2 << 20, False],
-                    [32, 16384, 2 << 20, False], [7, 16384, POOL_SIZE, True],
-                    [9, 65536, POOL_SIZE, True]]
+        configs += [[8, 4096, POOL_SIZE, True, 0], [9, 65536, POOL_SIZE, False, 0],
+                    [10, 16384, POOL_SIZE, True, 64], [18, 16384, 2 << 20, False, 16],
+                    [32, 16384, 2 << 20, False, 0], [7, 16384, POOL_SIZE, True, 0],
+                    [9, 65536, POOL_SIZE, True, 64], [13, 16384, 2 << 20, True, 16]]
     stats = run_worker(testing_build, "test_faults", "fault_rounds",
                        timeout=4 * 3600 if run_slow else 600,
                        configs=configs, nops=80 if run_slow else 45, modes=[False, True])
