@@ -637,8 +637,12 @@ class Runner:
         return self.cowblock is not None
 
     def cb_write_entry(self, name: str, direct: bool, offsets: list[int], iosize: int,
-                       label: str) -> Entry:
-        """cowblock: fresh snapshot of 'base' (untimed), writes + pool.flush() (timed)."""
+                       label: str, reuse: bool = False) -> Entry:
+        """cowblock: fresh snapshot of 'base' (untimed), writes + pool.flush() (timed).
+
+        With ``reuse``, the pool keeps freed blocks (keep_freed) and, untimed, a first
+        snapshot takes the same writes and is deleted, as when a container is removed
+        and the next one starts: the timed writes then land in the blocks it gave up."""
         buf = self.chunk()[:iosize]
         snap = f"{label}-{name}"
         st: dict[str, Any] = {}
@@ -646,6 +650,13 @@ class Runner:
         def setup(rep: int) -> None:
             pool = self.main_pool(direct)
             self.drop_device(pool, snap)
+            if reuse:
+                pool.set_keep_freed(pool.size)
+                gone = pool.snapshot("base", snap + "-removed")
+                for off in offsets:
+                    gone.write(off, buf)
+                pool.flush()
+                self.drop_device(pool, snap + "-removed")
             st["dev"] = pool.snapshot("base", snap)
             pool.flush()
             st["stats0"] = pool.stats()
@@ -678,9 +689,12 @@ class Runner:
             pool = self.main_pool(direct)
             st.pop("dev", None)
             self.drop_device(pool, snap)
+            if reuse:
+                pool.set_keep_freed(0)  # gives the kept blocks back
 
         e = Entry(name, run, setup, teardown)
-        e.note = "Python API: Device.write per IO, then Pool.flush()"
+        e.note = "Python API: Device.write per IO, then Pool.flush()" + (
+            "; keep_freed, into the blocks of a removed snapshot" if reuse else "")
         self._entry_state[name] = st
         return e
 
@@ -794,6 +808,8 @@ class Runner:
                 self.skip(f"{key} cowblock O_DIRECT: Pool.open has no 'direct' parameter")
             else:
                 entries.append(self.cb_write_entry(cb_name, direct, offsets, iosize, label))
+                entries.append(self.cb_write_entry(cb_name + ", reusing freed blocks", direct,
+                                                   offsets, iosize, label, reuse=True))
         q_entries = self.qemu_write_entries(key, direct, offsets, iosize, step, label)
         entries += q_entries
         raw_py = "raw file (Python os.pwrite)"
@@ -803,8 +819,10 @@ class Runner:
         entries.append(self.raw_py_new_file_entry("fallocated raw file (Python os.pwrite)",
                                                   direct, offsets, iosize, preallocate=True))
         pairs = []
+        reuse = cb_name + ", reusing freed blocks"
         if any(e.name == cb_name for e in entries):
             pairs = [(cb_name, e.name) for e in entries if e.name != cb_name]
+            pairs += [(reuse, e.name) for e in entries if "raw file" in e.name]
         g = Group(key, title, mode, entries, pairs)
         # stash per-run extras of cowblock (bytes written per write...) once the group ran
         self.run_group(g)
@@ -1369,6 +1387,9 @@ class Runner:
                     g.ratio(cb, "new sparse raw file (Python os.pwrite)"), 1.15)
                 add(tag, "cowblock / fallocated raw file (Python os.pwrite) <= 1.15",
                     g.ratio(cb, "fallocated raw file (Python os.pwrite)"), 1.15)
+                add(tag, "(keep_freed, reusing a removed snapshot's blocks) "
+                    "cowblock / raw file (Python os.pwrite) <= 1.15",
+                    g.ratio(cb + ", reusing freed blocks", "raw file (Python os.pwrite)"), 1.15)
             g = self.find("W2", "sequential copy-up", mode)
             if g:
                 add(f"W2 [{mode}]", "cowblock / raw file (qemu-img bench) <= 1.15",
@@ -1379,6 +1400,9 @@ class Runner:
                     g.ratio(cb, "new sparse raw file (Python os.pwrite)"), 1.15)
                 add(f"W2 [{mode}]", "cowblock / fallocated raw file (Python os.pwrite) <= 1.15",
                     g.ratio(cb, "fallocated raw file (Python os.pwrite)"), 1.15)
+                add(f"W2 [{mode}]", "(keep_freed, reusing a removed snapshot's blocks) "
+                    "cowblock / raw file (Python os.pwrite) <= 1.15",
+                    g.ratio(cb + ", reusing freed blocks", "raw file (Python os.pwrite)"), 1.15)
         for variant in ("sequential", "random"):
             g = self.find("W3", f"{variant} reads")
             if g:
