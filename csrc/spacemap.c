@@ -156,7 +156,10 @@ int cb_sm_alloc(struct cb_spacemap *sm, uint64_t *out)
             uint64_t cursor = sm->cursor;
             take(sm, c, b / CB_SM_CHUNK * CB_SM_CHUNK, i, out);
             sm->cursor = cursor; /* the scan goes on where it was */
-            return took(sm, c, i, b);
+            int rc = took(sm, c, i, b);
+            if (rc)
+                cb_sm_keep(sm, b); /* back where it was (the list has room: b just left it) */
+            return rc;
         }
     }
     uint64_t b = sm->cursor < sm->nblocks ? sm->cursor : 0;

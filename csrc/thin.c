@@ -401,8 +401,11 @@ static int write_block(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
         if (!(rc = cb_txn_commit(p)))
             rc = cb_sm_alloc(&p->sm, &nb);
         /* the commit wrote the path out clean: make it dirty again */
-        if (!rc && (rc = cb_map_writable(&p->map, &d->root, d->depth, v, &e)))
+        if (!rc && (rc = cb_map_writable(&p->map, &d->root, d->depth, v, &e))) {
+            /* a kept block still holds old data: punch it as it goes back */
+            cb_io_punch(p->data, nb * p->block_size, p->block_size);
             cb_sm_unalloc(&p->sm, nb);
+        }
     }
     if (rc)
         return rc;
