@@ -33,7 +33,7 @@ struct checker {
     unsigned char *pg;
     uint64_t *reach;     /* bitmap of reachable metadata pages */
     uint64_t npages;
-    uint32_t **cnt;      /* recomputed data counts, by chunk */
+    struct cb_tally cnt; /* recomputed data counts */
     int ioerr;           /* first IO error: the check cannot conclude */
 };
 
@@ -85,11 +85,11 @@ static int count(struct checker *c, uint64_t b)
         error(c, "entry names a block outside the data file (block, nblocks)", b, p->nblocks);
         return 0;
     }
-    uint32_t **slot = &c->cnt[b / CB_SM_CHUNK];
-    if (!*slot && !(*slot = calloc(CB_SM_CHUNK, sizeof(uint32_t))))
-        return CB_ENOMEM;
-    (*slot)[b % CB_SM_CHUNK]++;
-    return 0;
+    uint64_t *slot;
+    int rc = cb_tally_at(&c->cnt, b, &slot);
+    if (!rc)
+        ++*slot;
+    return rc;
 }
 
 static int walk(struct checker *c, struct cb_node *n, unsigned level)
@@ -158,11 +158,11 @@ static void compare_counts(struct checker *c)
     struct cb_pool *p = c->p;
     for (uint64_t ci = 0; ci < p->sm.nchunks; ci++) {
         const struct cb_sm_chunk *ch = p->sm.chunks[ci];
-        const uint32_t *want = c->cnt[ci];
+        const uint64_t *want = c->cnt.chunk[ci];
         uint64_t base = ci * CB_SM_CHUNK;
         uint64_t limit = p->nblocks - base < CB_SM_CHUNK ? p->nblocks - base : CB_SM_CHUNK;
         for (uint64_t i = 0; i < limit; i++) {
-            uint32_t have = ch ? ch->rc[i] : 0, w = want ? want[i] : 0;
+            uint64_t have = ch ? ch->rc[i] : 0, w = want ? want[i] : 0;
             int busy = ch && (ch->busy[i / 64] >> (i % 64)) & 1;
             if (have != w)
                 error(c, "data block reference count wrong (block, count)", base + i, have);
@@ -244,10 +244,9 @@ int cb_check_run(struct cb_pool *p, int repair, cb_check *out, char *buf, size_t
     int rc = cb_txn_commit(p);
     if (rc)
         return rc;
-    struct checker c = {p, out, buf, len, 0, malloc(CB_PAGE), NULL, p->pm.npages, NULL, 0};
+    struct checker c = {p, out, buf, len, 0, malloc(CB_PAGE), NULL, p->pm.npages, {NULL, 0}, 0};
     c.reach = calloc((c.npages + 63) / 64 + 1, sizeof *c.reach);
-    c.cnt = calloc(p->sm.nchunks ? p->sm.nchunks : 1, sizeof *c.cnt);
-    if (!c.pg || !c.reach || !c.cnt) {
+    if (!c.pg || !c.reach || cb_tally_init(&c.cnt, p->nblocks)) {
         rc = CB_ENOMEM;
         goto out;
     }
@@ -298,10 +297,7 @@ int cb_check_run(struct cb_pool *p, int repair, cb_check *out, char *buf, size_t
     if (out->errors > 100)
         say(&c, "... %llu errors in all", (unsigned long long)out->errors);
 out:
-    if (c.cnt)
-        for (uint64_t i = 0; i < p->sm.nchunks; i++)
-            free(c.cnt[i]);
-    free(c.cnt);
+    cb_tally_free(&c.cnt);
     free(c.reach);
     free(c.pg);
     return rc;

@@ -32,21 +32,14 @@
 
 #define BIT(s) (1ull << (s))
 
-/* Per-block masks of the sub-blocks read, in chunks allocated on use. */
-struct masks {
-    uint64_t **chunk;
-    uint64_t nchunks;
-};
-
-static int mask_or(struct masks *m, uint64_t b, uint64_t bits)
+/* Note that sub-blocks `bits` of block b are read by some entry. */
+static int mask_or(struct cb_tally *m, uint64_t b, uint64_t bits)
 {
-    uint64_t ci = b / CB_SM_CHUNK;
-    if (ci >= m->nchunks)
-        return CB_ECORRUPT;
-    if (!m->chunk[ci] && !(m->chunk[ci] = calloc(CB_SM_CHUNK, sizeof(uint64_t))))
-        return CB_ENOMEM;
-    m->chunk[ci][b % CB_SM_CHUNK] |= bits;
-    return 0;
+    uint64_t *slot;
+    int rc = cb_tally_at(m, b, &slot);
+    if (!rc)
+        *slot |= bits;
+    return rc;
 }
 
 /* Open-addressed set of node pointers. */
@@ -67,7 +60,7 @@ static int seen_add(struct seen *s, const struct cb_node *n)
     return 1;
 }
 
-static int mark_walk(struct cb_pool *p, const struct cb_node *n, struct seen *s, struct masks *m)
+static int mark_walk(struct cb_pool *p, const struct cb_node *n, struct seen *s, struct cb_tally *m)
 {
     if (!n || !seen_add(s, n))
         return 0;
@@ -202,13 +195,12 @@ static void pace(const cb_scrub *pr, const struct timespec *t0)
 
 /* Read and verify the blocks of [from, to) that the walk marked and that
  * are still in use.  Caller holds the lock shared. */
-static int scrub_slice(struct cb_pool *p, cb_scrub *pr, struct masks *m, char *buf,
+static int scrub_slice(struct cb_pool *p, cb_scrub *pr, struct cb_tally *m, char *buf,
                        uint64_t from, uint64_t to, cb_scrub_bad *bad, size_t n, size_t *count)
 {
     int rc = 0;
     for (uint64_t b = from; b < to && !rc; b++) {
-        uint64_t *chunk = m->chunk[b / CB_SM_CHUNK];
-        uint64_t bits = chunk ? chunk[b % CB_SM_CHUNK] : 0;
+        uint64_t bits = cb_tally_get(m, b);
         if (!bits)
             continue;
         if (cb_sm_rc(&p->sm, b) == 0) { /* freed since the walk */
@@ -231,7 +223,7 @@ static int scrub_slice(struct cb_pool *p, cb_scrub *pr, struct masks *m, char *b
 
 int cb_scrub_run(struct cb_pool *p, cb_scrub *pr, cb_scrub_bad *bad, size_t n, size_t *count)
 {
-    struct masks m = {NULL, 0};
+    struct cb_tally m = {NULL, 0};
     struct seen seen = {NULL, 0};
     char *buf = NULL;
     struct timespec t0;
@@ -240,14 +232,13 @@ int cb_scrub_run(struct cb_pool *p, cb_scrub *pr, cb_scrub_bad *bad, size_t n, s
     int rc = cb_pool_enter(p, CB_LOCK_SHARED);
     if (rc)
         return rc;
-    m.nchunks = p->sm.nchunks;
     size_t cap = 64;
     while (cap < 2 * p->map.nnodes + 2)
         cap *= 2;
     seen.v = calloc(cap, sizeof(struct cb_node *));
     seen.cap = cap;
-    m.chunk = calloc(m.nchunks ? m.nchunks : 1, sizeof *m.chunk);
-    if (!seen.v || !m.chunk || posix_memalign((void **)&buf, 4096, p->block_size))
+    if (!seen.v || cb_tally_init(&m, p->nblocks) ||
+        posix_memalign((void **)&buf, 4096, p->block_size))
         rc = CB_ENOMEM;
     __atomic_store_n(&pr->checksums, p->csum_on, __ATOMIC_RELAXED);
     for (unsigned i = 0; i < p->ndevslots && !rc; i++)
@@ -278,8 +269,6 @@ int cb_scrub_run(struct cb_pool *p, cb_scrub *pr, cb_scrub_bad *bad, size_t n, s
         pace(pr, &t0);
     }
     free(buf);
-    for (uint64_t ci = 0; m.chunk && ci < m.nchunks; ci++)
-        free(m.chunk[ci]);
-    free(m.chunk);
+    cb_tally_free(&m);
     return rc;
 }

@@ -274,6 +274,40 @@ void cb_sm_release_pending(struct cb_spacemap *sm)
     sm->pending.n = 0;
 }
 
+/* ---- tallies ------------------------------------------------------------ */
+
+int cb_tally_init(struct cb_tally *t, uint64_t nblocks)
+{
+    t->nchunks = (nblocks + CB_SM_CHUNK - 1) / CB_SM_CHUNK;
+    t->chunk = calloc(t->nchunks ? t->nchunks : 1, sizeof *t->chunk);
+    return t->chunk ? 0 : CB_ENOMEM;
+}
+
+void cb_tally_free(struct cb_tally *t)
+{
+    for (uint64_t i = 0; t->chunk && i < t->nchunks; i++)
+        free(t->chunk[i]);
+    free(t->chunk);
+    t->chunk = NULL;
+}
+
+int cb_tally_at(struct cb_tally *t, uint64_t b, uint64_t **slot)
+{
+    uint64_t ci = b / CB_SM_CHUNK;
+    if (ci >= t->nchunks)
+        return CB_ECORRUPT;
+    if (!t->chunk[ci] && !(t->chunk[ci] = calloc(CB_SM_CHUNK, sizeof(uint64_t))))
+        return CB_ENOMEM;
+    *slot = &t->chunk[ci][b % CB_SM_CHUNK];
+    return 0;
+}
+
+uint64_t cb_tally_get(const struct cb_tally *t, uint64_t b)
+{
+    uint64_t ci = b / CB_SM_CHUNK;
+    return ci < t->nchunks && t->chunk[ci] ? t->chunk[ci][b % CB_SM_CHUNK] : 0;
+}
+
 /* ---- metadata pages ---------------------------------------------------- */
 
 static int pm_grow(struct cb_pagemap *pm, uint64_t npages)

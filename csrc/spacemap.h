@@ -78,6 +78,21 @@ int cb_sm_kept(const struct cb_spacemap *sm, uint64_t b);
 /* Take one kept block off the kept set (to punch it); 0 if none. */
 int cb_sm_unkeep_one(struct cb_spacemap *sm, uint64_t *out);
 
+/* A tally: one u64 per data block, in CB_SM_CHUNK chunks allocated on the
+ * first write to them, for walks that add something up per block (check's
+ * recomputed counts, usage's device counts, scrub's sub-block masks).  A
+ * chunk never written stays NULL and reads as zeros. */
+struct cb_tally {
+    uint64_t **chunk;
+    uint64_t nchunks;
+};
+int cb_tally_init(struct cb_tally *t, uint64_t nblocks);   /* CB_ENOMEM */
+void cb_tally_free(struct cb_tally *t);
+/* The slot of block b, its chunk allocated if need be: CB_ECORRUPT past
+ * the end, CB_ENOMEM. */
+int cb_tally_at(struct cb_tally *t, uint64_t b, uint64_t **slot);
+uint64_t cb_tally_get(const struct cb_tally *t, uint64_t b);
+
 /* Metadata pages: a dense bitmap over the pages of the metadata file. */
 struct cb_pagemap {
     uint64_t npages;      /* pages the bitmap covers (file span) */

@@ -758,28 +758,14 @@ static int by_level_desc(const void *a, const void *b)
     return (int)y->level - (int)x->level;
 }
 
-/* Sparse per-block counter of how many devices read each block. */
-struct counter {
-    uint32_t **chunk;
-    uint64_t nchunks;
-};
-
-static int counter_add(struct counter *c, uint64_t b, uint64_t k)
+/* Add k (devices reaching a leaf) to the count of block b. */
+static int count_readers(struct cb_tally *t, uint64_t b, uint64_t k)
 {
-    uint64_t ci = b / CB_SM_CHUNK;
-    if (ci >= c->nchunks)
-        return CB_ECORRUPT;
-    if (!c->chunk[ci] && !(c->chunk[ci] = calloc(CB_SM_CHUNK, sizeof(uint32_t))))
-        return CB_ENOMEM;
-    uint64_t x = c->chunk[ci][b % CB_SM_CHUNK] + k;
-    c->chunk[ci][b % CB_SM_CHUNK] = x > UINT32_MAX ? UINT32_MAX : (uint32_t)x;
-    return 0;
-}
-
-static uint32_t counter_get(const struct counter *c, uint64_t b)
-{
-    uint64_t ci = b / CB_SM_CHUNK;
-    return ci < c->nchunks && c->chunk[ci] ? c->chunk[ci][b % CB_SM_CHUNK] : 0;
+    uint64_t *slot;
+    int rc = cb_tally_at(t, b, &slot);
+    if (!rc)
+        *slot += k;
+    return rc;
 }
 
 /* Blocks named by a leaf (block and origin of each entry). */
@@ -793,7 +779,7 @@ static uint64_t leaf_refs(const struct cb_node *n)
 
 /* Blocks reached only by this device: walk the nodes that only it reaches
  * (aux == 1 after the device-count pass). */
-static uint64_t exclusive_walk(const struct cb_node *n, const struct counter *c)
+static uint64_t exclusive_walk(const struct cb_node *n, const struct cb_tally *c)
 {
     if (!n || n->aux != 1)
         return 0;
@@ -801,9 +787,9 @@ static uint64_t exclusive_walk(const struct cb_node *n, const struct counter *c)
     if (n->level == 0) {
         for (unsigned i = 0; i < CB_LEAF_ENTRIES; i++) {
             const struct cb_entry *e = &n->u.e[i];
-            if ((e->flags & CB_E_MAPPED) && counter_get(c, e->block) == 1)
+            if ((e->flags & CB_E_MAPPED) && cb_tally_get(c, e->block) == 1)
                 k++;
-            if ((e->flags & CB_E_ORIGIN) && counter_get(c, e->origin) == 1)
+            if ((e->flags & CB_E_ORIGIN) && cb_tally_get(c, e->origin) == 1)
                 k++;
         }
         return k;
@@ -816,11 +802,10 @@ static uint64_t exclusive_walk(const struct cb_node *n, const struct counter *c)
 int cb_thin_usage(struct cb_pool *p, cb_usage *out, size_t n, size_t *count)
 {
     struct nodeset s = {NULL, 0, 0};
-    struct counter c = {NULL, p->sm.nchunks};
-    int rc = 0;
-    c.chunk = calloc(c.nchunks ? c.nchunks : 1, sizeof *c.chunk);
-    if (!c.chunk)
-        return CB_ENOMEM;
+    struct cb_tally c;
+    int rc = cb_tally_init(&c, p->nblocks);
+    if (rc)
+        return rc;
     for (unsigned i = 0; i < p->ndevslots && !rc; i++)
         if (p->devs[i])
             rc = collect(&s, p->devs[i]->root);
@@ -843,9 +828,9 @@ int cb_thin_usage(struct cb_pool *p, cb_usage *out, size_t n, size_t *count)
             for (unsigned i = 0; i < CB_LEAF_ENTRIES && !rc; i++) {
                 const struct cb_entry *e = &x->u.e[i];
                 if (e->flags & CB_E_MAPPED)
-                    rc = counter_add(&c, e->block, x->aux);
+                    rc = count_readers(&c, e->block, x->aux);
                 if (!rc && (e->flags & CB_E_ORIGIN))
-                    rc = counter_add(&c, e->origin, x->aux);
+                    rc = count_readers(&c, e->origin, x->aux);
             }
         }
     }
@@ -897,8 +882,6 @@ done:
         s.v[j]->aux = 0;
     }
     free(s.v);
-    for (uint64_t i = 0; i < c.nchunks; i++)
-        free(c.chunk[i]);
-    free(c.chunk);
+    cb_tally_free(&c);
     return rc;
 }
