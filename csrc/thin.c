@@ -341,6 +341,15 @@ static int copy_subs(struct cb_pool *p, uint64_t from, uint64_t to, uint64_t whi
     return 0;
 }
 
+/* Return a block allocated for a write that no entry came to name.  It
+ * may hold part of that write, or old data if it was a kept block: punch
+ * it, or a clean close would leave its space leaked. */
+static void give_back(struct cb_pool *p, uint64_t b)
+{
+    cb_io_punch(p->data, b * p->block_size, p->block_size);
+    cb_sm_unalloc(&p->sm, b);
+}
+
 /* May this entry be written in place (see the top of this file)? */
 static int private_entry(struct cb_pool *p, const struct cb_devrec *d, const struct cb_entry *e)
 {
@@ -401,11 +410,8 @@ static int write_block(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
         if (!(rc = cb_txn_commit(p)))
             rc = cb_sm_alloc(&p->sm, &nb);
         /* the commit wrote the path out clean: make it dirty again */
-        if (!rc && (rc = cb_map_writable(&p->map, &d->root, d->depth, v, &e))) {
-            /* a kept block still holds old data: punch it as it goes back */
-            cb_io_punch(p->data, nb * p->block_size, p->block_size);
-            cb_sm_unalloc(&p->sm, nb);
-        }
+        if (!rc && (rc = cb_map_writable(&p->map, &d->root, d->depth, v, &e)))
+            give_back(p, nb);
     }
     if (rc)
         return rc;
@@ -430,10 +436,7 @@ static int write_block(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
             rc = copy_subs(p, old.block, nb, copy, v << p->block_shift);
     }
     if (rc) {
-        /* nb may hold part of the data (no committed state names it): punch
-         * it, or a clean close would leave that space leaked */
-        cb_io_punch(p->data, nb * p->block_size, p->block_size);
-        cb_sm_unalloc(&p->sm, nb);
+        give_back(p, nb);
         return rc;
     }
     if (old.flags & CB_E_MAPPED)
@@ -484,11 +487,8 @@ static int write_full_blocks(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
     }
     if (rc) {
         for (uint64_t j = 0; j < i; j++)
-            if (fresh[j]) {
-                /* may hold data already (see write_block) */
-                cb_io_punch(p->data, target[j] * bs, bs);
-                cb_sm_unalloc(&p->sm, target[j]);
-            }
+            if (fresh[j])
+                give_back(p, target[j]);
         return rc;
     }
     uint32_t now = p->map.now;

@@ -215,10 +215,10 @@ static int write_freelog(struct cb_pool *p, const struct cb_u64vec *runs,
 }
 
 /* Give the freed blocks of runs back to the file system, or keep them
- * (up to p->keep_max kept blocks in all) for cb_sm_alloc to hand out
- * first.  The runs go backwards, so that kept blocks come back in
- * ascending order and whole-block writes into them coalesce. */
-static void punch_runs(struct cb_pool *p, const uint64_t *runs, size_t nruns)
+ * (up to keep_max kept blocks in all) for cb_sm_alloc to hand out first.
+ * The runs go backwards, so that kept blocks come back in ascending order
+ * and whole-block writes into them coalesce. */
+static void punch_runs(struct cb_pool *p, const uint64_t *runs, size_t nruns, uint64_t keep_max)
 {
     for (size_t i = nruns; i-- > 0;) {
         uint64_t b = runs[2 * i], n = runs[2 * i + 1];
@@ -228,7 +228,7 @@ static void punch_runs(struct cb_pool *p, const uint64_t *runs, size_t nruns)
                 ok = 0;
         if (!ok)
             continue;
-        while (n && p->sm.nkept < p->keep_max && cb_sm_keep(&p->sm, b + n - 1) == 0)
+        while (n && p->sm.nkept < keep_max && cb_sm_keep(&p->sm, b + n - 1) == 0)
             n--;
         if (!n)
             continue;
@@ -252,14 +252,10 @@ void cb_txn_trim_kept(struct cb_pool *p, uint64_t max)
             break;
         }
     size_t nruns = pending_runs(&blocks, &runs);
-    if (nruns != (size_t)-1) {
-        uint64_t keep = p->keep_max;
-        p->keep_max = 0;
-        punch_runs(p, runs.v, nruns);
-        p->keep_max = keep;
-    } else {
+    if (nruns != (size_t)-1)
+        punch_runs(p, runs.v, nruns, 0);
+    else
         p->leaky = 1;
-    }
     cb_u64vec_free(&blocks);
     cb_u64vec_free(&runs);
 }
@@ -374,7 +370,7 @@ int cb_txn_commit(struct cb_pool *p)
     /* the freed blocks are free from here on: punched, or kept for reuse
      * (nothing allocates in between: the caller holds the write lock) */
     cb_sm_release_pending(&p->sm);
-    punch_runs(p, runs.v, runs.n / 2);
+    punch_runs(p, runs.v, runs.n / 2, p->keep_max);
     cb_u64vec_free(&runs);
     cb_pm_release_pending(&p->pm);
     return 0;
@@ -698,7 +694,7 @@ static int load_freelog(struct loader *L)
         page = cb_get64(L->pg + 32);
     }
     if (!rc)
-        punch_runs(p, runs.v, runs.n / 2); /* finishes an interrupted commit */
+        punch_runs(p, runs.v, runs.n / 2, 0); /* finishes an interrupted commit */
     cb_u64vec_free(&runs);
     return rc;
 }
