@@ -462,15 +462,22 @@ class Store:
         items = sorted(self._doc()["layers"].items(), key=lambda kv: (kv[1]["created"], kv[0]))
         return [Layer(self, i) for i, _ in items]
 
+    def _named(self, cls, kind: str, name: str):
+        """The ``kind`` ("image", "container", "volume") called ``name``, as ``cls``."""
+        if name not in self._doc()[kind + "s"]:
+            raise NotFoundError(f"{kind} {name!r} not found")
+        return cls(self, name)
+
+    def _every(self, cls, kind: str) -> list:
+        return [cls(self, n) for n in sorted(self._doc()[kind + "s"])]
+
     def image(self, name: str) -> Image:
         """The image called ``name`` (NotFoundError)."""
-        if name not in self._doc()["images"]:
-            raise NotFoundError(f"image {name!r} not found")
-        return Image(self, name)
+        return self._named(Image, "image", name)
 
     def images(self) -> list[Image]:
         """Every image, sorted by name."""
-        return [Image(self, n) for n in sorted(self._doc()["images"])]
+        return self._every(Image, "image")
 
     def _new_layer_record(self, doc, lid, parent, comment, **extra) -> dict:
         rec = {"key": f"layer/{lid}", "parent": parent, "comment": comment,
@@ -603,13 +610,11 @@ class Store:
 
     def container(self, name: str) -> Container:
         """The container called ``name`` (NotFoundError)."""
-        if name not in self._doc()["containers"]:
-            raise NotFoundError(f"container {name!r} not found")
-        return Container(self, name)
+        return self._named(Container, "container", name)
 
     def containers(self) -> list[Container]:
         """Every container, sorted by name."""
-        return [Container(self, n) for n in sorted(self._doc()["containers"])]
+        return self._every(Container, "container")
 
     def create_container(self, name: str, image: Image | str) -> Container:
         """Create container ``name``: a writable snapshot of ``image``'s top layer."""
@@ -719,13 +724,11 @@ class Store:
 
     def volume(self, name: str) -> Volume:
         """The volume called ``name`` (NotFoundError)."""
-        if name not in self._doc()["volumes"]:
-            raise NotFoundError(f"volume {name!r} not found")
-        return Volume(self, name)
+        return self._named(Volume, "volume", name)
 
     def volumes(self) -> list[Volume]:
         """Every volume, sorted by name."""
-        return [Volume(self, n) for n in sorted(self._doc()["volumes"])]
+        return self._every(Volume, "volume")
 
     def create_volume(self, name: str, size: int) -> Volume:
         """Create an empty volume of ``size`` bytes (reads as zeros)."""
