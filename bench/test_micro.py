@@ -57,6 +57,30 @@ def _drop(pool, names) -> None:
     pool.flush()
 
 
+class _FreshSlots:
+    """Round after round, the next slot of a device no round has written through yet.
+
+    ``next()`` gives (device, offset): slot k of the current device is at
+    ``k * step``; once its ``nslots`` slots are used, ``make()`` gives a new
+    device.  ``drop()`` deletes every device made."""
+
+    def __init__(self, pool, make, nslots: int, step: int):
+        self.pool, self.make, self.nslots, self.step = pool, make, nslots, step
+        self.dev, self.k, self.made = None, nslots, []
+
+    def next(self):
+        if self.k >= self.nslots:
+            self.dev = self.make()
+            self.made.append(self.dev.name)
+            self.k = 0
+        off = self.k * self.step
+        self.k += 1
+        return self.dev, off
+
+    def drop(self) -> None:
+        _drop(self.pool, self.made)
+
+
 # ------------------------------------------------------------------ reads (cached, random 4 KiB)
 
 
@@ -200,21 +224,11 @@ def test_write_4k_copy_up(benchmark, pool, bench_size, bench_block_size):
     """The first 4 KiB write into a shared block: copy-up (one block per round)."""
     nblk = bench_size // bench_block_size
     buf = b"\x5a" * 4096
-    state = {"dev": None, "next": nblk}
-    made = []
-
-    def setup():
-        if state["next"] >= nblk:  # every block of this snapshot copied up: a fresh one
-            state["dev"] = _fresh_snapshot(pool, "cu")
-            made.append(state["dev"].name)
-            state["next"] = 0
-        off = state["next"] * bench_block_size
-        state["next"] += 1
-        return (off, buf), {}
-
-    benchmark.pedantic(lambda off, b: state["dev"].write(off, b), setup=setup,
+    # every block of a snapshot copied up: a fresh one
+    slots = _FreshSlots(pool, lambda: _fresh_snapshot(pool, "cu"), nblk, bench_block_size)
+    benchmark.pedantic(lambda dev, off: dev.write(off, buf), setup=lambda: (slots.next(), {}),
                        rounds=min(4 * nblk, 4096), iterations=1, warmup_rounds=0)
-    _drop(pool, made)
+    slots.drop()
 
 
 @pytest.mark.benchmark(group="write 4 KiB (no flush)")
@@ -222,21 +236,11 @@ def test_write_4k_unmapped(benchmark, pool, bench_size, bench_block_size):
     """The first write into an unmapped block of a thin device: allocation."""
     nblk = bench_size // bench_block_size
     buf = b"\x5a" * 4096
-    state = {"dev": None, "next": nblk}
-    made = []
-
-    def setup():
-        if state["next"] >= nblk:
-            state["dev"] = pool.create_device(_Names.next("un"), bench_size)
-            made.append(state["dev"].name)
-            state["next"] = 0
-        off = state["next"] * bench_block_size
-        state["next"] += 1
-        return (off, buf), {}
-
-    benchmark.pedantic(lambda off, b: state["dev"].write(off, b), setup=setup,
+    slots = _FreshSlots(pool, lambda: pool.create_device(_Names.next("un"), bench_size),
+                        nblk, bench_block_size)
+    benchmark.pedantic(lambda dev, off: dev.write(off, buf), setup=lambda: (slots.next(), {}),
                        rounds=min(4 * nblk, 4096), iterations=1, warmup_rounds=0)
-    _drop(pool, made)
+    slots.drop()
 
 
 @pytest.mark.benchmark(group="write 1 MiB (full-block copy-up)")
@@ -250,21 +254,10 @@ def test_write_1m_os_pwrite(benchmark, raw_fd, bench_size):
 def test_write_1m_copy_up(benchmark, pool, bench_size):
     n = bench_size // MiB
     buf = b"\x5a" * MiB
-    state = {"dev": None, "next": n}
-    made = []
-
-    def setup():
-        if state["next"] >= n:
-            state["dev"] = _fresh_snapshot(pool, "fc")
-            made.append(state["dev"].name)
-            state["next"] = 0
-        off = state["next"] * MiB
-        state["next"] += 1
-        return (off, buf), {}
-
-    benchmark.pedantic(lambda off, b: state["dev"].write(off, b), setup=setup,
+    slots = _FreshSlots(pool, lambda: _fresh_snapshot(pool, "fc"), n, MiB)
+    benchmark.pedantic(lambda dev, off: dev.write(off, buf), setup=lambda: (slots.next(), {}),
                        rounds=min(4 * n, 512), iterations=1, warmup_rounds=0)
-    _drop(pool, made)
+    slots.drop()
 
 
 # ------------------------------------------------------------------ flush, snapshot, discard
@@ -275,21 +268,21 @@ def test_flush_after_one_copy_up(benchmark, pool, bench_size, bench_block_size):
     """Pool.flush() after one 4 KiB copy-up: the cost of a durable commit."""
     nblk = bench_size // bench_block_size
     buf = b"\x5a" * 4096
-    state = {"dev": None, "next": nblk}
-    made = []
+
+    def make():
+        dev = _fresh_snapshot(pool, "fl")
+        pool.flush()
+        return dev
+
+    slots = _FreshSlots(pool, make, nblk, bench_block_size)
 
     def setup():
-        if state["next"] >= nblk:
-            state["dev"] = _fresh_snapshot(pool, "fl")
-            made.append(state["dev"].name)
-            pool.flush()
-            state["next"] = 0
-        state["dev"].write(state["next"] * bench_block_size, buf)
-        state["next"] += 1
+        dev, off = slots.next()
+        dev.write(off, buf)
         return (), {}
 
     benchmark.pedantic(pool.flush, setup=setup, rounds=200, iterations=1)
-    _drop(pool, made)
+    slots.drop()
 
 
 @pytest.mark.benchmark(group="flush (commit)")
@@ -354,18 +347,7 @@ def test_discard_block(benchmark, pool, bench_size, bench_block_size):
 def test_discard_shared_block(benchmark, pool, bench_size, bench_block_size):
     """Discard one block a fresh snapshot shares with its origin (drops a reference)."""
     nblk = bench_size // bench_block_size
-    state = {"dev": None, "next": nblk}
-    made = []
-
-    def setup():
-        if state["next"] >= nblk:
-            state["dev"] = _fresh_snapshot(pool, "ds")
-            made.append(state["dev"].name)
-            state["next"] = 0
-        off = state["next"] * bench_block_size
-        state["next"] += 1
-        return (off, bench_block_size), {}
-
-    benchmark.pedantic(lambda off, n: state["dev"].discard(off, n), setup=setup,
-                       rounds=min(nblk, 1000), iterations=1)
-    _drop(pool, made)
+    slots = _FreshSlots(pool, lambda: _fresh_snapshot(pool, "ds"), nblk, bench_block_size)
+    benchmark.pedantic(lambda dev, off: dev.discard(off, bench_block_size),
+                       setup=lambda: (slots.next(), {}), rounds=min(nblk, 1000), iterations=1)
+    slots.drop()
