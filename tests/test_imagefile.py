@@ -15,13 +15,6 @@ BS = 64 * 1024
 MiB = 2**20
 
 
-@pytest.fixture
-def pool(tmp_path):
-    p = cowblock.Pool.create(str(tmp_path / "pool"), size=2**30, block_size=BS)
-    yield p
-    p.close()
-
-
 def make_sparse(path, size, pieces):
     """pieces: {offset: bytes}; everything else is a hole."""
     with open(path, "wb") as fh:

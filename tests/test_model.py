@@ -14,13 +14,6 @@ MiB = 2**20
 
 
 @pytest.fixture
-def pool(tmp_path):
-    p = cowblock.Pool.create(str(tmp_path / "pool"), size=2**30, block_size=BS)
-    yield p
-    p.close()
-
-
-@pytest.fixture
 def store(pool):
     with Store(pool) as s:
         yield s

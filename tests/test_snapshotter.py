@@ -13,13 +13,6 @@ MiB = 2**20
 
 
 @pytest.fixture
-def pool(tmp_path):
-    p = cowblock.Pool.create(str(tmp_path / "pool"), size=2**30, block_size=BS)
-    yield p
-    p.close()
-
-
-@pytest.fixture
 def sn(pool):
     return Snapshotter(pool, default_size=16 * MiB)
 
