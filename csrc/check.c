@@ -193,9 +193,7 @@ int cb_check_free_data(struct cb_pool *p, int punch, uint64_t *found, uint64_t *
                    !cb_sm_kept(&p->sm, b + 1))
                 b++;
             *found += b - first + 1;
-            if (punch)
-                p->data_dirty = 1; /* the next commit makes the punch durable */
-            if (punch && cb_io_punch(p->data, first * bs, (b - first + 1) * bs) == 0)
+            if (punch && cb_pool_punch(p, first, b - first + 1) == 0)
                 *punched += b - first + 1;
         }
         off = hole > off ? (hole + bs - 1) / bs * bs : off + bs;

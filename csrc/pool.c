@@ -161,6 +161,12 @@ uint64_t cb_pool_data_span(const struct cb_pool *p)
     return p->csum_on ? blocks + cb_csum_bytes(p->nblocks * p->nsub) : blocks;
 }
 
+int cb_pool_punch(struct cb_pool *p, uint64_t b, uint64_t n)
+{
+    p->data_dirty = 1;
+    return cb_io_punch(p->data, b * p->block_size, n * p->block_size);
+}
+
 static int pool_lock_file(struct cb_pool *p)
 {
     int fd = cb_file_fd(p->meta);

@@ -80,7 +80,7 @@ struct cb_pool {
     int was_clean;        /* the superblock loaded says: closed cleanly */
     int closing;          /* the commit being made is close's: mark clean */
     int leaky;            /* a punch failed: free blocks may still hold data */
-    int data_dirty;       /* data written since the last fdatasync(data) */
+    int data_dirty;       /* data written or punched since the last fdatasync(data) */
     uint64_t keep_max;    /* freed blocks to keep allocated for reuse (cb_pool_set_keep) */
     int csum_on;          /* data checksums (CB_INCOMPAT_CSUM) */
     struct cb_csum csum;
@@ -125,6 +125,10 @@ struct cb_devrec *cb_pool_find(struct cb_pool *p, const char *name);
 int cb_pool_geometry(struct cb_pool *p);
 /* Bytes the data file must span: the blocks, then the checksum table. */
 uint64_t cb_pool_data_span(const struct cb_pool *p);
+/* Punch data blocks [b, b + n) out of the data file; the next commit's
+ * fdatasync makes it durable (a punch lost to a power cut would leave a free
+ * block holding data).  Every punch of the data file goes through here. */
+int cb_pool_punch(struct cb_pool *p, uint64_t b, uint64_t n);
 /* Mark a device's table page dirty. */
 void cb_pool_devdirty(struct cb_pool *p, struct cb_devrec *d);
 

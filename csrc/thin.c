@@ -346,7 +346,7 @@ static int copy_subs(struct cb_pool *p, uint64_t from, uint64_t to, uint64_t whi
  * it, or a clean close would leave its space leaked. */
 static void give_back(struct cb_pool *p, uint64_t b)
 {
-    cb_io_punch(p->data, b * p->block_size, p->block_size);
+    cb_pool_punch(p, b, 1);
     cb_sm_unalloc(&p->sm, b);
 }
 

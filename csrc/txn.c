@@ -234,8 +234,7 @@ static void punch_runs(struct cb_pool *p, const uint64_t *runs, size_t nruns, ui
             continue;
         /* A punch that fails only leaves space allocated: check reports
          * it as a leak and repair gives it back. */
-        p->data_dirty = 1; /* made durable by the next commit's sync */
-        if (cb_io_punch(p->data, b * p->block_size, n * p->block_size) == 0)
+        if (cb_pool_punch(p, b, n) == 0)
             p->st.punched_blocks += n;
         else
             p->leaky = 1;
