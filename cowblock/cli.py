@@ -92,6 +92,15 @@ def _emit_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _listing(args, rows: list, headers: Sequence[str], cells) -> int:
+    """An ``ls`` command's output: ``rows`` as JSON, or a table of ``cells(row)``."""
+    if args.json:
+        _emit_json(rows)
+    else:
+        print_table(headers, [cells(r) for r in rows])
+    return EXIT_OK
+
+
 def _say(args, text: str, obj: Any = None) -> None:
     """Report what a mutating command did: text, or ``obj`` as JSON."""
     if args.json:
@@ -349,15 +358,11 @@ def _device_rows(pool) -> list[dict]:
 def cmd_device_ls(args) -> int:
     with _pool(args, False) as pool:
         rows = _device_rows(pool)
-    if args.json:
-        _emit_json(rows)
-        return EXIT_OK
-    print_table(["NAME", " SIZE", " MAPPED", " EXCLUSIVE", " SHARED", "MODE", "ORIGIN"],
-           [(r["name"], _exact(r["size"]), _exact(r["mapped"]), _exact(r["exclusive"]),
-             _exact(r["shared"]), "ro" if r["readonly"] else "rw",
-             r["origin"] or (f"external:{r['external']}" if r["external"] else "-"))
-            for r in rows])
-    return EXIT_OK
+    return _listing(
+        args, rows, ["NAME", " SIZE", " MAPPED", " EXCLUSIVE", " SHARED", "MODE", "ORIGIN"],
+        lambda r: (r["name"], _exact(r["size"]), _exact(r["mapped"]), _exact(r["exclusive"]),
+                   _exact(r["shared"]), "ro" if r["readonly"] else "rw",
+                   r["origin"] or (f"external:{r['external']}" if r["external"] else "-")))
 
 
 def cmd_device_create(args) -> int:
@@ -456,13 +461,11 @@ def cmd_device_export(args) -> int:
 def cmd_image_ls(args) -> int:
     with _store(args, False) as store:
         rows = store.df()["images"]
-    if args.json:
-        _emit_json(rows)
-        return EXIT_OK
-    print_table(["NAME", "TOP LAYER", "LAYERS", " VIRTUAL SIZE", " DATA (SUM OF LAYER CHANGES)", "CREATED"],
-           [(r["name"], r["top"][:12], r["layers"], _exact(r["size"]), _exact(r["changed"]),
-             _when(r["created"])) for r in rows])
-    return EXIT_OK
+    return _listing(
+        args, rows, ["NAME", "TOP LAYER", "LAYERS", " VIRTUAL SIZE",
+                     " DATA (SUM OF LAYER CHANGES)", "CREATED"],
+        lambda r: (r["name"], r["top"][:12], r["layers"], _exact(r["size"]),
+                   _exact(r["changed"]), _when(r["created"])))
 
 
 def cmd_image_import(args) -> int:
@@ -508,13 +511,10 @@ def cmd_image_history(args) -> int:
             rows.append({"id": layer.id, "created": layer.created, "comment": layer.comment,
                          "external": layer.external, "changed": layer.changed,
                          "exclusive": u.size, "shared": u.shared, "mapped": u.mapped})
-    if args.json:
-        _emit_json(rows)
-        return EXIT_OK
-    print_table(["LAYER", "CREATED", " CHANGED", " EXCLUSIVE", " SHARED", "COMMENT"],
-           [(r["id"][:12], _when(r["created"]), _exact(r["changed"]), _exact(r["exclusive"]),
-             _exact(r["shared"]), r["comment"]) for r in rows])
-    return EXIT_OK
+    return _listing(
+        args, rows, ["LAYER", "CREATED", " CHANGED", " EXCLUSIVE", " SHARED", "COMMENT"],
+        lambda r: (r["id"][:12], _when(r["created"]), _exact(r["changed"]),
+                   _exact(r["exclusive"]), _exact(r["shared"]), r["comment"]))
 
 
 # --------------------------------------------------------------------------
@@ -532,13 +532,10 @@ def cmd_container_create(args) -> int:
 def cmd_container_ls(args) -> int:
     with _store(args, False) as store:
         rows = store.df()["containers"]
-    if args.json:
-        _emit_json(rows)
-        return EXIT_OK
-    print_table(["NAME", "IMAGE", "DEVICE", " CHANGED", " EXCLUSIVE", " SHARED", "ATTACHED"],
-           [(r["name"], r["image"], r["device"], _exact(r["changed"]), _exact(r["exclusive"]),
-             _exact(r["shared"]), ",".join(r["attached"]) or "-") for r in rows])
-    return EXIT_OK
+    return _listing(
+        args, rows, ["NAME", "IMAGE", "DEVICE", " CHANGED", " EXCLUSIVE", " SHARED", "ATTACHED"],
+        lambda r: (r["name"], r["image"], r["device"], _exact(r["changed"]),
+                   _exact(r["exclusive"]), _exact(r["shared"]), ",".join(r["attached"]) or "-"))
 
 
 def cmd_container_commit(args) -> int:
@@ -610,13 +607,10 @@ def cmd_volume_create(args) -> int:
 def cmd_volume_ls(args) -> int:
     with _store(args, False) as store:
         rows = store.df()["volumes"]
-    if args.json:
-        _emit_json(rows)
-        return EXIT_OK
-    print_table(["NAME", "DEVICE", " SIZE", " MAPPED", " EXCLUSIVE", "ATTACHED TO"],
-           [(r["name"], r["device"], _exact(r["size"]), _exact(r["mapped"]),
-             _exact(r["exclusive"]), ",".join(r["attached_to"]) or "-") for r in rows])
-    return EXIT_OK
+    return _listing(
+        args, rows, ["NAME", "DEVICE", " SIZE", " MAPPED", " EXCLUSIVE", "ATTACHED TO"],
+        lambda r: (r["name"], r["device"], _exact(r["size"]), _exact(r["mapped"]),
+                   _exact(r["exclusive"]), ",".join(r["attached_to"]) or "-"))
 
 
 def cmd_volume_rm(args) -> int:
@@ -642,13 +636,10 @@ def cmd_bind_create(args) -> int:
 def cmd_bind_ls(args) -> int:
     with _store(args, False) as store:
         rows = store.df()["binds"]
-    if args.json:
-        _emit_json(rows)
-        return EXIT_OK
-    print_table(["NAME", "PATH", " SIZE", " ON DISK", "MODE", "ATTACHED TO"],
-           [(r["name"], r["path"], _exact(r["size"]), _exact(r["on_disk"]),
-             "ro" if r["readonly"] else "rw", ",".join(r["attached_to"]) or "-") for r in rows])
-    return EXIT_OK
+    return _listing(
+        args, rows, ["NAME", "PATH", " SIZE", " ON DISK", "MODE", "ATTACHED TO"],
+        lambda r: (r["name"], r["path"], _exact(r["size"]), _exact(r["on_disk"]),
+                   "ro" if r["readonly"] else "rw", ",".join(r["attached_to"]) or "-"))
 
 
 def cmd_bind_rm(args) -> int:
