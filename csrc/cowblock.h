@@ -39,7 +39,7 @@ extern "C" {
 
 /* Bumped with every change to this header or to the on-disk format; the
  * Python package refuses to load a compiled module with another id. */
-#define CB_BUILD_ID "cowblock-core 0.1.0 abi 3"
+#define CB_BUILD_ID "cowblock-core 0.1.0 abi 4"
 
 /* ---- error codes ------------------------------------------------------ */
 #define CB_ERR_FIRST (-30699)
@@ -166,6 +166,16 @@ const char *cb_strerror(int code);      /* static storage, never NULL */
  * the device that call named, of the first sub-block whose data failed its
  * checksum.  Undefined after any other result. */
 uint64_t cb_bad_offset(void);
+/* After a call on this thread returned CB_ECORRUPT: what was found to be
+ * wrong, as thin_check would say it, e.g.
+ *   "metadata page 1234 (offset 0x4d2000, a mapping leaf): bad checksum
+ *    (in the mapping tree of device 'base')"
+ * or "data file '/p/data' is 1048576 bytes, shorter than ...".  Copies the
+ * text into buf (truncated to len, NUL-terminated), sets *page (if page is
+ * not NULL) to the damaged metadata page (0 when the damage is not one
+ * page's), returns the text's length (0: no detail known) and forgets it,
+ * so a later failure never shows a stale detail. */
+size_t cb_corrupt_detail(char *buf, size_t len, uint64_t *page);
 
 /* ---- pool ------------------------------------------------------------- */
 /* Make a new pool in directory `path` (created if missing, must be empty of
