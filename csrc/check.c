@@ -166,7 +166,13 @@ static int check_slots(struct checker *c, int repair)
         if (rc)
             return rc;
         if (!why[0]) {
-            if (p->sb_damage[s][0])
+            if (p->sb_damage[s][0] && repair) {
+                c->r->repaired++;
+                say(c, "repaired: %s, when the pool was opened from the other slot (had it "
+                    "held a newer commit, that commit is lost): rewritten from the current "
+                    "superblock by a commit since", p->sb_damage[s]);
+                p->sb_damage[s][0] = 0; /* told */
+            } else if (p->sb_damage[s][0])
                 say(c, "warning: %s, when the pool was opened from the other slot (had it held "
                     "a newer commit, that commit is lost); a commit has rewritten it since", p->sb_damage[s]);
             continue;

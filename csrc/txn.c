@@ -884,7 +884,7 @@ int cb_txn_load(struct cb_pool *p)
             best = s;
     if (best < 0) {
         rc = (ok[0] == CB_EVERSION || ok[1] == CB_EVERSION) ? CB_EVERSION : CB_ECORRUPT;
-        cb_meta_bad(0, 0, "no valid superblock: slot 0: %s; slot 1: %s", p->sb_damage[0],
+        cb_meta_bad(0, 0, "no valid superblock: %s; %s", p->sb_damage[0],
                     p->sb_damage[1]);
         goto out;
     }
