@@ -4,6 +4,11 @@
  *
  * Runs under the exclusive lock.  A writable pool is committed first, so
  * that everything in memory is also on disk.  Then:
+ *   0. both superblock slots are read back and parsed as open would (the
+ *      one the pool does not stand on must hold an older generation of the
+ *      same pool); with repair a bad one is rewritten by a commit, which
+ *      writes only that slot.  The data file must span the pool's blocks,
+ *      and each external origin must still be the file it recorded;
  *   1. every committed page reachable from the superblock is read back and
  *      its header and checksum verified;
  *   2. node reference counts are recomputed from the trees;
@@ -17,6 +22,7 @@
  *   6. metadata pages marked in use but unreachable: leaked pages,
  *      repaired by marking them free.
  * Corruption (1-4) is reported, never "repaired": we refuse to guess.
+ * Messages name the page, its offset and its kind (meta.h's detail).
  */
 #include "pool.h"
 
