@@ -540,10 +540,14 @@ class Pool:
         return out
 
     def check(self, repair=False):
-        """Verify all metadata against the invariants (see ``cowblock pool check``).
+        """Verify all metadata against the invariants (see ``cowblock pool check``
+        and the README's "Check and repair").
 
-        A writable pool is committed first.  With ``repair``, leaked space is
-        given back; corruption is reported, never guessed at.
+        A writable pool is committed first.  ``messages`` has one line per
+        finding ("error: ...", "warning: ...", "leak: ...", "repaired: ..."),
+        naming the page, its offset and its kind.  With ``repair``, leaked
+        space is given back and a damaged superblock slot is rewritten from
+        the current one; corruption is reported, never guessed at.
         """
         out = ffi.new("cb_check *")
         buf = ffi.new("char[]", 1 << 16)

@@ -72,6 +72,7 @@ typedef struct cb_scrub_bad {
 const char *cb_build_id(void);
 const char *cb_strerror(int code);
 uint64_t cb_bad_offset(void);
+size_t cb_corrupt_detail(char *buf, size_t len, uint64_t *page);
 
 int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
                    unsigned flags, cb_pool **out);

@@ -39,7 +39,7 @@ extern "C" {
 
 /* Bumped with every change to this header or to the on-disk format; the
  * Python package refuses to load a compiled module with another id. */
-#define CB_BUILD_ID "cowblock-core 0.1.0 abi 3"
+#define CB_BUILD_ID "cowblock-core 0.1.0 abi 4"
 
 /* ---- error codes ------------------------------------------------------ */
 #define CB_ERR_FIRST (-30699)
@@ -54,7 +54,7 @@ extern "C" {
 #define CB_ETOOMANY  (-30691) /* device table or external table full */
 #define CB_EVERSION  (-30690) /* unsupported on-disk format version */
 #define CB_ENOMEM    (-30689) /* out of memory */
-#define CB_EEXTERNAL (-30688) /* external origin file missing/unusable */
+#define CB_EEXTERNAL (-30688) /* external origin file missing, unusable or changed */
 #define CB_ECHECKSUM (-30687) /* data failed its checksum: see cb_bad_offset() */
 #define CB_ERR_LAST  (-30687)
 
@@ -166,6 +166,16 @@ const char *cb_strerror(int code);      /* static storage, never NULL */
  * the device that call named, of the first sub-block whose data failed its
  * checksum.  Undefined after any other result. */
 uint64_t cb_bad_offset(void);
+/* After a call on this thread returned CB_ECORRUPT: what was found to be
+ * wrong, as thin_check would say it, e.g.
+ *   "metadata page 1234 (offset 0x4d2000, a mapping leaf): bad checksum
+ *    (in the mapping tree of device 'base')"
+ * or "data file '/p/data' is 1048576 bytes, shorter than ...".  Copies the
+ * text into buf (truncated to len, NUL-terminated), sets *page (if page is
+ * not NULL) to the damaged metadata page (0 when the damage is not one
+ * page's), returns the text's length (0: no detail known) and forgets it,
+ * so a later failure never shows a stale detail. */
+size_t cb_corrupt_detail(char *buf, size_t len, uint64_t *page);
 
 /* ---- pool ------------------------------------------------------------- */
 /* Make a new pool in directory `path` (created if missing, must be empty of
@@ -194,8 +204,12 @@ int cb_pool_set_keep(cb_pool *pool, uint64_t max_blocks);
 int cb_pool_stat(cb_pool *pool, cb_stat *out);
 
 /* Device table.  Names are 1..CB_NAME_MAX bytes, no '/' and no NUL. */
+/* external_path (may be NULL): a regular file or block device read where
+ * the device has no data of its own.  A regular file's size, inode and
+ * mtime are recorded; an open that finds it changed refuses reads that need
+ * it (CB_EEXTERNAL, cb_corrupt_detail says what changed). */
 int cb_pool_create_device(cb_pool *pool, const char *name, uint64_t size,
-                          const char *external_path);   /* may be NULL */
+                          const char *external_path);
 int cb_pool_snapshot(cb_pool *pool, const char *source, const char *name,
                      unsigned dev_flags);
 int cb_pool_delete(cb_pool *pool, const char *name);
@@ -208,9 +222,13 @@ int cb_pool_external_path(cb_pool *pool, uint32_t id, char *buf, size_t len);
 /* Per-device space, exact, in one walk of all metadata: fills at most n
  * entries and sets *count to the number of devices. */
 int cb_pool_usage(cb_pool *pool, cb_usage *out, size_t n, size_t *count);
-/* Walk and verify all metadata: checksums, structure, reference counts
- * recomputed from the mappings, data blocks in range, and the data file for
- * free blocks still holding data.  With repair, such blocks are punched out.
+/* Walk and verify all metadata: both superblock slots, checksums,
+ * structure, reference counts recomputed from the mappings, data blocks in
+ * range, the data file's size, external origins against what was recorded
+ * when they were attached, and the data file for free blocks still holding
+ * data.  With repair (a writable pool), such blocks are punched out, leaked
+ * metadata pages freed and a damaged superblock slot rewritten by a commit
+ * (which writes only the slot the pool does not stand on).
  * Messages (one per line) go to buf (truncated to len, NUL-terminated). */
 int cb_pool_check(cb_pool *pool, int repair, cb_check *out,
                   char *buf, size_t len);

@@ -431,7 +431,9 @@ static int add_external(struct cb_pool *p, const char *path, uint64_t *size, uin
                 free_slot = (int)i;
             continue;
         }
-        if (strcmp(p->ext[i].path, real) == 0 && p->ext[i].size == (uint64_t)st.st_size) {
+        char why[200];
+        if (strcmp(p->ext[i].path, real) == 0 && p->ext[i].size == (uint64_t)st.st_size &&
+            p->ext[i].io && !cb_txn_external_changed(&p->ext[i], why, sizeof why)) {
             *id = i + 1;
             *size = p->ext[i].size;
             return 0;
@@ -443,6 +445,7 @@ static int add_external(struct cb_pool *p, const char *path, uint64_t *size, uin
     int rc = cb_file_open(real, CB_IO_READONLY, &x->io);
     if (rc)
         return rc == CB_ENOMEM ? rc : CB_EEXTERNAL;
+    cb_txn_stamp_external(x, &st); /* what the file is now (meta.h) */
     if (!(x->path = strdup(real))) {
         x->io->ops->close(x->io);
         x->io = NULL;

@@ -45,6 +45,10 @@ struct cb_devrec {
 
 struct cb_external {
     uint64_t size;        /* bytes, as recorded at creation */
+    uint32_t stamped;     /* CB_EXT_STAMPED: ino and mtime_ns recorded (meta.h) */
+    uint64_t ino, mtime_ns;
+    int changed;          /* not the file recorded: reads refused (io is NULL) */
+    char why[200];        /* why io is NULL, for messages ("" if it is not) */
     uint64_t page;        /* committed page, 0 if not yet */
     char *path;
     cb_io *io;            /* NULL when the file could not be opened */
@@ -78,6 +82,7 @@ struct cb_pool {
     uint64_t created_ns;
     int meta_changed;     /* something to commit beyond node pages */
     int was_clean;        /* the superblock loaded says: closed cleanly */
+    char sb_damage[2][200]; /* why each superblock slot failed at load, "" if valid */
     int closing;          /* the commit being made is close's: mark clean */
     int leaky;            /* a punch failed: free blocks may still hold data */
     int data_dirty;       /* data written or punched since the last fdatasync(data) */
@@ -135,11 +140,21 @@ void cb_pool_devdirty(struct cb_pool *p, struct cb_devrec *d);
 /* txn.c: commit protocol and loading */
 int cb_txn_commit(struct cb_pool *p);
 int cb_txn_load(struct cb_pool *p);
+/* Verify superblock page sb read from slot: 0, CB_ECORRUPT or CB_EVERSION
+ * with the thread's corruption detail saying why (meta.h). */
+int cb_txn_parse_super(const unsigned char *sb, uint64_t slot, uint64_t meta_file_pages);
 int cb_txn_format(struct cb_pool *p);
 /* Commit if the open transaction has grown past its bound. */
 int cb_txn_maybe_commit(struct cb_pool *p);
 /* Punch kept blocks until at most max are kept. */
 void cb_txn_trim_kept(struct cb_pool *p, uint64_t max);
+/* The identity of external origin x's file (st, or better the open file's):
+ * recorded at attach time and committed with it (meta.h). */
+struct stat;
+void cb_txn_stamp_external(struct cb_external *x, const struct stat *st);
+/* 1 (and why, a sentence) if x's file is not the one recorded, 0 if it is
+ * or nothing was recorded. */
+int cb_txn_external_changed(const struct cb_external *x, char *why, size_t len);
 /* check.c */
 int cb_check_run(struct cb_pool *p, int repair, cb_check *out, char *buf, size_t len);
 /* Find (and with punch, punch out) free data blocks that hold data. */
