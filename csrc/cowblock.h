@@ -175,7 +175,11 @@ uint64_t cb_bad_offset(void);
 int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
                    unsigned flags, cb_pool **out);
 /* Open an existing pool.  Validates every metadata page it reads and
- * recomputes reference counts from the mappings. */
+ * recomputes reference counts from the mappings.  With CB_OPEN_READONLY
+ * both files are opened O_RDONLY and nothing is written, punched or
+ * truncated, not even after an unclean shutdown: free blocks that still
+ * hold data then stay as they are (cb_pool_check counts them as
+ * leaked_blocks) until the next writable open reclaims them. */
 int cb_pool_open(const char *path, unsigned flags, cb_pool **out);
 /* Commit (unless read-only or failed), close every device handle, release
  * the pool.  Returns the commit's result; the pool is freed either way. */
