@@ -225,6 +225,11 @@ class Pool:
             lib.CB_CREATE_CHECKSUMS if checksums else 0)
         keep_freed = _int(keep_freed, "keep_freed")
         rc = lib.cb_pool_create(raw, size, block_size, flags, out)
+        if rc == -errno.EFBIG:  # nothing is left behind: create is all or nothing
+            raise errors.InvalidArgumentError(
+                f"create pool in {os.fsdecode(raw)!r}: a pool of size {size} bytes needs a "
+                f"data file that large, and the file system (or the process's file size "
+                f"limit) allows less; choose a smaller size", code=rc)
         if rc:
             raise_for(rc, f"create pool in {os.fsdecode(raw)!r}")
         return cls(out[0], raw, False)._kept(keep_freed)

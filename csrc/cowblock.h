@@ -171,7 +171,11 @@ uint64_t cb_bad_offset(void);
 /* Make a new pool in directory `path` (created if missing, must be empty of
  * pool files).  size: data capacity in bytes (rounded down to whole blocks,
  * at least one block).  block_size: a power of two in
- * [CB_MIN_BLOCK_SIZE, CB_MAX_BLOCK_SIZE].  On success *out is an open pool. */
+ * [CB_MIN_BLOCK_SIZE, CB_MAX_BLOCK_SIZE].  On success *out is an open pool.
+ * All or nothing: on an error, the files it made are removed again, and the
+ * directory too if it made it (nothing that was there before is touched).
+ * -EFBIG: the data file (size bytes, plus the checksum table) is larger
+ * than the file system or RLIMIT_FSIZE allows one file to be. */
 int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
                    unsigned flags, cb_pool **out);
 /* Open an existing pool.  Validates every metadata page it reads and

@@ -196,6 +196,21 @@ static int open_files(struct cb_pool *p, unsigned ioflags)
     return rc;
 }
 
+/* Undo what a failed create made: the files it created, and the directory
+ * if it created it (then empty again).  Nothing else is touched. */
+static void remove_created(const char *path, int meta, int data, int dir)
+{
+    char *m = join(path, "meta"), *d = join(path, "data");
+    if (meta && m)
+        unlink(m);
+    if (data && d)
+        unlink(d);
+    free(m);
+    free(d);
+    if (dir)
+        rmdir(path);
+}
+
 int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
                    unsigned flags, cb_pool **out)
 {
@@ -206,12 +221,15 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
         return CB_EINVAL;
     if (size / block_size > (1ull << 36))
         return CB_EINVAL;
-    if (mkdir(path, 0755) != 0 && errno != EEXIST)
+    int made_dir = mkdir(path, 0755) == 0;
+    if (!made_dir && errno != EEXIST)
         return -errno;
     struct cb_pool *p;
     int rc = pool_alloc(path, flags, &p);
-    if (rc)
+    if (rc) {
+        remove_created(path, 0, 0, made_dir);
         return rc;
+    }
     p->block_size = block_size;
     p->nblocks = size / block_size;
     p->next_dev_id = 1;
@@ -243,7 +261,10 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
     if (!rc)
         rc = cb_io_sync(p->data);
     if (rc) {
+        /* O_CREAT | O_EXCL: a file is open here only if this call made it */
+        int made_meta = p->meta != NULL, made_data = p->data != NULL;
         pool_free(p);
+        remove_created(path, made_meta, made_data, made_dir);
         return rc;
     }
     *out = p;
