@@ -17,7 +17,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "`pip install .` (or `pip install -e .`), which compiles it"
     ) from exc
 
-BUILD_ID = "cowblock-core 0.1.0 abi 3"
+BUILD_ID = "cowblock-core 0.1.0 abi 4"
 
 _built = ffi.string(lib.cb_build_id()).decode()
 if _built != BUILD_ID:  # pragma: no cover - depends on the build
@@ -38,6 +38,7 @@ _CLASSES = {
     lib.CB_ETOOMANY: errors.LimitError,
     lib.CB_EVERSION: errors.UnsupportedVersionError,
     lib.CB_EEXTERNAL: errors.ExternalOriginError,
+    lib.CB_ECLOSED: errors.ClosedError,
 }
 
 
