@@ -132,6 +132,7 @@ class RawWorker(threading.Thread):
                     return
                 self.calls += 1
                 slot = (slot + 1) % SLOTS
+                time.sleep(0)  # let the other threads have the GIL
         finally:
             self.h = self.dh = None  # the pool's memory may go now
 
