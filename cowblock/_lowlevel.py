@@ -38,6 +38,7 @@ _CLASSES = {
     lib.CB_ETOOMANY: errors.LimitError,
     lib.CB_EVERSION: errors.UnsupportedVersionError,
     lib.CB_EEXTERNAL: errors.ExternalOriginError,
+    lib.CB_ECLOSED: errors.ClosedError,
 }
 
 

@@ -2,9 +2,15 @@
  * pool.h - the pool object shared by the pool, thin and txn layers.
  *
  * State of a pool:      OPEN --(metadata write fails)--> FAILED
- *                          \--(close)--> freed        FAILED --(close)--> freed
+ *                          \--(close)--> CLOSED       FAILED --(close)--> CLOSED
+ *                       CLOSED --(last reference dropped)--> freed
  * In FAILED every call but close returns CB_EFAILED (sticky failure: no
- * write goes on over a half-done transaction).
+ * write goes on over a half-done transaction).  Close sets `shut` first
+ * (from then on cb_pool_enter refuses with CB_ECLOSED, before and after
+ * taking the lock), then takes the lock exclusively, which waits for every
+ * call inside to leave, commits, and releases everything but the struct,
+ * its lock and path; cb_dev handles are detached (rec = NULL).  The struct
+ * is freed when `refs` drops to zero (cowblock.h, "Lifetimes").
  *
  * Locking: `lock` is a reader/writer lock.  Reads of device data and of
  * metadata take it shared; everything that changes metadata, allocates, or
@@ -62,6 +68,8 @@ struct cb_devpage {
 
 struct cb_pool {
     pthread_rwlock_t lock;
+    unsigned refs;        /* open's + cb_pool_retain's + one per cb_dev (atomic) */
+    int shut;             /* cb_pool_close has begun (atomic) */
     char *path;
     unsigned flags;       /* CB_OPEN_* */
     int failed;           /* sticky error code, 0 if healthy */
@@ -111,14 +119,15 @@ struct cb_pool {
 
 struct cb_dev {
     struct cb_pool *pool;
-    struct cb_devrec *rec;
+    struct cb_devrec *rec;     /* NULL once the pool is closed */
     struct cb_dev *prev, *next;
 };
 
 /* Take the pool lock (CB_LOCK_SHARED, or CB_LOCK_EXCLUSIVE; CB_LOCK_MUTATE is
  * exclusive and refused with CB_EROFS on a read-only pool) and check the
- * pool has not failed; on an error the lock is not held.  cb_pool_leave
- * releases it and returns rc. */
+ * pool is neither closed (CB_ECLOSED) nor failed; on an error the lock is
+ * not held.  cb_pool_leave releases it and returns rc.  Every entry point
+ * that touches the pool goes through these: close relies on it. */
 #define CB_LOCK_SHARED 0
 #define CB_LOCK_EXCLUSIVE 1
 #define CB_LOCK_MUTATE 2

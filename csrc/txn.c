@@ -804,8 +804,11 @@ static int load_freelog(struct loader *L)
         }
         page = cb_get64(L->pg + 32);
     }
-    if (!rc)
-        punch_runs(p, runs.v, runs.n / 2, 0); /* finishes an interrupted commit */
+    /* Finishes an interrupted commit.  Never on a read-only pool, which
+     * changes nothing in its files: the blocks stay allocated until the
+     * next writable open punches them (check counts them as leaked). */
+    if (!rc && !(p->flags & CB_OPEN_READONLY))
+        punch_runs(p, runs.v, runs.n / 2, 0);
     cb_u64vec_free(&runs);
     return rc;
 }
