@@ -200,10 +200,11 @@ def cmd_pool_create(args) -> int:
     except IOFailedError as exc:
         if exc.errno != errno.EFBIG:
             raise
-        raise IOFailedError(
-            exc.errno, f"cannot create a pool of {format_exact(size)} in {path!r}: the file "
-                       f"system there cannot hold a data file that large (File too large)"
-                       f"{_file_size_limit()}; give a smaller --size") from None
+        err = IOFailedError(f"cannot create a pool of {format_exact(size)} in {path!r}: the "
+                            f"file system there cannot hold a data file that large (File too "
+                            f"large){_file_size_limit()}; give a smaller --size")
+        err.errno = exc.errno
+        raise err from None
     with pool:
         info = {"path": str(pool.path), "size": pool.size, "block_size": pool.block_size,
                 "checksums": pool.checksums}

@@ -310,7 +310,7 @@ def test_file_too_large_names_the_size(tmp_path):
     res = subprocess.run([sys.executable, "-m", "cowblock", "pool", "create",
                           str(tmp_path / "p"), "--size", "4G"],
                          capture_output=True, text=True, preexec_fn=limit)
-    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.returncode == 1 and "Traceback" not in res.stderr and "[Errno" not in res.stderr
     assert "4.0 GiB (4294967296 B)" in res.stderr and "too large" in res.stderr
     assert "at most 1.0 GiB" in res.stderr and "smaller --size" in res.stderr
 
@@ -387,9 +387,10 @@ def test_import_says_what_a_source_is(capsys, pool_dir, tmp_path):
         assert code == 1 and "is a directory" in err and "does not exist" not in err
     qcow = tmp_path / "disk.qcow2"
     qcow.write_bytes(b"QFI\xfb\x00\x00\x00\x03" + bytes(1 << 16))
-    for argv in (("image", "import", "x", str(qcow)), ("image", "import", "x", str(qcow), "--external"),
-                 ("device", "import", "x", str(qcow)), ("device", "create", "x", "--external", str(qcow)),
-                 ("bind", "create", "x", str(qcow))):
+    q = str(qcow)
+    for argv in (("image", "import", "x", q), ("image", "import", "x", q, "--external"),
+                 ("device", "import", "x", q), ("device", "create", "x", "--external", q),
+                 ("bind", "create", "x", q)):
         code, _, err = run(capsys, *p, *argv)
         assert code == 1 and "qcow2" in err and "qemu-img convert -f qcow2 -O raw" in err, argv
     assert run_json(capsys, *p, "device", "ls") == []

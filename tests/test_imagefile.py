@@ -1,8 +1,13 @@
 """cowblock.imagefile: import only data, export sparse files, raw files in place."""
 
+import contextlib
 import errno
 import hashlib
 import os
+import shutil
+import stat
+import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -243,12 +248,6 @@ def test_punch_hole_zeroes_the_range(tmp_path):
 
 # --------------------------------------------------------------------------- export targets
 
-import contextlib
-import shutil
-import stat
-import subprocess
-import threading
-
 
 @contextlib.contextmanager
 def loop_device(backing):
@@ -438,7 +437,8 @@ def test_import_refuses_a_real_qcow2(pool, tmp_path):
         pytest.skip("qemu-img is not installed")
     path = tmp_path / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
-    with pytest.raises(cowblock.InvalidArgumentError, match="qcow2.*qemu-img convert -f qcow2 -O raw"):
+    with pytest.raises(cowblock.InvalidArgumentError,
+                       match="qcow2.*qemu-img convert -f qcow2 -O raw"):
         import_raw(pool, path, name="x")
 
 
@@ -506,7 +506,7 @@ def test_import_into_a_device_discards_past_the_end_and_in_holes(pool, tmp_path)
     assert res.copied == 0 and res.unchanged == BS
 
 
-# --------------------------------------------------------------------------- full pool or file system
+# --------------------------------------------------------------------------- out of space
 
 def test_pool_full_message_says_the_pool_and_gives_numbers(tmp_path):
     path = make_sparse(tmp_path / "big.raw", 4 * MiB, {0: rand(4 * MiB, 11)})
