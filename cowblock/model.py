@@ -35,8 +35,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .errors import (BusyError, CorruptError, ExistsError, InvalidArgumentError,
-                     NotFoundError, ReadOnlyError)
-from .imagefile import RawImageFile, TransferResult, import_raw
+                     NotFoundError, PoolFullError, ReadOnlyError)
+from .imagefile import (RawImageFile, TransferResult, check_raw_file, export_raw, import_raw,
+                        open_source)
 from .snapshotter import Snapshotter, StateFile, Usage
 
 __all__ = ["Store", "Image", "Layer", "Container", "Volume", "Bind", "check"]
@@ -342,6 +343,11 @@ class Image(_Named):
         """The layers, top first (``docker history`` order)."""
         return self.layers[::-1]
 
+    def export(self, path, *, overwrite: bool = False, progress=None) -> TransferResult:
+        """Write the image's content to a raw image at ``path`` (see
+        :func:`cowblock.imagefile.export_raw` for what ``path`` may be)."""
+        return export_raw(self.device, path, overwrite=overwrite, progress=progress)
+
     def containers(self) -> list["Container"]:
         """Containers created from this image."""
         return [c for c in self.store.containers() if c._rec["image"] == self.name]
@@ -406,6 +412,11 @@ class Container(_Named, _Backed):
         container keeps running on its own layer, as with ``docker commit``.
         """
         return self.store._commit_container(self.name, image_name, comment)
+
+    def export(self, path, *, overwrite: bool = False, progress=None) -> TransferResult:
+        """Write the container's current content to a raw image at ``path``
+        (see :func:`cowblock.imagefile.export_raw` for what ``path`` may be)."""
+        return export_raw(self.device, path, overwrite=overwrite, progress=progress)
 
     def reset(self) -> None:
         """Drop every change: the writable layer becomes a fresh snapshot of
@@ -587,7 +598,8 @@ class Store:
         return rec
 
     def import_image(self, name: str, path: str | os.PathLike, *, external: bool = False,
-                     size: int | None = None, comment: str | None = None) -> Image:
+                     size: int | None = None, comment: str | None = None,
+                     progress=None) -> Image:
         """Create image ``name`` with one base layer made from raw file ``path``.
 
         By default the file's data is copied into the layer (holes and
@@ -595,6 +607,10 @@ class Store:
         ``external=True`` nothing is copied: the layer reads unwritten blocks
         from the file in place, which must then not change while the layer
         exists. ``size`` defaults to the file's size rounded up to 512.
+        ``path`` may be a block device when its data is copied; container
+        formats (qcow2, VMDK, ...) are refused (see
+        :func:`cowblock.imagefile.open_source`). ``progress(done, total)`` is
+        called as the file is read.
         """
         _check_name(name, "image")
         path = os.path.abspath(os.fspath(path))
@@ -602,9 +618,12 @@ class Store:
             self._writable()
             if name in self._doc()["images"]:
                 raise ExistsError(f"image {name!r} already exists")
-            if not os.path.isfile(path):
-                raise NotFoundError(f"raw image file {path!r} does not exist")
-            fsize = os.path.getsize(path)
+            fd, fsize = open_source(path)
+            os.close(fd)
+            if external and not os.path.isfile(path):
+                raise InvalidArgumentError(
+                    f"{path!r} is not a regular file: an external base is read in place "
+                    f"and must be one; a block device can be imported by copying its data")
             if size is None:
                 size = max(512, -(-fsize // 512) * 512)
             lid = _new_id()
@@ -617,7 +636,11 @@ class Store:
                     self.snapshotter.prepare(staging, size=size, external=path)
                 else:
                     dev = self.snapshotter.prepare(staging, size=size)
-                    res = import_raw(dev, path)
+                    try:
+                        res = import_raw(dev, path, progress=progress)
+                    except PoolFullError as exc:
+                        raise PoolFullError(f"import of {path!r} as image {name!r}: "
+                                            f"{getattr(exc, 'detail', exc)}") from None
                     imported = {"size": res.size, "copied": res.copied,
                                 "holes": res.holes, "zeros": res.zeros}
                     changed = dev.usage().mapped
@@ -877,6 +900,11 @@ class Store:
             if name in self._doc()["binds"]:
                 raise ExistsError(f"bind {name!r} already exists")
             b = Bind(self, name, path, bool(readonly))
+            try:
+                check_raw_file(path)
+            except BaseException:
+                b.close()
+                raise
             doc = self._doc()
             doc["binds"][name] = {"path": path, "readonly": bool(readonly), "created": time.time()}
             self._save(doc)
