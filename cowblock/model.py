@@ -67,9 +67,9 @@ def _changed_bytes(dev) -> int | None:
 
 
 def device_usages(pool) -> dict:
-    """``{device name: DeviceUsage}`` for every device of ``pool``, from each
-    device's own exact accounting."""
-    return {name: pool.device(name).usage() for name in pool.devices()}
+    """``{device name: DeviceUsage}`` for every device of ``pool``, exact, from
+    one walk of the pool's metadata (not one call per device)."""
+    return dict(pool.usage().devices)
 
 
 def _new_id() -> str:
@@ -865,7 +865,8 @@ class Store:
         model object).
         """
         doc = self._doc()
-        devs = device_usages(self.pool)
+        walk = self.pool.usage()  # one walk for every device, not one per device
+        devs = walk.devices
         snaps = {i.name: i for i in self.snapshotter.walk()}
 
         def space(key: str) -> dict:
@@ -899,10 +900,7 @@ class Store:
         containers = []
         for name, rec in sorted(doc["containers"].items()):
             info = snaps.get(rec["key"])
-            try:
-                changed = _changed_bytes(self.pool.device(info.device)) if info else None
-            except Exception:
-                changed = None
+            changed = walk.changed.get(info.device) if info else None
             containers.append({"name": name, "image": rec["image"], "layer": rec["layer"],
                                "created": rec["created"], "changed": changed,
                                "attached": [f"{k}:{n}" for k, n in rec["attached"]],
@@ -925,13 +923,13 @@ class Store:
         model_devices = {s["device"] for s in layer_space.values()}
         model_devices |= {c["device"] for c in containers} | {v["device"] for v in volumes}
         other = []
+        sizes = None
         for dev_name, u in sorted(devs.items()):
             if dev_name in model_devices:
                 continue
-            try:
-                size = self.pool.device(dev_name).size
-            except Exception:
-                size = None
+            if sizes is None:  # one listing for all of them
+                sizes = {i.name: i.size for i in self.pool.infos()}
+            size = sizes.get(dev_name)
             other.append({"device": dev_name, "size": size, "mapped": u.mapped,
                           "exclusive": u.exclusive, "shared": u.shared})
         pool = {"path": str(self.pool.path), "size": self.pool.size, "used": self.pool.used,
