@@ -827,6 +827,12 @@ class Store:
             if b is not None:
                 b.close()
 
+    def _device_size(self, name: str) -> int | None:
+        try:
+            return self.pool.device(name).size
+        except NotFoundError:
+            return None
+
     def _attached_names(self, kind: str, name: str):
         return [(c, r) for c, r in sorted(self._doc()["containers"].items())
                 if [kind, name] in r["attached"]]
@@ -897,8 +903,13 @@ class Store:
                            "created": img.created,
                            "containers": sorted(c for c, r in doc["containers"].items()
                                                 if r["image"] == img.name)})
+        attached_to: dict = {}  # (kind, name) -> containers, in one pass over them
         containers = []
         for name, rec in sorted(doc["containers"].items()):
+            for kind, target in rec["attached"]:
+                users = attached_to.setdefault((kind, target), [])
+                if name not in users[-1:]:
+                    users.append(name)
             info = snaps.get(rec["key"])
             changed = walk.changed.get(info.device) if info else None
             containers.append({"name": name, "image": rec["image"], "layer": rec["layer"],
@@ -908,7 +919,7 @@ class Store:
         volumes = []
         for name, rec in sorted(doc["volumes"].items()):
             volumes.append({"name": name, "created": rec["created"],
-                            "attached_to": [c for c, _ in self._attached_names("volume", name)],
+                            "attached_to": attached_to.get(("volume", name), []),
                             **space(rec["key"])})
         binds = []
         for name, rec in sorted(doc["binds"].items()):
@@ -919,16 +930,18 @@ class Store:
                 size = on_disk = None
             binds.append({"name": name, "path": rec["path"], "readonly": rec["readonly"],
                           "size": size, "on_disk": on_disk,
-                          "attached_to": [c for c, _ in self._attached_names("bind", name)]})
+                          "attached_to": attached_to.get(("bind", name), [])})
         model_devices = {s["device"] for s in layer_space.values()}
         model_devices |= {c["device"] for c in containers} | {v["device"] for v in volumes}
         other = []
-        sizes = None
-        for dev_name, u in sorted(devs.items()):
-            if dev_name in model_devices:
-                continue
-            if sizes is None:  # one listing for all of them
-                sizes = {i.name: i.size for i in self.pool.infos()}
+        strays = [n for n in sorted(devs) if n not in model_devices]
+        if len(strays) * 4 > len(devs):
+            # many: one listing of the pool costs less than a handle each
+            sizes = {i.name: i.size for i in self.pool.infos()}
+        else:
+            sizes = {n: self._device_size(n) for n in strays}
+        for dev_name in strays:
+            u = devs[dev_name]
             size = sizes.get(dev_name)
             other.append({"device": dev_name, "size": size, "mapped": u.mapped,
                           "exclusive": u.exclusive, "shared": u.shared})

@@ -520,7 +520,7 @@ class Pool:
         :meth:`Device.usage` per device would walk shared trees once per device."""
         h = self._handle()
         count = ffi.new("size_t *")
-        n = 64
+        n = self._stat().ndevices + 16  # one walk, unless devices are made meanwhile
         while True:  # devices may come and go: size the array until it fits
             arr = ffi.new("cb_usage[]", n)
             rc = lib.cb_pool_usage(h, arr, n, count)

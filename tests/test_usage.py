@@ -206,8 +206,13 @@ def test_df_walks_the_pool_once(pool, counting, tmp_path):
     for i in range(4):
         c = store.create_container(f"c{i}", "img")
         c.device.write(0, b"c" * 4096 * (i + 1))
-    store.create_volume("v", 4 * MiB).device.write(0, b"v" * 8192)
+    vol = store.create_volume("v", 4 * MiB)
+    vol.device.write(0, b"v" * 8192)
+    store.container("c1").attach(vol)
+    store.container("c3").attach(vol)
     pool.create_device("loose", MiB).write(0, b"l")
+    for i in range(70):  # more devices than a first guess at the array's size
+        pool.snapshot("loose", f"loose-{i:02d}")
     counting.calls.update(dict.fromkeys(counting.calls, 0))
     df = store.df()
     assert counting.calls["cb_pool_usage"] == 1
@@ -223,9 +228,9 @@ def test_df_walks_the_pool_once(pool, counting, tmp_path):
         u = pool.device(name).usage()
         assert (row["mapped"], row["exclusive"], row["shared"]) == (u.mapped, u.exclusive, u.shared)
         assert row["changed"] == _changed_bytes(pool.device(name)) > 0
-    assert [o["device"] for o in df["other"]] == ["loose"]
-    assert df["other"][0]["exclusive"] == pool.block_size
-    assert df["other"][0]["size"] == MiB
+    assert [(v["name"], v["attached_to"]) for v in df["volumes"]] == [("v", ["c1", "c3"])]
+    assert [o["device"] for o in df["other"]] == ["loose"] + [f"loose-{i:02d}" for i in range(70)]
+    assert all(o["size"] == MiB and o["mapped"] == pool.block_size for o in df["other"])
 
 
 def test_device_ls_walks_the_pool_once(pool_path, counting, capsys, monkeypatch):
@@ -235,8 +240,8 @@ def test_device_ls_walks_the_pool_once(pool_path, counting, capsys, monkeypatch)
     with cowblock.Pool.create(pool_path, size=256 * MiB) as pool:
         a = pool.create_device("a", 4 * MiB)
         a.write(0, b"a" * (3 * pool.block_size))
-        for i in range(5):
-            pool.snapshot("a", f"s{i}").write(0, b"s")
+        for i in range(80):  # more than a first guess at the array's size
+            pool.snapshot("a", f"s{i:02d}").write(0, b"s")
         want = {n: pool.device(n).usage() for n in pool.devices()}
         counting.calls.update(dict.fromkeys(counting.calls, 0))
     assert cli.main(["--json", "--pool", str(pool_path), "device", "ls"]) == 0
