@@ -117,7 +117,7 @@ typedef struct cb_devinfo {
     uint32_t snap_time;       /* snapshot clock at its last snapshot */
 } cb_devinfo;
 
-/* Space used by one device, in blocks (but changed_bytes).
+/* Space used by one device: counts of data blocks, but changed_bytes.
  * mapped = exclusive + shared.  A partly copied-up block counts twice: the
  * new block and the origin block its absent sub-blocks are read from.
  * Blocks of an external origin file are not data blocks and count nowhere. */
