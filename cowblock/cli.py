@@ -419,8 +419,8 @@ def _device_rows(pool) -> list[dict]:
     from .model import device_usages
     usage = device_usages(pool)
     rows = []
-    for name in pool.devices():
-        info = pool.info(name)
+    for info in pool.infos():
+        name = info.name
         u = usage.get(name)
         rows.append({"name": name, "size": info.size, "readonly": bool(info.readonly),
                      "origin": info.origin, "external": info.external,

@@ -75,9 +75,9 @@ def _changed_bytes(dev) -> int | None:
 
 
 def device_usages(pool) -> dict:
-    """``{device name: DeviceUsage}`` for every device of ``pool``, from each
-    device's own exact accounting."""
-    return {name: pool.device(name).usage() for name in pool.devices()}
+    """``{device name: DeviceUsage}`` for every device of ``pool``, exact, from
+    one walk of the pool's metadata (not one call per device)."""
+    return dict(pool.usage().devices)
 
 
 def _state_file(pool) -> StateFile:
@@ -955,6 +955,12 @@ class Store:
             if b is not None:
                 b.close()
 
+    def _device_size(self, name: str) -> int | None:
+        try:
+            return self.pool.device(name).size
+        except NotFoundError:
+            return None
+
     def _attached_names(self, kind: str, name: str):
         return [(c, r) for c, r in sorted(self._doc()["containers"].items())
                 if [kind, name] in r["attached"]]
@@ -993,7 +999,8 @@ class Store:
         model object).
         """
         doc = self._doc()
-        devs = device_usages(self.pool)
+        walk = self.pool.usage()  # one walk for every device, not one per device
+        devs = walk.devices
         snaps = {i.name: i for i in self.snapshotter.walk()}
 
         def space(key: str) -> dict:
@@ -1024,13 +1031,15 @@ class Store:
                            "created": img.created,
                            "containers": sorted(c for c, r in doc["containers"].items()
                                                 if r["image"] == img.name)})
+        attached_to: dict = {}  # (kind, name) -> containers, in one pass over them
         containers = []
         for name, rec in sorted(doc["containers"].items()):
+            for kind, target in rec["attached"]:
+                users = attached_to.setdefault((kind, target), [])
+                if name not in users[-1:]:
+                    users.append(name)
             info = snaps.get(rec["key"])
-            try:
-                changed = _changed_bytes(self.pool.device(info.device)) if info else None
-            except Exception:
-                changed = None
+            changed = walk.changed.get(info.device) if info else None
             containers.append({"name": name, "image": rec["image"], "layer": rec["layer"],
                                "created": rec["created"], "changed": changed,
                                "attached": [f"{k}:{n}" for k, n in rec["attached"]],
@@ -1038,7 +1047,7 @@ class Store:
         volumes = []
         for name, rec in sorted(doc["volumes"].items()):
             volumes.append({"name": name, "created": rec["created"],
-                            "attached_to": [c for c, _ in self._attached_names("volume", name)],
+                            "attached_to": attached_to.get(("volume", name), []),
                             **space(rec["key"])})
         binds = []
         for name, rec in sorted(doc["binds"].items()):
@@ -1049,17 +1058,19 @@ class Store:
                 size = on_disk = None
             binds.append({"name": name, "path": rec["path"], "readonly": rec["readonly"],
                           "size": size, "on_disk": on_disk,
-                          "attached_to": [c for c, _ in self._attached_names("bind", name)]})
+                          "attached_to": attached_to.get(("bind", name), [])})
         model_devices = {s["device"] for s in layer_space.values()}
         model_devices |= {c["device"] for c in containers} | {v["device"] for v in volumes}
         other = []
-        for dev_name, u in sorted(devs.items()):
-            if dev_name in model_devices:
-                continue
-            try:
-                size = self.pool.device(dev_name).size
-            except Exception:
-                size = None
+        strays = [n for n in sorted(devs) if n not in model_devices]
+        if len(strays) * 4 > len(devs):
+            # many: one listing of the pool costs less than a handle each
+            sizes = {i.name: i.size for i in self.pool.infos()}
+        else:
+            sizes = {n: self._device_size(n) for n in strays}
+        for dev_name in strays:
+            u = devs[dev_name]
+            size = sizes.get(dev_name)
             other.append({"device": dev_name, "size": size, "mapped": u.mapped,
                           "exclusive": u.exclusive, "shared": u.shared})
         pool = {"path": str(self.pool.path), "size": self.pool.size, "used": self.pool.used,
