@@ -9,6 +9,7 @@ import collections
 import dataclasses
 import errno
 import os
+import re
 import threading
 import weakref
 
@@ -43,6 +44,31 @@ def _path(path, what="path"):
         return os.fsencode(path)
     except TypeError:
         raise _bad(f"{what} must be a str or os.PathLike, not {type(path).__name__}") from None
+
+
+_URL = re.compile(rb"^[a-z][a-z0-9+]*://")
+
+
+def _is_url(raw):
+    """A pool location that names a backend ("rados://...") rather than a directory."""
+    return _URL.match(raw) is not None
+
+
+def backends():
+    """The IO backends this build of the core has: ``("file",)``, or
+    ``("file", "rados")`` when it was built with librados."""
+    return tuple(ffi.string(lib.cb_backends()).decode().split())
+
+
+def _raise_located(rc, what):
+    """raise_for, with the core's detail for a location's errors (a malformed
+    URL, a missing backend, the holder of a RADOS pool's writer lock)."""
+    if rc in (lib.CB_EINVAL, lib.CB_EBUSY):
+        buf = ffi.new("char[]", 1024)
+        if lib.cb_corrupt_detail(buf, 1024, ffi.NULL):
+            cls = errors.InvalidArgumentError if rc == lib.CB_EINVAL else errors.BusyError
+            raise cls(f"{what}: {ffi.string(buf).decode('utf-8', 'replace')}", code=rc)
+    raise_for(rc, what)
 
 
 def _name(name, what="device name"):
@@ -225,7 +251,8 @@ class Pool:
             )
         if size < block_size:
             raise _bad(f"size must hold at least one block of {block_size} bytes, not {size}")
-        if os.path.exists(os.path.join(raw, b"meta")):
+        url = _is_url(raw)
+        if not url and os.path.exists(os.path.join(raw, b"meta")):
             raise errors.ExistsError(f"a pool exists already in {os.fsdecode(raw)!r}")
         out = ffi.new("cb_pool **")
         flags = (lib.CB_OPEN_DIRECT if direct else 0) | _mmap_flag(mmap, direct) | (
@@ -237,8 +264,10 @@ class Pool:
                 f"create pool in {os.fsdecode(raw)!r}: a pool of size {size} bytes needs a "
                 f"data file that large, and the file system (or the process's file size "
                 f"limit) allows less; choose a smaller size", code=rc)
+        if rc == lib.CB_EEXIST and url:
+            raise errors.ExistsError(f"a pool exists already at {os.fsdecode(raw)!r}", code=rc)
         if rc:
-            raise_for(rc, f"create pool in {os.fsdecode(raw)!r}")
+            _raise_located(rc, f"create pool {'at' if url else 'in'} {os.fsdecode(raw)!r}")
         return cls(_owned(out[0]), raw, False)._kept(keep_freed)
 
     @classmethod
@@ -260,7 +289,7 @@ class Pool:
         error; and the pages read count in the process's resident size.
         """
         raw = _path(path)
-        if not os.path.isdir(raw):
+        if not _is_url(raw) and not os.path.isdir(raw):
             raise errors.NotFoundError(f"no pool directory at {os.fsdecode(raw)!r}")
         out = ffi.new("cb_pool **")
         flags = ((lib.CB_OPEN_READONLY if readonly else 0) | (lib.CB_OPEN_DIRECT if direct else 0)
@@ -272,7 +301,7 @@ class Pool:
         if rc:
             if rc == lib.CB_ENOENT:
                 raise errors.NotFoundError(f"no pool in {os.fsdecode(raw)!r}", code=rc)
-            raise_for(rc, f"open pool {os.fsdecode(raw)!r}")
+            _raise_located(rc, f"open pool {os.fsdecode(raw)!r}")
         return cls(_owned(out[0]), raw, bool(readonly))._kept(keep_freed)
 
     def _kept(self, keep_freed):
@@ -357,7 +386,31 @@ class Pool:
 
     @property
     def path(self):
+        """Where the pool is: its directory, or its URL ("rados://...")."""
         return self._path
+
+    @property
+    def directory(self):
+        """The pool's directory, or None for a pool at a URL (which keeps no
+        files on this host: nothing can be kept beside it)."""
+        return None if _is_url(os.fsencode(self._path)) else self._path
+
+    @staticmethod
+    def unlock(location):
+        """Break the writer lock of the pool at ``location`` (a URL) and return
+        whom it named ("" if nobody held it).
+
+        The holder is fenced first (for RADOS: blocklisted), so that a writer
+        thought dead can never write after another writer starts; its open
+        pool then fails with :class:`PoolFailedError`.  A pool in a directory
+        has no lock to break: its flock dies with the process holding it.
+        """
+        raw = _path(location, "location")
+        buf = ffi.new("char[]", 1024)
+        rc = lib.cb_pool_unlock(raw, buf, 1024)
+        if rc:
+            _raise_located(rc, f"unlock pool {os.fsdecode(raw)!r}")
+        return ffi.string(buf).decode("utf-8", "replace")
 
     @property
     def block_size(self):
@@ -562,8 +615,9 @@ class Pool:
         out["size"] = self._size
         out["used"] = st.used_blocks * self._block_size
         out["meta_bytes"] = st.meta_pages * 4096
-        out["data_bytes_on_disk"] = _disk_bytes(os.path.join(self._path, "data"))
-        out["meta_bytes_on_disk"] = _disk_bytes(os.path.join(self._path, "meta"))
+        where = self.directory  # a pool at a URL has no files here: 0
+        out["data_bytes_on_disk"] = _disk_bytes(os.path.join(where, "data")) if where else 0
+        out["meta_bytes_on_disk"] = _disk_bytes(os.path.join(where, "meta")) if where else 0
         return out
 
     def check(self, repair=False):

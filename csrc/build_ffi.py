@@ -4,15 +4,23 @@ Holds no logic but the build: the declarations live in cowblock.cdef.h,
 the values of constants come from cowblock.h at compile time.  Set
 COWBLOCK_DEBUG=1 for -O0 -g with assertions, COWBLOCK_SANITIZE=1 for
 AddressSanitizer and UndefinedBehaviorSanitizer on top of that.
+
+The RADOS backend (blockio_rados.c) is compiled in when librados is there
+(its header, and a program calling it links with -lrados), with
+CB_HAVE_RADOS defined; COWBLOCK_RADOS=0 leaves it out, COWBLOCK_RADOS=1
+fails the build without it.  The build prints which backends it has.
 """
 import os
+import shutil
+import subprocess
+import tempfile
 
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["crc32c.c", "blockio.c", "meta.c", "spacemap.c", "mapping.c",
+SOURCES = ["crc32c.c", "blockio.c", "blockio_rados.c", "backend.c", "meta.c", "spacemap.c", "mapping.c",
            "thin.c", "txn.c", "check.c", "pool.c", "dump.c", "csum.c", "scrub.c"]
-HEADERS = ["cowblock.h", "crc32c.h", "blockio.h", "meta.h", "spacemap.h",
+HEADERS = ["cowblock.h", "crc32c.h", "blockio.h", "blockio_rados.h", "backend.h", "meta.h", "spacemap.h",
            "mapping.h", "thin.h", "pool.h", "csum.h", "scrub.h", "cowblock.cdef.h"]
 
 flags = ["-std=gnu11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-fvisibility=hidden"]
@@ -25,6 +33,33 @@ if os.environ.get("COWBLOCK_SANITIZE"):
     flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
               "-fno-sanitize-recover=undefined"]
     link += ["-fsanitize=address,undefined"]
+
+
+
+def have_librados():
+    """librados' header is there and a call into it links."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if not cc:
+        return False
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "t.c")
+        with open(src, "w") as f:
+            f.write("#include <rados/librados.h>\n"
+                    "int main(void) { rados_t c; return rados_create(&c, 0); }\n")
+        r = subprocess.run([cc, src, "-o", os.path.join(d, "t"), "-lrados"],
+                           capture_output=True)
+        return r.returncode == 0
+
+
+want = os.environ.get("COWBLOCK_RADOS", "")
+rados = want != "0" and have_librados()
+if want == "1" and not rados:
+    raise SystemExit("COWBLOCK_RADOS=1 but librados is missing (apt-get install librados-dev)")
+if rados:
+    flags += ["-DCB_HAVE_RADOS"]
+    link += ["-lrados"]
+print("cowblock: IO backends: file" + (" rados" if rados else
+      " (no rados: librados-dev is not installed)"))
 
 ffibuilder = FFI()
 with open(os.path.join(HERE, "cowblock.cdef.h")) as f:

@@ -62,7 +62,7 @@ extern "C" {
 
 /* Bumped with every change to this header or to the on-disk format; the
  * Python package refuses to load a compiled module with another id. */
-#define CB_BUILD_ID "cowblock-core 0.1.0 abi 5"
+#define CB_BUILD_ID "cowblock-core 0.1.0 abi 6"
 
 /* ---- error codes ------------------------------------------------------ */
 #define CB_ERR_FIRST (-30699)
@@ -80,7 +80,9 @@ extern "C" {
 #define CB_EEXTERNAL (-30688) /* external origin file missing, unusable or changed */
 #define CB_ECHECKSUM (-30687) /* data failed its checksum: see cb_bad_offset() */
 #define CB_ECLOSED   (-30686) /* pool closed (cb_pool_close), or being closed */
-#define CB_ERR_LAST  (-30686)
+#define CB_EFENCED   (-30685) /* this writer's lock was broken and another writer
+                               * committed (or it was blocklisted): the pool fails */
+#define CB_ERR_LAST  (-30685)
 
 /* ---- limits ----------------------------------------------------------- */
 #define CB_NAME_MAX       127          /* bytes of a device name, no NUL */
@@ -205,6 +207,25 @@ uint64_t cb_bad_offset(void);
  * page's), returns the text's length (0: no detail known) and forgets it,
  * so a later failure never shows a stale detail. */
 size_t cb_corrupt_detail(char *buf, size_t len, uint64_t *page);
+/* The IO backends this build has, space-separated: "file", or "file rados"
+ * when built with librados.  Static storage. */
+const char *cb_backends(void);
+
+/* ---- locations -------------------------------------------------------- */
+/* Where a pool lives, the `path` of cb_pool_create and cb_pool_open: a
+ * directory (the file backend: DIR/meta and DIR/data, flock'ed), or
+ * "rados://POOL/NAME?conf=PATH" (the RADOS backend, when built: see
+ * blockio_rados.h), where the writer's lock is a RADOS lock and a writer
+ * whose lock was broken fails with CB_EFENCED instead of overwriting a
+ * newer commit.  A read-only open of a RADOS pool takes no lock: it sees
+ * the last commit made before it opened.  A malformed URL, or one of a
+ * backend this build lacks, gives CB_EINVAL (cb_corrupt_detail says why);
+ * CB_EBUSY from an open names the lock's holder there too. */
+/* Break the writer lock of the pool at location (a URL): its holder is
+ * blocklisted first, so that it cannot write after a new writer starts,
+ * then its lock is released.  holder (len bytes) names whom, "" if nobody
+ * held it.  CB_EINVAL for a directory: its flock dies with its process. */
+int cb_pool_unlock(const char *location, char *holder, size_t len);
 
 /* ---- pool ------------------------------------------------------------- */
 /* Make a new pool in directory `path` (created if missing, must be empty of
