@@ -47,6 +47,16 @@ def missing():
     return None
 
 
+def _tool_env(conf=None):
+    """The environment for Ceph's own programs: without a sanitizer runtime
+    preloaded for the tests (.ci/asan), which Ceph's binaries abort under."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS")}
+    if conf:
+        env["CEPH_CONF"] = conf
+    return env
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,7 +78,7 @@ class CephCluster:
 
     def cmd(self, *args, timeout=30, check=True, input=None):
         """Run a Ceph tool against this cluster; its stdout."""
-        env = dict(os.environ, CEPH_CONF=self.conf)
+        env = _tool_env(self.conf)
         argv = [args[0], "-c", self.conf, *args[1:]]
         r = subprocess.run(argv, capture_output=True, timeout=timeout, env=env, input=input)
         if check and r.returncode:
@@ -77,7 +87,7 @@ class CephCluster:
         return r.stdout.decode(errors="replace")
 
     def _daemon(self, *argv):
-        r = subprocess.run(argv, capture_output=True, timeout=60)
+        r = subprocess.run(argv, capture_output=True, timeout=60, env=_tool_env())
         if r.returncode:
             raise RuntimeError("%s failed (%d): %s\n%s" % (
                 " ".join(argv), r.returncode, r.stderr.decode(errors="replace"),
