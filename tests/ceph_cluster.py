@@ -135,9 +135,6 @@ osd crush chooseleaf type = 0
 mon allow pool size one = true
 mon allow pool delete = true
 mon warn on pool no redundancy = false
-mon osd full ratio = .99
-mon osd backfillfull ratio = .98
-mon osd nearfull ratio = .97
 osd objectstore = memstore
 memstore device bytes = {self.memstore_bytes}
 osd data = {d}/osd$id
@@ -147,6 +144,7 @@ osd max object namespace len = 64
 osd op num shards = 1
 osd op num threads per shard = 2
 osd heartbeat grace = 20
+osd fast shutdown = false
 """)
 
     def start(self):
@@ -183,6 +181,10 @@ osd heartbeat grace = 20
                  timeout=timeout)
         self.cmd("ceph", "osd", "pool", "application", "enable", name, "cowblock",
                  timeout=timeout)
+        self.wait_writable(name, timeout)
+
+    def wait_writable(self, name, timeout=START_TIMEOUT):
+        """Wait until the RADOS pool takes a write (a rados put of a probe)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -195,6 +197,17 @@ osd heartbeat grace = 20
                     raise RuntimeError("pool %s takes no write after %.0f s\n%s" % (
                         name, timeout, self.log_tail()))
                 time.sleep(0.2)
+
+    def stop_osd(self):
+        """Stop the OSD cleanly (SIGTERM, and `osd fast shutdown = false` in
+        the conf): memstore writes its objects out, so that start_osd()
+        brings them back."""
+        self.kill("osd.0", signal.SIGTERM, wait=60)
+
+    def start_osd(self, pool=None):
+        self._daemon("ceph-osd", "-c", self.conf, "-i", "0")
+        if pool:
+            self.wait_writable(pool)
 
     def delete_pool(self, name):
         self.cmd("ceph", "osd", "pool", "rm", name, name, "--yes-i-really-really-mean-it")

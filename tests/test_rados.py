@@ -416,3 +416,45 @@ def test_writer_killed_mid_write_loses_nothing_flushed(ceph):
         assert p.device("d").read(0, 2**20) == b"F" * 2**20
         report = p.check()
         assert report.ok and report.messages == [], report.messages
+
+
+# --------------------------------------------------------------------------- a failing cluster
+
+
+@pytest.fixture
+def own_cluster(ceph):
+    """A cluster of the test's own, to stop and start (the session's is shared)."""
+    from ceph_cluster import CephCluster
+    with CephCluster() as c:
+        c.create_pool(RADOS_POOL)
+        yield c
+
+
+def test_osd_stopped_mid_write_fails_the_pool_and_loses_nothing_committed(own_cluster):
+    c = own_cluster
+    url = f"rados://{RADOS_POOL}/osdkill?conf={c.conf}&timeout=3"
+    p = cowblock.Pool.create(url, size=64 * MiB)
+    try:
+        d = p.create_device("d", 16 * MiB)
+        d.write(0, b"committed" * 1000)
+        p.flush()
+        c.stop_osd()
+        t = time.monotonic()
+        with pytest.raises((cowblock.PoolFailedError, cowblock.IOFailedError)):
+            d.write(MiB, b"lost" * 1000)            # queued; its error comes at the sync
+            p.create_device("lost", MiB)
+            p.flush()
+        assert time.monotonic() - t < 30           # the op timeout, not for ever
+        with pytest.raises(cowblock.PoolFailedError):
+            p.devices()                             # sticky
+    finally:
+        p.close()                                   # nothing to commit: failed
+    c.start_osd(RADOS_POOL)
+    # its lock could not be released while the OSD was down
+    with pytest.raises(cowblock.BusyError):
+        cowblock.Pool.open(url)
+    cowblock.Pool.unlock(url)
+    with cowblock.Pool.open(url) as p:
+        assert p.devices() == ["d"]
+        assert p.device("d").read(0, 9000) == b"committed" * 1000
+        assert p.check().messages == []
