@@ -3,7 +3,7 @@
 Noun-verb subcommands::
 
     cowblock pool create|info|check|scrub|stats|dump PATH
-    cowblock device ls|create|snapshot|rm|info|import|export
+    cowblock device ls|create|snapshot|rm|info|import|export|send|receive
     cowblock image ls|import|export|rm|history
     cowblock container create|ls|commit|export|reset|rm|attach|detach
     cowblock volume create|ls|rm
@@ -567,6 +567,97 @@ def cmd_device_export(args) -> int:
                        lambda target, **kw: export_raw(dev, target, **kw))
 
 
+def _stream_summary(what: str, res: dict) -> str:
+    kind = "incremental" if res.get("incremental") else "full"
+    return (f"{what} ({kind} stream): {res['records']} record(s), "
+            f"{format_exact(res['data_bytes'])} of data, {format_exact(res['zero_bytes'])} "
+            f"of zeros, {format_exact(res['stream_bytes'])} of stream")
+
+
+@contextmanager
+def _stream_out(path: str | None) -> Iterator[Any]:
+    """The file a stream goes to: ``path``, or standard output (not a terminal)."""
+    if path is None or path == "-":
+        if sys.stdout.isatty():
+            raise UsageError("standard output is a terminal: redirect it to a file or a pipe, "
+                             "or use -o FILE, to send a stream")
+        sys.stdout.flush()
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+    else:
+        with open(path, "wb") as f:
+            yield f
+
+
+def cmd_device_send(args) -> int:
+    from .sendrecv import send
+    if args.resume and args.base:
+        raise UsageError("--resume continues the stream its token names: no --from with it")
+    progress, close_bar = _progress_for(args, "send")
+    try:
+        with _stream_out(args.output) as out:
+            # a read-only device is sent from a read-only open; a writable one
+            # needs a snapshot, so a writable open
+            with _pool(args, False) as pool:
+                ro = pool.info(args.name).readonly
+                if ro:
+                    res = send(pool.device(args.name), out, args.base, resume=args.resume,
+                               progress=progress or False)
+            if not ro:
+                with _pool(args, True) as pool:
+                    res = send(pool.device(args.name), out, args.base, resume=args.resume,
+                               progress=progress or False)
+    finally:
+        close_bar()
+    text = _stream_summary(f"sent device {args.name}"
+                           + (f" from {args.base}" if args.base else ""), res)
+    print(json.dumps(res, sort_keys=True) if args.json else text, file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_device_receive(args) -> int:
+    from .sendrecv import ReceiveInterrupted, abort_receive, receive, resume_token
+    if args.show_token or args.abort:
+        with _pool(args, args.abort) as pool:
+            if args.abort:
+                found = abort_receive(pool, args.name)
+                _say(args, f"dropped the interrupted receive of {args.name}" if found else
+                     f"no interrupted receive of {args.name} was kept",
+                     {"name": args.name, "dropped": found})
+                return EXIT_OK
+            token = resume_token(pool, args.name)
+        if token is None:
+            raise CowblockError(f"no interrupted receive of {args.name} is kept")
+        print(token)
+        return EXIT_OK
+    if args.input is None or args.input == "-":
+        if sys.stdin.isatty():
+            raise UsageError("standard input is a terminal: pipe a stream in, or use -i FILE")
+        src, total = sys.stdin.buffer, 0
+    else:
+        src = open(args.input, "rb")
+        total = os.fstat(src.fileno()).st_size
+    progress, close_bar = _progress_for(args, "receive")
+    try:
+        with _pool(args, True) as pool:
+            try:
+                dev = receive(pool, args.name, src, args.base, resumable=args.resumable,
+                              resume=args.resume, progress=progress or False, total=total)
+            except ReceiveInterrupted as exc:
+                close_bar()
+                print(f"cowblock: error: {exc}", file=sys.stderr)
+                print(exc.token)
+                return EXIT_ERROR
+            size = dev.size
+    finally:
+        close_bar()
+        if src is not sys.stdin.buffer:
+            src.close()
+    _say(args, f"received device {args.name} ({format_exact(size)})",
+         {"name": args.name, "size": size})
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------
 # image
 
@@ -976,6 +1067,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=device_size, help="device size (default: the file's)")
     progress_options(p)
     export_verb(g, cmd_device_export, "a device")
+    p = verb(g, "send", cmd_device_send,
+             "write a device as a stream (whole, or what changed since --from BASE)")
+    p.add_argument("name")
+    p.add_argument("--from", dest="base", metavar="BASE",
+                   help="send only what differs from BASE, a read-only device the "
+                        "receiver has received before")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+    p.add_argument("--resume", metavar="TOKEN",
+                   help="write the rest of the stream an interrupted receive stopped in")
+    progress_options(p)
+    p = verb(g, "receive", cmd_device_receive,
+             "make a device from a stream (verified in full before it appears)")
+    p.add_argument("name")
+    p.add_argument("--from", dest="base", metavar="BASE",
+                   help="the base an incremental stream is applied on (default: the device "
+                        "received from the stream's base)")
+    p.add_argument("-i", "--input", metavar="FILE", help="read from FILE (default: stdin)")
+    p.add_argument("--resumable", action="store_true",
+                   help="if interrupted, keep what was received and print a resume token")
+    p.add_argument("--resume", metavar="TOKEN", help="continue an interrupted receive")
+    p.add_argument("--show-token", action="store_true",
+                   help="print the resume token of an interrupted receive of NAME")
+    p.add_argument("--abort", action="store_true",
+                   help="drop what an interrupted receive of NAME kept")
+    progress_options(p)
 
     g = noun("image", "images: named chains of read-only layers")
     verb(g, "ls", cmd_image_ls, "list images")
