@@ -79,10 +79,10 @@ class StreamError(CowblockError, ValueError):
     def __init__(self, message, *, record=None, record_type=None, offset=None):
         where = ""
         if offset is not None:
-            what = f"record {record}" if record is not None else "stream"
+            what = f"record {record} " if record is not None else ""
             if record_type:
-                what += f" ({record_type})"
-            where = f"{what} at offset {offset}: "
+                what += f"({record_type}) "
+            where = f"{what}at offset {offset}: "
         super().__init__(f"stream {where}{message}")
         self.record = record
         self.record_type = record_type
@@ -242,6 +242,7 @@ class StreamWriter:
         self.header = header
         self._block_size = header.block_size
         self.header_crc = 0
+        self.bytes_written_here = 0  # bytes this writer wrote (all of them)
         self._write_raw(MAGIC)
         hdr = self._frame(T_HEADER, 0, header.encode_payload())
         self.header_crc = crc32c(hdr)
@@ -255,10 +256,10 @@ class StreamWriter:
             body = RESUME_BODY.pack(resume.next_seq, resume.stream_offset, resume.records,
                                     resume.data_bytes, resume.zero_bytes, resume.crc, 0)
             self._write_raw(self._frame(T_RESUME, 0, body, seq=resume.next_seq - 1))
-        self.bytes_written_here = 0
 
     def _write_raw(self, b):
         self._out.write(b)
+        self.bytes_written_here += len(b)
 
     @staticmethod
     def _frame(rtype, flags, payload, seq=0):
@@ -271,7 +272,6 @@ class StreamWriter:
         self.st.crc = crc32c(rec, self.st.crc)
         self.st.stream_offset += len(rec)
         self.st.next_seq += 1
-        self.bytes_written_here += len(rec)
 
     def data(self, offset, data):
         self._record(T_DATA, DATA_FIXED.pack(offset) + bytes(data))
@@ -293,9 +293,7 @@ class StreamWriter:
         st = self.st
         body = END_BODY.pack(st.records, st.data_bytes, st.zero_bytes, st.stream_offset,
                              st.crc, 0)
-        rec = self._frame(T_END, 0, body, st.next_seq)
-        self._write_raw(rec)
-        self.bytes_written_here += len(rec)
+        self._write_raw(self._frame(T_END, 0, body, st.next_seq))
 
     @staticmethod
     def record_size(rtype, length):

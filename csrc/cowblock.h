@@ -161,7 +161,8 @@ typedef struct cb_usage {
 typedef struct cb_delta {
     uint64_t block;           /* virtual block */
     uint64_t data;            /* sub-blocks that differ and read data (or the external origin) */
-    uint64_t zero;            /* sub-blocks that differ and read as zeros */
+    uint64_t zero;            /* sub-blocks that differ and read as zeros; every
+                               * sub-block of a block that reads as zeros as a whole */
 } cb_delta;
 
 /* Result of cb_pool_check: counts of problems found. */

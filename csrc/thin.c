@@ -1042,6 +1042,15 @@ static void delta_entry(struct delta_walk *w, const struct cb_entry *e,
     }
     if (!data && !zero)
         return;
+    if (!data) {
+        /* the block reads as zeros in d: report all of it, so that a
+         * receiver discards it whole and holds no block for it either */
+        unsigned s = 0;
+        while (s < nsub && sub_source(e, s, ext_d) == SRC_ZERO)
+            s++;
+        if (s == nsub)
+            zero = nsub == 64 ? UINT64_MAX : BIT(nsub) - 1;
+    }
     if (w->count == w->n) {
         w->full = 1;
         w->next = v;
