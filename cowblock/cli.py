@@ -4,7 +4,7 @@ Noun-verb subcommands::
 
     cowblock pool create|info|check|scrub|stats|dump PATH
     cowblock device ls|create|snapshot|rm|info|import|export|send|receive
-    cowblock image ls|import|export|rm|history
+    cowblock image ls|import|export|send|receive|rm|history
     cowblock container create|ls|commit|export|reset|rm|attach|detach
     cowblock volume create|ls|rm
     cowblock bind create|ls|rm
@@ -702,6 +702,34 @@ def cmd_image_export(args) -> int:
         return _export(args, f"image {args.name}", store.image(args.name).export)
 
 
+def cmd_image_send(args) -> int:
+    with _stream_out(args.output) as out, _store(args, False) as store:
+        res = store.send_image(args.name, out, args.base)
+    text = (f"sent image {args.name}" + (f" from {args.base}" if args.base else "")
+            + f": {res['layers']} layer(s), {format_exact(res['data_bytes'])} of data, "
+              f"{format_exact(res['stream_bytes'])} of stream")
+    print(json.dumps(res, sort_keys=True) if args.json else text, file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_image_receive(args) -> int:
+    if args.input is None or args.input == "-":
+        if sys.stdin.isatty():
+            raise UsageError("standard input is a terminal: pipe an image stream in, or use -i FILE")
+        src = sys.stdin.buffer
+    else:
+        src = open(args.input, "rb")
+    try:
+        with _store(args, True) as store:
+            img = store.receive_image(src, args.name)
+            obj = {"name": img.name, "layers": [layer.id for layer in img.layers]}
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()
+    _say(args, f"received image {obj['name']} ({len(obj['layers'])} layer(s))", obj)
+    return EXIT_OK
+
+
 def cmd_image_rm(args) -> int:
     removed: dict[str, list[str]] = {}
     with _store(args, True) as store:
@@ -1105,6 +1133,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image size (default: the file's)")
     progress_options(p)
     export_verb(g, cmd_image_export, "an image's content")
+    p = verb(g, "send", cmd_image_send,
+             "write an image's layers as a stream (those of --from IMAGE left out)")
+    p.add_argument("name")
+    p.add_argument("--from", dest="base", metavar="IMAGE",
+                   help="an image the receiver has: its layers are not sent")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+    p = verb(g, "receive", cmd_image_receive,
+             "make an image from an image stream (layers it has already are kept)")
+    p.add_argument("name", nargs="?", help="the image's name (default: as sent)")
+    p.add_argument("-i", "--input", metavar="FILE", help="read from FILE (default: stdin)")
     p = verb(g, "rm", cmd_image_rm, "remove images and the layers nothing else uses")
     p.add_argument("names", nargs="+", metavar="NAME")
     p = verb(g, "history", cmd_image_history, "show an image's layers, top first")

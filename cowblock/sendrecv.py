@@ -505,6 +505,25 @@ def receive(pool, name, src, base=None, *, resumable=False, resume=None, progres
     return new
 
 
+def identity_of(dev):
+    """The identity of a read-only device's content in its pool (what a
+    stream of it names as its source, and an incremental one as its base)."""
+    return _identity(dev.pool, dev._stamp())
+
+
+def apply_stream(reader, dev, progress=None):
+    """Apply every record of ``reader`` (a StreamReader, header read) to
+    ``dev``, to its END, which is checked.  The caller makes the result
+    visible only once this returns."""
+    for rec in reader:
+        if isinstance(rec, S.Data):
+            dev.write(rec.offset, rec.data)
+        else:
+            dev.discard(rec.offset, rec.length)
+        if progress is not None:
+            progress(reader.st.stream_offset)
+
+
 def _drop(pool, temp):
     try:
         if temp in pool:

@@ -357,8 +357,10 @@ class StreamReader:
     there.  Anything wrong raises :class:`StreamError`.
     """
 
-    def __init__(self, src, resume: ResumeState | None = None, expect_header_crc=None):
+    def __init__(self, src, resume: ResumeState | None = None, expect_header_crc=None,
+                 more_follows=False):
         self._src = src
+        self._more_follows = more_follows  # another stream may follow the END record
         self._pos = 0
         self.done = False
         magic = self._read(len(MAGIC), None, "the magic")
@@ -550,7 +552,7 @@ class StreamReader:
         if crc != st.crc:
             raise err(f"stream checksum mismatch (END says {crc:#010x}, the bytes give "
                       f"{st.crc:#010x})")
-        extra = self._src.read(1)
+        extra = None if self._more_follows else self._src.read(1)
         if extra:
             raise StreamError("trailing bytes after the END record", record=seq,
                               record_type="END", offset=self._pos)
