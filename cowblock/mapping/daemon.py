@@ -140,6 +140,15 @@ class MapDaemon:
         return None
 
     def map(self, req: dict) -> dict:
+        try:
+            return self._map(req)
+        except BaseException:
+            with self._lock:
+                if not self.mappings:  # a daemon that maps nothing does not linger
+                    self.stop()
+            raise
+
+    def _map(self, req: dict) -> dict:
         name = field(req, "name", str)
         readonly = field(req, "readonly", bool, required=False, default=False)
         if not name or len(name) > 1024:
