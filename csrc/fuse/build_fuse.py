@@ -3,6 +3,7 @@
 Links libfuse3 when ``pkg-config fuse3`` finds it (Debian: libfuse3-dev and
 pkg-config); otherwise builds the same module without it, so that the
 package still installs and ``device map`` says what is missing.
+COWBLOCK_DEBUG and COWBLOCK_SANITIZE as for the core (csrc/build_ffi.py).
 """
 import os
 import shlex
@@ -24,10 +25,19 @@ def _pkg_config(*args):
 
 
 cflags, libs = _pkg_config("--cflags"), _pkg_config("--libs")
-flags = ["-std=gnu11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-O2", "-fvisibility=hidden"]
+flags = ["-std=gnu11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-fvisibility=hidden"]
+link = []
 if cflags is None or libs is None:
     flags += ["-DCBF_NO_FUSE"]
     cflags, libs = [], []
+if os.environ.get("COWBLOCK_DEBUG") or os.environ.get("COWBLOCK_SANITIZE"):
+    flags += ["-O0", "-g", "-UNDEBUG"]
+else:
+    flags += ["-O2"]
+if os.environ.get("COWBLOCK_SANITIZE"):  # as csrc/build_ffi.py
+    flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+              "-fno-sanitize-recover=undefined"]
+    link += ["-fsanitize=address,undefined"]
 
 ffibuilder = FFI()
 with open(os.path.join(HERE, "fusefile.cdef.h")) as f:
@@ -39,7 +49,7 @@ ffibuilder.set_source(
     include_dirs=[REL],
     depends=[os.path.join(REL, n) for n in ("fusefile.h", "fusefile.cdef.h")],
     extra_compile_args=flags + cflags,
-    extra_link_args=libs,
+    extra_link_args=libs + link,
 )
 
 if __name__ == "__main__":
