@@ -359,3 +359,27 @@ def test_mkfs_xfs_and_model_image(env):
     assert r.returncode == 1 and "unmap first" in r.stderr
     cb(env.pool, "device", "unmap", ctr_dev)
     cb(env.pool, "device", "unmap", layer_dev)
+
+
+def test_maps_at_once_share_one_daemon_and_remap_right_after_the_last_unmap(env):
+    cb(env.pool, "pool", "create", "--size", "1G")
+    for n in "abc":
+        cb(env.pool, "device", "create", n, "16M")
+    envv = dict(os.environ, PYTHONPATH=ROOT)
+    procs = [subprocess.Popen([sys.executable, "-m", "cowblock", "--pool", env.pool, "device",
+                               "map", n], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=envv) for n in "abc"]
+    outs = [p.communicate(timeout=120) for p in procs]
+    pid = daemon_pid(env.pool)
+    env.pids.add(pid)
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    paths = {o.strip() for o, _ in outs}
+    assert len(paths) == 3 and all(p.startswith("/dev/loop") for p in paths)
+    rows = json.loads(cb(env.pool, "--json", "device", "mapped").stdout)
+    assert sorted(r["name"] for r in rows) == ["a", "b", "c"]
+    for n in "ab":
+        cb(env.pool, "device", "unmap", n)
+    for _ in range(3):  # the daemon exits after the last unmap: the next map still works
+        cb(env.pool, "device", "unmap", "c")
+        env.map("c")
+    cb(env.pool, "device", "unmap", "c")
