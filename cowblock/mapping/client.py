@@ -20,6 +20,7 @@ from .fusefile import fuse_unavailable
 from .loop import loop_unavailable
 
 START_TIMEOUT = 30.0
+LOG_KEEP = 1 << 20
 
 
 def _ask(pool_dir: str, req: dict) -> dict:
@@ -42,7 +43,13 @@ def start_daemon(pool_dir: str) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [_package_root()] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    with open(os.path.join(pool_dir, state.LOG_NAME), "ab") as logf:
+    log_path = os.path.join(pool_dir, state.LOG_NAME)
+    try:
+        if os.path.getsize(log_path) > LOG_KEEP:
+            os.replace(log_path, log_path + ".1")  # one older log is kept
+    except OSError:
+        pass
+    with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cowblock.mapping.daemon", pool_dir, "--ready-fd", str(w)],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, pass_fds=(w,),
