@@ -14,7 +14,7 @@ import sys
 import time
 
 from .. import errors
-from ..daemon import client, protocol
+from ..daemon import client
 from . import state
 from .fusefile import fuse_unavailable
 from .loop import loop_unavailable

@@ -8,6 +8,7 @@ only adds and removes files.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 
@@ -18,6 +19,7 @@ try:
     from .._fusefile import ffi, lib
 except ImportError:  # pragma: no cover - depends on the build
     ffi = lib = None
+
 
 def fuse_unavailable() -> str | None:
     """Why FUSE files cannot be served here, or None when they can."""
@@ -108,7 +110,7 @@ class FuseFiles:
         with self._lock:
             rc = lib.cbf_add(self._fs, name.encode(), ffi.cast("void *", _address(handle)),
                              device.size, 1 if readonly or device.readonly else 0)
-            if rc == -17:
+            if rc == -errno.EEXIST:
                 raise errors.ExistsError(f"a file {name!r} is served already")
             _check(rc, f"serve {name!r}")
             self._devices[name] = device
@@ -119,9 +121,9 @@ class FuseFiles:
             if self._fs is None:
                 return
             rc = lib.cbf_remove(self._fs, name.encode())
-            if rc == -16:
+            if rc == -errno.EBUSY:
                 raise errors.BusyError(f"{self.path(name)} is open (a loop device still uses it)")
-            if rc != -2:
+            if rc != -errno.ENOENT:
                 _check(rc, f"remove {name!r}")
             self._devices.pop(name, None)
 
