@@ -383,3 +383,26 @@ def test_maps_at_once_share_one_daemon_and_remap_right_after_the_last_unmap(env)
         cb(env.pool, "device", "unmap", "c")
         env.map("c")
     cb(env.pool, "device", "unmap", "c")
+
+
+def test_fsync_on_the_loop_device_is_durable_across_sigkill(env):
+    cb(env.pool, "pool", "create", "--size", "1G")
+    cb(env.pool, "device", "create", "d", "64M")
+    dev = env.map("d")
+    pid = daemon_pid(env.pool)
+    data = os.urandom(2 * MiB)
+    fd = os.open(dev, os.O_WRONLY | os.O_DIRECT)
+    try:
+        import mmap
+        buf = mmap.mmap(-1, len(data))  # page-aligned, as O_DIRECT wants
+        buf.write(data)
+        assert os.pwrite(fd, buf, 8 * MiB) == len(data)
+        os.fsync(fd)  # loop: a flush request -> fsync of the FUSE file -> the pool's flush
+    finally:
+        os.close(fd)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid)
+    state.clean_stale(env.pool, log=lambda *_: None)
+    with cowblock.Pool.open(env.pool, readonly=True) as pool:
+        assert pool.device("d").read(8 * MiB, len(data)) == data
+    assert cb(env.pool, "pool", "check").returncode == 0
