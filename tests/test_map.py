@@ -406,3 +406,20 @@ def test_fsync_on_the_loop_device_is_durable_across_sigkill(env):
     with cowblock.Pool.open(env.pool, readonly=True) as pool:
         assert pool.device("d").read(8 * MiB, len(data)) == data
     assert cb(env.pool, "pool", "check").returncode == 0
+
+
+def test_sigterm_stops_the_daemon_and_removes_what_it_started(env):
+    cb(env.pool, "pool", "create", "--size", "1G")
+    cb(env.pool, "device", "create", "d", "16M")
+    dev = env.map("d")
+    doc = state.load(env.pool)
+    pid, mnt = doc["pid"], doc["mountpoint"]
+    assert doc["mappings"]["d"]["loop"] == dev and state.is_mounted(mnt)
+    assert os.path.exists(os.path.join(env.pool, "control.sock"))
+    os.kill(pid, signal.SIGTERM)
+    assert wait_gone(pid)
+    assert loopmod.backing_file(dev) is None or not loopmod.backing_file(dev).startswith(mnt)
+    assert not state.is_mounted(mnt) and not os.path.exists(mnt)
+    assert state.load(env.pool) is None
+    assert not os.path.exists(os.path.join(env.pool, "control.sock"))
+    assert "stopped" in open(os.path.join(env.pool, "map.log")).read()
