@@ -253,3 +253,13 @@ def test_run_held_in_process(pool_dir, capsys):
         code = cli.run_held(["device", "ls"], pool, pool_arg=pool_dir)
         out, _ = capsys.readouterr()
         assert code == 0 and "layer" in out and not pool.closed
+
+
+def test_map_requests_to_a_server_that_does_not_map(served):
+    from cowblock.mapping import client as mapclient
+    pool_dir, _, _ = served
+    for call in (lambda: mapclient.map_device(pool_dir, "base"),
+                 lambda: mapclient.unmap_device(pool_dir, "base"),
+                 lambda: mapclient.mapped_devices(pool_dir)):
+        with pytest.raises(cowblock.errors.BusyError, match=r"test server \(pid \d+\), which does"):
+            call()

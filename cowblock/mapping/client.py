@@ -15,6 +15,7 @@ import time
 
 from .. import errors
 from ..daemon import client
+from ..daemon.protocol import ProtocolError
 from . import state
 from .fusefile import fuse_unavailable
 from .loop import loop_unavailable
@@ -24,7 +25,15 @@ LOG_KEEP = 1 << 20
 
 
 def _ask(pool_dir: str, req: dict) -> dict:
-    return client.request(pool_dir, req, timeout=120)
+    try:
+        return client.request(pool_dir, req, timeout=120)
+    except ProtocolError as exc:
+        if "has no request" not in str(exc):
+            raise
+        info = client.server_info(pool_dir) or {}
+        raise errors.BusyError(
+            f"the pool is held by a {info.get('kind', 'cowblock')} server "
+            f"(pid {info.get('pid', '?')}), which does not map devices") from None
 
 
 def mapping_unavailable() -> str | None:
