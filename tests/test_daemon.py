@@ -166,6 +166,8 @@ def test_commands_the_server_does_not_run(served):
         assert "not run through the test server" in reply["stderr"], argv
     reply = _send(server.path, protocol.encode({"op": "run", "argv": ["pool", "check", "--repair"]}))
     assert reply["exit"] == 1 and "cannot be repaired while the test server" in reply["stderr"]
+    reply = _send(server.path, protocol.encode({"op": "run", "argv": ["device", "export", "base", "-"]}))
+    assert reply["exit"] == 1 and "standard output" in reply["stderr"] and reply["stdout"] == ""
     reply = _send(server.path, protocol.encode({"op": "run", "argv": ["device", "snapshot"]}))
     assert reply["exit"] == 2 and "usage" in reply["stderr"]
 
