@@ -142,6 +142,7 @@ def _send(path, data: bytes) -> dict:
     (b'{"op": "run", "argv": ["df\\u0000"]}\n', "NUL"),
     (b'{"op": "run", "argv": ["df"], "cwd": "relative"}\n', "absolute"),
     (b'\xff\xfe\n', "not a JSON line"),
+    (b"[" * 60000 + b"\n", "nested too deeply"),
     (b'{"op": "ping"}\n{"op": "ping"}', "one line per message"),
 ])
 def test_bad_requests_get_a_clear_error(served, request_bytes, says):

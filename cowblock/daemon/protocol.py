@@ -89,6 +89,8 @@ def decode(line: bytes) -> dict:
         obj = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"not a JSON line: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("not a JSON line: nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError("a message must be a JSON object")
     return obj
