@@ -6,6 +6,7 @@ Noun-verb subcommands::
     cowblock device ls|create|snapshot|rm|info|import|export|send|receive
     cowblock device map|unmap|mapped|mkfs
     cowblock image ls|import|export|send|receive|rm|history
+    cowblock stream merge FIRST SECOND
     cowblock container create|ls|commit|export|reset|rm|attach|detach
     cowblock volume create|ls|rm
     cowblock bind create|ls|rm
@@ -740,6 +741,18 @@ def cmd_image_export(args) -> int:
         return _export(args, f"image {args.name}", store.image(args.name).export)
 
 
+def cmd_stream_merge(args) -> int:
+    from .stream import merge
+    with open(args.first, "rb") as a, open(args.second, "rb") as b, \
+            _stream_out(args.output) as out:
+        st = merge(a, b, out)
+    text = (f"merged {args.first} and {args.second}: {st.records} record(s), "
+            f"{format_exact(st.data_bytes)} of data, {format_exact(st.zero_bytes)} of zeros")
+    obj = {"records": st.records, "data_bytes": st.data_bytes, "zero_bytes": st.zero_bytes}
+    print(json.dumps(obj, sort_keys=True) if args.json else text, file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_image_send(args) -> int:
     with _stream_out(args.output) as out, _store(args, False) as store:
         res = store.send_image(args.name, out, args.base)
@@ -1199,6 +1212,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb(g, "history", cmd_image_history, "show an image's layers, top first")
     p.add_argument("name")
 
+    g = noun("stream", "send/receive streams")
+    p = verb(g, "merge", cmd_stream_merge,
+             "merge two consecutive streams (the second relative to the first's result) into one")
+    p.add_argument("first")
+    p.add_argument("second")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+
     g = noun("container", "containers: writable layers on images")
     p = verb(g, "create", cmd_container_create, "create a container from an image")
     p.add_argument("name")
@@ -1310,7 +1330,8 @@ def _run_command(parser, args, argv: list[str] | None) -> int:
 # Command lines a server does not run for a client: making a pool, the
 # mapping requests (the map daemon has requests of its own for them: run
 # from inside it they would wait on themselves), the demo and benchmarks.
-_NOT_IN_SERVER = {("pool", "create"), ("device", "map"), ("device", "unmap"),
+_NOT_IN_SERVER = {("pool", "create"), ("stream", "merge"),
+                  ("device", "map"), ("device", "unmap"),
                   ("device", "mapped"), ("demo", None), ("bench", None)}
 
 

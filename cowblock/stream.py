@@ -559,3 +559,62 @@ class StreamReader:
         self.done = True
         return None
 
+
+
+# --------------------------------------------------------------------------
+# Merging consecutive streams
+
+def merge(first, second, out):
+    """Write to ``out`` one stream equal to applying the stream read from
+    ``first`` and then the one read from ``second`` (an incremental stream
+    relative to the state ``first`` makes).  The result is relative to
+    ``first``'s base (a full stream if ``first`` is full) and holds, for each
+    range, the last of the two that wrote it.  Both inputs are checked in
+    full, as a receiver would; memory is one record of each.  Returns the
+    merged stream's :class:`ResumeState` (its totals)."""
+    r1, r2 = StreamReader(first), StreamReader(second)
+    h1, h2 = r1.header, r2.header
+    if not h2.incremental or h2.base != h1.source:
+        raise StreamError(f"the second stream ({h2.name!r}) is not relative to the state the "
+                          f"first ({h1.name!r}) makes, so they cannot be merged", record=0,
+                          record_type="HEADER", offset=len(MAGIC))
+    if (h1.block_size, h1.sub_block_size, h1.size) != (h2.block_size, h2.sub_block_size, h2.size):
+        raise StreamError("the two streams are of different block sizes or device sizes",
+                          record=0, record_type="HEADER", offset=len(MAGIC))
+    header = dataclasses.replace(h2, base=h1.base, base_name=h1.base_name)
+    w = StreamWriter(out, header)
+
+    def pull(r):
+        rec = r.next() if not r.done else None
+        if rec is None:
+            return None
+        if isinstance(rec, Data):
+            return [rec.offset, rec.offset + rec.length, rec.data]
+        return [rec.offset, rec.offset + rec.length, None]
+
+    def emit(e):
+        off, end, data = e
+        if data is None:
+            w.zero(off, end - off)
+        else:
+            w.data(off, data)
+
+    def clip(e, start):  # e from start on
+        off, end, data = e
+        return [start, end, None if data is None else data[start - off:]]
+
+    a, b = pull(r1), pull(r2)
+    while a is not None or b is not None:
+        if b is None or (a is not None and a[1] <= b[0]):
+            emit(a)
+            a = pull(r1)
+        elif a is None or b[1] <= a[0]:
+            emit(b)
+            b = pull(r2)
+        elif a[0] < b[0]:  # a starts before b: its head stands, the rest is looked at again
+            emit([a[0], b[0], None if a[2] is None else a[2][:b[0] - a[0]]])
+            a = clip(a, b[0])
+        else:  # a starts inside b: b wins over it
+            a = clip(a, b[1]) if a[1] > b[1] else pull(r1)
+    w.end()
+    return w.st

@@ -276,3 +276,40 @@ def test_a_continued_stream_carries_on_from_its_resume_record():
         list(S.StreamReader(io.BytesIO(out.getvalue()), resume=other))
     with pytest.raises(S.StreamError, match="header differs"):
         S.StreamReader(io.BytesIO(out.getvalue()), resume=state, expect_header_crc=1)
+
+
+def apply(size, raws):
+    """The bytes a device of ``size`` zeros holds after the streams (zeros
+    for ZERO), and the streams' readers' headers."""
+    buf = bytearray(size)
+    for raw in raws:
+        for r in S.StreamReader(io.BytesIO(raw)):
+            if isinstance(r, S.Data):
+                buf[r.offset:r.offset + r.length] = r.data
+            else:
+                buf[r.offset:r.offset + r.length] = bytes(r.length)
+    return bytes(buf)
+
+
+@settings(max_examples=60, deadline=None)
+@given(extent_lists(), extent_lists(), st.booleans())
+def test_merge_of_two_consecutive_streams_is_the_two_applied(c1, c2, full_first):
+    size = max(c1[0], c2[0])
+    h1 = header(size=size, incremental=not full_first)
+    mid = S.Identity(bytes(16), 9, 50, 5)
+    h1 = S.Header(**{**vars(h1), "source": mid})
+    h2 = S.Header(**{**vars(header(size=size, incremental=True)), "base": mid})
+    s1 = encode(h1, [e for e in c1[1]])
+    s2 = encode(h2, [e for e in c2[1]])
+    out = io.BytesIO()
+    S.merge(io.BytesIO(s1), io.BytesIO(s2), out)
+    merged = out.getvalue()
+    h, _ = decode(merged)
+    assert h.source == h2.source and h.base == h1.base
+    assert apply(size, [merged]) == apply(size, [s1, s2])
+
+
+def test_merge_refuses_streams_that_do_not_follow(tmp_path):
+    s1 = encode(header(), SAMPLE)
+    with pytest.raises(S.StreamError, match="not relative to the state"):
+        S.merge(io.BytesIO(s1), io.BytesIO(s1), io.BytesIO())

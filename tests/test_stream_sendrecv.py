@@ -477,3 +477,27 @@ def test_cli_send_receive_pipe_and_resume(tmp_path):
     assert "zz" not in cli("--pool", pb, "device", "ls").stdout.decode()
     r = cli("--pool", pb, "pool", "check")
     assert r.returncode == 0
+
+
+def test_cli_merge_of_two_increments_applies_as_both(tmp_path):
+    pa, pb = str(tmp_path / "a"), str(tmp_path / "b")
+    with cowblock.Pool.create(pa, 64 << 20, BS) as p:
+        a = p.create_device("a", 4 << 20)
+        rnd = random.Random(4)
+        scramble(a, rnd)
+        for i in range(3):
+            p.snapshot("a", f"a@{i}", readonly=True)
+            scramble(a, rnd, 8)
+        with cowblock.Pool.create(pb, 64 << 20, BS) as q:
+            transfer(p.device("a@0"), q)
+        for i in (1, 2):
+            with open(tmp_path / f"s{i}", "wb") as f:
+                p.device(f"a@{i}").send(f, f"a@{i - 1}", progress=False)
+    cli("stream", "merge", str(tmp_path / "s1"), str(tmp_path / "s2"), "-o",
+        str(tmp_path / "m"))
+    cli("--pool", pb, "device", "receive", "a@2", "-i", str(tmp_path / "m"))
+    r = cli("stream", "merge", str(tmp_path / "s2"), str(tmp_path / "s1"), check=False)
+    assert r.returncode in (1, 2) and b"not relative" in r.stderr
+    with cowblock.Pool.open(pa) as p, cowblock.Pool.open(pb) as q:
+        same_bytes(p.device("a@2"), q.device("a@2"))
+        assert q.check().ok
