@@ -4,8 +4,9 @@ bench/test_stream.py -s``; not part of the default suite).
 * incremental: a fully written base and a layer with CHANGE bytes changed in
   scattered 4 KiB writes (one per 64 KiB block); the stream's size against
   the bytes changed, and the time to compute and write it, for a base of
-  BASE bytes and for a sparse base of BIG bytes (as much data, spread over
-  the whole of it: a much bigger tree, the same change) -- against ``btrfs
+  BASE bytes and for a sparse base of BIG bytes (the same BASE written at
+  its start, with the same change, and as much data again spread over the
+  rest: a tree over all of it) -- against ``btrfs
   send -p`` of two read-only subvolume snapshots on a loop-mounted btrfs
   holding the same change, and ``qemu-img convert -B`` of a qcow2 overlay
   holding it;
@@ -76,13 +77,15 @@ def _time(fn):
 
 @pytest.mark.parametrize("span", [BASE, BIG], ids=["base", "big-sparse"])
 def test_incremental_send(tmp_path, cowblock_mod, span):
-    pool = cowblock_mod.Pool.create(tmp_path / "p", 2 * BASE + (64 << 20), BS)
+    pool = cowblock_mod.Pool.create(tmp_path / "p", 3 * BASE + (64 << 20), BS)
     try:
         dev = pool.create_device("base", span)
-        stride = span // BASE
-        fill(dev.write, BASE, stride)
+        fill(dev.write, BASE)
+        if span > BASE:  # as much again spread over the rest: a tree over all of it
+            stride = (span - BASE) // BASE
+            fill(lambda off, b: dev.write(BASE + off, b), BASE, stride)
         pool.snapshot("base", "s0", readonly=True)
-        for off in offsets(span):
+        for off in offsets(BASE):  # the same change in both
             dev.write(off, b"\x5a" * 4096)
         pool.snapshot("base", "s1", readonly=True)
         pool.flush()
