@@ -18,7 +18,6 @@ COWBLOCK_BENCH_STREAM_BIG (64G), COWBLOCK_BENCH_STREAM_CHANGE (10M).
 """
 from __future__ import annotations
 
-import io
 import os
 import random
 import shutil
