@@ -29,6 +29,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -57,6 +58,32 @@ def _tool_env(conf=None):
     return env
 
 
+# Run beside the cluster: if the process that started it dies without
+# stopping it (a crash, a SIGKILL, an abort under a sanitizer), stop its
+# daemons by their pid files and remove its directory.
+_REAPER = r"""
+import os, shutil, signal, sys, time
+parent, run, base = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+while alive(parent) and os.getppid() == parent:
+    time.sleep(0.5)
+for name in ("osd.0", "mon.a"):
+    try:
+        with open(os.path.join(run, name + ".pid")) as f:
+            os.kill(int(f.read().strip()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+if base:
+    time.sleep(0.5)
+    shutil.rmtree(base, ignore_errors=True)
+"""
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,6 +100,7 @@ class CephCluster:
         self.conf = os.path.join(self.dir, "ceph.conf")
         self.port = None
         self.started = False
+        self._reaper = None
 
     # -- running commands -------------------------------------------------
 
@@ -158,6 +186,10 @@ osd fast shutdown = false
                      self._fsid(), "--addv", "a", "[v2:127.0.0.1:%d]" % self.port, monmap)
         self._daemon("ceph-mon", "-c", self.conf, "--mkfs", "-i", "a", "--monmap", monmap)
         self.started = True  # from here on, stop() has something to stop
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-c", _REAPER, str(os.getpid()), os.path.join(d, "run"),
+             d if self._own_dir else ""], env=_tool_env(), stdin=subprocess.DEVNULL,
+            start_new_session=True)
         self._daemon("ceph-mon", "-c", self.conf, "-i", "a")
         osd_uuid = str(uuid.uuid4())
         osd_id = self.cmd("ceph", "osd", "new", osd_uuid, timeout=START_TIMEOUT).strip()
@@ -249,6 +281,10 @@ osd fast shutdown = false
             self.kill("osd.0", signal.SIGKILL)
             self.kill("mon.a")
             self.started = False
+        if self._reaper is not None:
+            self._reaper.kill()
+            self._reaper.wait()
+            self._reaper = None
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
