@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <rados/librados.h>
@@ -38,6 +39,7 @@
 #define RIO_MAX_OSIZE (32u << 20)
 #define RIO_NAME_MAX 96
 #define RIO_LOCK "cowblock"
+#define LOST(r) __atomic_load_n(&(r)->lost, __ATOMIC_ACQUIRE)
 
 /* ---- the location ---------------------------------------------------------- */
 
@@ -48,6 +50,7 @@ struct rurl {
     char id[128];
     uint64_t osize;
     unsigned timeout;
+    unsigned lease;       /* seconds the writer's lock lasts unrenewed; 0: for ever */
 };
 
 static int bad_url(const char *url, const char *why)
@@ -84,6 +87,7 @@ static int parse_url(const char *url, struct rurl *u)
     memset(u, 0, sizeof *u);
     u->osize = RIO_DEFAULT_OSIZE;
     u->timeout = 30;
+    u->lease = 30;
     snprintf(u->id, sizeof u->id, "admin");
     if (strncmp(url, "rados://", 8))
         return bad_url(url, "it does not start with rados://");
@@ -129,8 +133,13 @@ static int parse_url(const char *url, struct rurl *u)
             if (parse_u64(v, vlen, &x) || x < 1 || x > 3600)
                 return bad_url(url, "timeout= must be 1 to 3600 seconds");
             u->timeout = (unsigned)x;
+        } else if (klen == 5 && !memcmp(s, "lease", 5)) {
+            if (parse_u64(v, vlen, &x) || x > 3600 || x == 1)
+                return bad_url(url, "lease= must be 0 (none) or 2 to 3600 seconds");
+            u->lease = (unsigned)x;
         } else {
-            return bad_url(url, "unknown query key (known: conf, id, object_size, timeout)");
+            return bad_url(url, "unknown query key (known: conf, id, object_size, timeout, "
+                           "lease)");
         }
         s += len;
         if (*s == '&')
@@ -230,6 +239,12 @@ struct rio {
     int fenced;            /* CB_IO_FENCED */
     int locked;
     char cookie[160];
+    unsigned lease;        /* seconds (0: the lock lasts until unlocked) */
+    pthread_t renewer;     /* renews the lock every lease / 3 s while locked */
+    int renewing;          /* renewer was started */
+    int stop;              /* tells renewer to end (under lease_mu) */
+    pthread_mutex_t lease_mu;
+    pthread_cond_t lease_cv;
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -363,8 +378,8 @@ static int get_xattr_u64(struct rio *r, const char *name, uint64_t *out)
  * size, write [off, off + n) of buf.  Synchronous: a commit needs its result. */
 static int head_op(struct rio *r, const void *buf, size_t n, uint64_t off, int create)
 {
-    if (r->lost)
-        return r->lost;
+    if (LOST(r))
+        return LOST(r);
     char cur[24], next[24], size[24];
     rados_write_op_t op = rados_create_write_op();
     if (!op)
@@ -393,13 +408,13 @@ static int head_op(struct rio *r, const void *buf, size_t n, uint64_t off, int c
     rados_release_write_op(op);
     if (rc == -ECANCELED || (rc == -ENODATA && r->fenced)) {
         /* someone else changed the head since this opener last did */
-        r->lost = CB_EFENCED;
+        __atomic_store_n(&r->lost, CB_EFENCED, __ATOMIC_RELEASE);
         return CB_EFENCED;
     }
     if (rc < 0) {
         rc = map_err(rc);
         if (rc == CB_EFENCED)
-            r->lost = rc;
+            __atomic_store_n(&r->lost, rc, __ATOMIC_RELEASE);
         return rc;
     }
     r->seq = nseq;
@@ -446,8 +461,8 @@ static int r_pwrite(cb_io *io, const void *buf, size_t len, uint64_t off)
     struct rio *r = (struct rio *)io;
     if (r->flags & CB_IO_READONLY)
         return -EBADF;
-    if (r->lost)
-        return r->lost;
+    if (LOST(r))
+        return LOST(r);
     const char *p = buf;
     r->scan_idx = UINT64_MAX;
     if (off + len > r->size)
@@ -490,8 +505,8 @@ static int r_sync(cb_io *io)
     if (r->flags & CB_IO_READONLY)
         return 0;
     int rc = drain(r);
-    if (!rc && r->lost)
-        rc = r->lost;
+    if (!rc && LOST(r))
+        rc = LOST(r);
     if (!rc && r->size != r->size_saved)
         rc = head_op(r, NULL, 0, 0, 0);
     return rc;
@@ -532,8 +547,8 @@ static int r_punch(cb_io *io, uint64_t off, uint64_t len)
     if (r->flags & CB_IO_READONLY)
         return -EBADF;
     r->scan_idx = UINT64_MAX;
-    if (r->lost)
-        return r->lost;
+    if (LOST(r))
+        return LOST(r);
     if (off < r->head_bytes) { /* never done by the pool; zeros, guarded */
         uint64_t n = r->head_bytes - off < len ? r->head_bytes - off : len;
         char *z = calloc(1, (size_t)n);
@@ -654,6 +669,90 @@ static void describe_holder(rados_ioctx_t ctx, const char *oid, char *buf, size_
         snprintf(buf, len, "%.200s at %.200s (%.200s)", clients, addrs, cookies);
 }
 
+static uint64_t mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec;
+}
+
+/* Renew the lock every lease / 3 s.  A renewal that fails for a whole
+ * lease means another writer may have it now: the store is fenced. */
+static void *renew_main(void *arg)
+{
+    struct rio *r = arg;
+    uint64_t last_ok = mono_s();
+    pthread_mutex_lock(&r->lease_mu);
+    while (!r->stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += r->lease / 3 ? r->lease / 3 : 1;
+        while (!r->stop && pthread_cond_timedwait(&r->lease_cv, &r->lease_mu, &until) == 0)
+            ;
+        if (r->stop)
+            break;
+        pthread_mutex_unlock(&r->lease_mu);
+        struct timeval dur = {(time_t)r->lease, 0};
+        int rc = rados_lock_exclusive(r->ctx, r->head, RIO_LOCK, r->cookie, "cowblock writer",
+                                      &dur, LIBRADOS_LOCK_FLAG_MUST_RENEW);
+        pthread_mutex_lock(&r->lease_mu);
+        if (rc >= 0) {
+            last_ok = mono_s();
+        } else if (rc == -ENOENT || rc == -EBUSY || rc == -ESHUTDOWN ||
+                   mono_s() - last_ok >= r->lease) {
+            /* the lock is gone, someone else has it, or it has lapsed */
+            __atomic_store_n(&r->lost, CB_EFENCED, __ATOMIC_RELEASE);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&r->lease_mu);
+    return NULL;
+}
+
+static void stop_renewer(struct rio *r)
+{
+    if (!r->renewing)
+        return;
+    pthread_mutex_lock(&r->lease_mu);
+    r->stop = 1;
+    pthread_cond_broadcast(&r->lease_cv);
+    pthread_mutex_unlock(&r->lease_mu);
+    pthread_join(r->renewer, NULL);
+    r->renewing = 0;
+}
+
+/* The writer that held the lock before, as cb.writer on the head names it
+ * (its client's address), is blocklisted before this one writes a byte:
+ * a writer whose lease lapsed while it stalled may wake up and write, and
+ * the lock's own record of it is gone once it lapsed.  A writer that closed
+ * cleanly left cb.writer empty.  Then cb.writer names this writer. */
+static int fence_previous(struct rio *r)
+{
+    char prev[256];
+    int n = rados_getxattr(r->ctx, r->head, "cb.writer", prev, sizeof prev - 1);
+    if (n == -ENODATA)
+        n = 0;
+    if (n < 0)
+        return map_err(n);
+    prev[n] = 0;
+    if (n > 0) {
+        int rc = rados_blocklist_add(r->c->cl, prev, 0);
+        if (rc < 0) {
+            cb_meta_bad(0, 0, "the pool's last writer (%s) did not close it and could not be "
+                        "fenced (blocklist: %s): not taking the pool over", prev,
+                        strerror(-rc));
+            return CB_EBUSY;
+        }
+    }
+    char *me = NULL;
+    int rc = rados_getaddrs(r->c->cl, &me);
+    if (rc < 0)
+        return map_err(rc);
+    rc = rados_setxattr(r->ctx, r->head, "cb.writer", me, strlen(me));
+    rados_buffer_free(me);
+    return rc < 0 ? map_err(rc) : 0;
+}
+
 static int r_lock(cb_io *io, int exclusive)
 {
     struct rio *r = (struct rio *)io;
@@ -667,17 +766,30 @@ static int r_lock(cb_io *io, int exclusive)
     snprintf(r->cookie, sizeof r->cookie, "cowblock pid %d on %s %02x%02x%02x%02x%02x%02x%02x%02x",
              (int)getpid(), host, rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
     snprintf(desc, sizeof desc, "cowblock writer");
-    int rc = rados_lock_exclusive(r->ctx, r->head, RIO_LOCK, r->cookie, desc, NULL, 0);
+    struct timeval dur = {(time_t)r->lease, 0};
+    int rc = rados_lock_exclusive(r->ctx, r->head, RIO_LOCK, r->cookie, desc,
+                                  r->lease ? &dur : NULL, 0);
     if (rc == -EBUSY || rc == -EEXIST) {
         char who[700];
         describe_holder(r->ctx, r->head, who, sizeof who);
-        cb_meta_bad(0, 0, "pool is open for writing by %s; if that writer is gone, "
-                    "`cowblock pool unlock --force` breaks its lock", who);
+        if (r->lease)
+            cb_meta_bad(0, 0, "pool is open for writing by %s; if that writer is gone, its "
+                        "lock lapses within %u s, or `cowblock pool unlock --force` breaks "
+                        "it now", who, r->lease);
+        else
+            cb_meta_bad(0, 0, "pool is open for writing by %s; if that writer is gone, "
+                        "`cowblock pool unlock --force` breaks its lock", who);
         return CB_EBUSY;
     }
     if (rc < 0)
         return map_err(rc);
     r->locked = 1;
+    if ((rc = fence_previous(r)))
+        return rc;
+    if (r->lease && !(rc = pthread_create(&r->renewer, NULL, renew_main, r)))
+        r->renewing = 1;
+    else if (r->lease)
+        return -rc;
     /* the fence starts from the head as it is under the lock */
     uint64_t size;
     if ((rc = get_xattr_u64(r, "cb.seq", &r->seq)) || (rc = get_xattr_u64(r, "cb.size", &size)))
@@ -689,18 +801,23 @@ static int r_lock(cb_io *io, int exclusive)
 static void r_close(cb_io *io)
 {
     struct rio *r = (struct rio *)io;
+    stop_renewer(r);
     if (r->have_ctx) {
         int rc = drain(r);
-        if (!rc && !r->lost && !(r->flags & CB_IO_READONLY) && r->size != r->size_saved)
+        if (!rc && !LOST(r) && !(r->flags & CB_IO_READONLY) && r->size != r->size_saved)
             (void)head_op(r, NULL, 0, 0, 0);
-        if (r->locked)
+        if (r->locked && !LOST(r)) { /* a clean close: nobody to fence after it */
+            (void)rados_setxattr(r->ctx, r->head, "cb.writer", "", 0);
             (void)rados_unlock(r->ctx, r->head, RIO_LOCK, r->cookie);
+        }
         rados_ioctx_destroy(r->ctx);
     }
     if (r->c)
         client_put(r->c);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->lease_mu);
+    pthread_cond_destroy(&r->lease_cv);
     free(r->scan);
     free(r);
 }
@@ -728,6 +845,9 @@ static int open_ctx(const char *url, const char *store, struct rio *peer, struct
         return CB_ENOMEM;
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
+    pthread_mutex_init(&r->lease_mu, NULL);
+    pthread_cond_init(&r->lease_cv, NULL);
+    r->lease = u->lease;
     r->io.ops = &rados_ops;
     r->scan_idx = UINT64_MAX;
     snprintf(r->head, sizeof r->head, "%s.%s", u->name, store);

@@ -16,6 +16,12 @@
  *   timeout=SECONDS    OSD and monitor op timeout, 1..3600 (default 30):
  *                      an op a dead cluster cannot serve fails with
  *                      -ETIMEDOUT instead of waiting for ever
+ *   lease=SECONDS      how long the writer's lock lasts unless renewed, 2..3600
+ *                      or 0 for no lease (default 30).  A thread renews it
+ *                      every lease / 3 s; a writer that cannot renew for a
+ *                      whole lease is fenced (its next commit fails).  A
+ *                      writer that finds a lapsed lock blocklists its old
+ *                      holder before it takes the pool over.
  * Values cannot contain '&'.
  *
  * Objects of store S ("meta" or "data") of pool NAME:

@@ -418,6 +418,89 @@ def test_writer_killed_mid_write_loses_nothing_flushed(ceph):
         assert report.ok and report.messages == [], report.messages
 
 
+def test_live_writer_keeps_renewing_its_lease(ceph):
+    url = rados_url(ceph, lease=2)
+    with cowblock.Pool.create(url, size=64 * MiB) as p:
+        p.create_device("a", MiB)
+        time.sleep(4.5)                             # more than two leases
+        with pytest.raises(cowblock.BusyError, match="lapses within 2 s"):
+            cowblock.Pool.open(url)
+        p.create_device("b", MiB)
+        p.flush()                                   # still the writer: not fenced
+    with cowblock.Pool.open(url) as p:
+        assert sorted(p.devices()) == ["a", "b"]
+
+
+def test_dead_writers_lease_lapses(ceph):
+    url = rados_url(ceph, lease=2)
+    w = _py(KILLED, url)
+    try:
+        assert w.stdout.readline().strip() == "flushed", w.stderr.read()
+        assert w.stdout.readline().strip() == "writing"
+    finally:
+        w.send_signal(signal.SIGKILL)
+        w.wait()
+    deadline = time.monotonic() + 20
+    while True:                                     # no unlock: the lease runs out
+        try:
+            p = cowblock.Pool.open(url)
+            break
+        except cowblock.BusyError:
+            assert time.monotonic() < deadline, "the dead writer's lease never lapsed"
+            time.sleep(0.5)
+    with p:
+        assert p.device("d").read(0, 2**20) == b"F" * 2**20
+        assert p.check().messages == []
+
+
+STALLED = textwrap.dedent("""
+    import sys, cowblock
+    url = sys.argv[1]
+    p = cowblock.Pool.create(url, size=64 * 2**20)
+    d = p.create_device("d", 2**20)
+    d.write(0, b"old")
+    p.flush()
+    print("ready", flush=True)
+    sys.stdin.readline()                      # stopped (SIGSTOP) and resumed meanwhile
+    try:
+        d.write(0, b"OLD")
+        p.create_device("from-the-stalled-writer", 2**20)
+        p.flush()
+        print("flushed")
+    except cowblock.PoolFailedError as e:
+        print("failed:", e)
+    try:
+        p.close()
+    except cowblock.CowblockError:
+        pass
+""")
+
+
+def test_stalled_writer_is_fenced_after_its_lease(ceph):
+    url = rados_url(ceph, lease=2)
+    w = _py(STALLED, url)
+    try:
+        assert w.stdout.readline().strip() == "ready", w.stderr.read()
+        w.send_signal(signal.SIGSTOP)               # a writer that stops answering
+        time.sleep(3)
+        with cowblock.Pool.open(url) as p:          # lapsed: taken over, old one fenced
+            p.create_device("new", MiB)
+            p.flush()
+            w.send_signal(signal.SIGCONT)
+            out, err = w.communicate("\n", timeout=60)
+            assert out.startswith("failed:"), (out, err)
+            assert sorted(p.devices()) == ["d", "new"]
+            assert p.device("d").read(0, 3) == b"old"
+    finally:
+        if w.poll() is None:
+            w.send_signal(signal.SIGCONT)
+            w.kill()
+            w.wait()
+    with cowblock.Pool.open(url, readonly=True) as p:
+        assert sorted(p.devices()) == ["d", "new"]
+        assert p.device("d").read(0, 3) == b"old"
+
+
 # --------------------------------------------------------------------------- a failing cluster
 
 
