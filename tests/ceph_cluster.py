@@ -93,7 +93,12 @@ def _free_port():
 class CephCluster:
     """One monitor and one memstore OSD on loopback, under a temp dir."""
 
-    def __init__(self, base=None, memstore_bytes=MEMSTORE_BYTES):
+    def __init__(self, base=None, memstore_bytes=MEMSTORE_BYTES, bluestore_bytes=None):
+        """``bluestore_bytes``: a bluestore OSD on a sparse file of that size
+        instead of memstore (for benchmarks that count the bytes the OSD
+        allocates: ``allocated()``); a bluestore OSD without a manager aborts
+        when its device fills, so size it well above what is written."""
+        self.bluestore_bytes = bluestore_bytes
         self._own_dir = base is None
         self.dir = base or tempfile.mkdtemp(prefix="cowblock-ceph-")
         self.memstore_bytes = memstore_bytes
@@ -163,8 +168,7 @@ osd crush chooseleaf type = 0
 mon allow pool size one = true
 mon allow pool delete = true
 mon warn on pool no redundancy = false
-osd objectstore = memstore
-memstore device bytes = {self.memstore_bytes}
+{self._store_conf()}
 osd data = {d}/osd$id
 mon data = {d}/mon
 osd max object name len = 256
@@ -174,6 +178,26 @@ osd op num threads per shard = 2
 osd heartbeat grace = 20
 osd fast shutdown = false
 """)
+
+    def _store_conf(self):
+        if self.bluestore_bytes:
+            return (f"osd objectstore = bluestore\n"
+                    f"bluestore block path = {self.dir}/osd0.block\n"
+                    f"bluestore block create = true\n"
+                    f"bluestore block size = {self.bluestore_bytes}\n"
+                    f"bluestore fsck on mkfs = false\n"
+                    f"bluestore fsck on mount = false\n"
+                    f"osd memory target = 1073741824")
+        return (f"osd objectstore = memstore\n"
+                f"memstore device bytes = {self.memstore_bytes}")
+
+    def allocated(self):
+        """Bytes the bluestore OSD has allocated (its admin socket's
+        bluestore_allocated counter)."""
+        import json
+        out = self.cmd("ceph", "--admin-daemon", os.path.join(self.dir, "run", "osd.0.asok"),
+                       "perf", "dump")
+        return json.loads(out)["bluestore"]["bluestore_allocated"]
 
     def start(self):
         why = missing()
