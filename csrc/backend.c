@@ -26,10 +26,12 @@ int cb_backend_is_url(const char *location)
     return 1;
 }
 
+#ifdef CB_HAVE_RADOS
 static int is_rados(const char *location)
 {
     return strncmp(location, "rados://", 8) == 0;
 }
+#endif
 
 static int no_backend(const char *location)
 {
@@ -47,6 +49,7 @@ int cb_backend_open(const char *location, const char *name, unsigned flags, cb_i
         if (is_rados(location))
             return cb_rados_open(location, name, flags, peer, out);
 #endif
+        (void)peer;
         return no_backend(location);
     }
     size_t n = strlen(location) + strlen(name) + 2;

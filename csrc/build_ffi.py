@@ -59,7 +59,8 @@ if rados:
     flags += ["-DCB_HAVE_RADOS"]
     link += ["-lrados"]
 print("cowblock: IO backends: file" + (" rados" if rados else
-      " (no rados: librados-dev is not installed)"))
+      " (no rados: COWBLOCK_RADOS=0)" if want == "0" else
+      " (no rados: librados does not link here; apt-get install librados-dev)"))
 
 ffibuilder = FFI()
 with open(os.path.join(HERE, "cowblock.cdef.h")) as f:
