@@ -130,6 +130,27 @@ def test_second_writer_refused(location):
         assert p.devices() == ["d"]                # the first writer is untouched
 
 
+def test_checksums_scrub_dump_and_streams(location, tmp_path):
+    from cowblock import sendrecv
+    data = rnd(2 * MiB + 4096, 6)
+    with cowblock.Pool.create(location, size=64 * MiB, block_size=B, checksums=True) as p:
+        d = p.create_device("d", 8 * MiB)
+        d.write(4096, data)
+        p.snapshot("d", "frozen", readonly=True)
+        p.flush()
+        report = p.scrub()
+        assert report.ok and report.checksums and report.blocks == 33
+        dump = p.dump()
+        assert sorted(dv["name"] for dv in dump["devices"]) == ["d", "frozen"]
+        stream = tmp_path / "frozen.stream"
+        with open(stream, "wb") as f:
+            sendrecv.send(p.device("frozen"), f)
+    with cowblock.Pool.create(tmp_path / "other", size=64 * MiB) as q:
+        with open(stream, "rb") as f:
+            sendrecv.receive(q, "copy", f)
+        assert q.device("copy").read(4096, len(data)) == data
+
+
 # --------------------------------------------------------------------------- RADOS only
 
 
@@ -293,11 +314,23 @@ def test_cli_on_a_rados_pool(ceph, tmp_path):
     assert r.returncode != 0 and "no directory" in r.stderr
 
 
-def test_docker_model_refused_clearly(ceph):
+def test_state_beside_the_pool_refused_clearly(ceph, tmp_path):
+    """The Docker model, the snapshotter and receive keep JSON files beside
+    the pool: on a pool at a URL each refuses, saying why, and writes nothing."""
+    import io
+
+    from cowblock import sendrecv
     from cowblock.model import Store
+    from cowblock.snapshotter import Snapshotter
     with cowblock.Pool.create(rados_url(ceph), size=64 * MiB) as p:
         with pytest.raises(cowblock.InvalidArgumentError, match="no directory"):
             Store(p)
+        with pytest.raises(cowblock.InvalidArgumentError, match="no directory"):
+            Snapshotter(p, "ns")
+        with pytest.raises(cowblock.InvalidArgumentError, match="no directory"):
+            sendrecv.receive(p, "x", io.BytesIO(b""))
+        assert p.devices() == []
+    assert not os.path.exists("rados:")
 
 
 # --------------------------------------------------------------------------- other processes
