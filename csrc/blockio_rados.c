@@ -686,7 +686,9 @@ static void *renew_main(void *arg)
     while (!r->stop) {
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += r->lease / 3 ? r->lease / 3 : 1;
+        uint64_t ns = (uint64_t)until.tv_nsec + (uint64_t)r->lease * 1000000000ull / 3;
+        until.tv_sec += (time_t)(ns / 1000000000ull);
+        until.tv_nsec = (long)(ns % 1000000000ull);
         while (!r->stop && pthread_cond_timedwait(&r->lease_cv, &r->lease_mu, &until) == 0)
             ;
         if (r->stop)

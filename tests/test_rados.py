@@ -452,16 +452,27 @@ def test_writer_killed_mid_write_loses_nothing_flushed(ceph):
 
 
 def test_live_writer_keeps_renewing_its_lease(ceph):
-    url = rados_url(ceph, lease=2)
+    url = rados_url(ceph, lease=3)
     with cowblock.Pool.create(url, size=64 * MiB) as p:
         p.create_device("a", MiB)
-        time.sleep(4.5)                             # more than two leases
-        with pytest.raises(cowblock.BusyError, match="lapses within 2 s"):
+        time.sleep(7)                               # more than two leases
+        with pytest.raises(cowblock.BusyError, match="lapses within 3 s"):
             cowblock.Pool.open(url)
         p.create_device("b", MiB)
         p.flush()                                   # still the writer: not fenced
     with cowblock.Pool.open(url) as p:
         assert sorted(p.devices()) == ["a", "b"]
+
+
+def _open_when_lapsed(url, timeout=20):
+    """Open for writing as soon as the last writer's lease has lapsed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return cowblock.Pool.open(url)
+        except cowblock.BusyError:
+            assert time.monotonic() < deadline, "the last writer's lease never lapsed"
+            time.sleep(0.5)
 
 
 def test_dead_writers_lease_lapses(ceph):
@@ -473,15 +484,7 @@ def test_dead_writers_lease_lapses(ceph):
     finally:
         w.send_signal(signal.SIGKILL)
         w.wait()
-    deadline = time.monotonic() + 20
-    while True:                                     # no unlock: the lease runs out
-        try:
-            p = cowblock.Pool.open(url)
-            break
-        except cowblock.BusyError:
-            assert time.monotonic() < deadline, "the dead writer's lease never lapsed"
-            time.sleep(0.5)
-    with p:
+    with _open_when_lapsed(url) as p:             # no unlock: the lease runs out
         assert p.device("d").read(0, 2**20) == b"F" * 2**20
         assert p.check().messages == []
 
@@ -515,8 +518,8 @@ def test_stalled_writer_is_fenced_after_its_lease(ceph):
     try:
         assert w.stdout.readline().strip() == "ready", w.stderr.read()
         w.send_signal(signal.SIGSTOP)               # a writer that stops answering
-        time.sleep(3)
-        with cowblock.Pool.open(url) as p:          # lapsed: taken over, old one fenced
+        time.sleep(2)
+        with _open_when_lapsed(url) as p:         # lapsed: taken over, old one fenced
             p.create_device("new", MiB)
             p.flush()
             w.send_signal(signal.SIGCONT)
