@@ -1,0 +1,721 @@
+"""An NBD server over a pool: every device is an export under its own name.
+
+An asyncio loop moves bytes between the wire format (:mod:`.protocol`,
+:mod:`.negotiate`) and :class:`cowblock.Device` objects; every call into the
+core runs on a thread pool (cffi drops the GIL), so a read that misses the
+page cache or a commit never stalls the other clients.
+
+Durability: ``NBD_CMD_FLUSH`` and ``NBD_CMD_FLAG_FUA`` are the pool's
+flush (one commit serves every flush that was waiting when it started), and
+their effect is visible on every connection (``NBD_FLAG_CAN_MULTI_CONN``):
+all connections share one pool.  A client that disconnects after writing
+gets its writes committed; on SIGTERM or SIGINT the server stops reading
+requests, answers those in flight, commits and closes the pool.
+
+Nothing a client sends is trusted (see :mod:`.protocol`).  Each connection
+is bounded: requests in flight, bytes in flight (and a bound over all
+connections), option data, handshake time; the number of connections is
+bounded and a client over the bound is told so (``NBD_REP_ERR_POLICY``).
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import signal
+import socket
+import ssl
+import stat
+import sys
+
+from .. import errors
+from . import protocol as P
+from .negotiate import ALLOCATION_ID, Action, BlockSizes, Export, Negotiation
+
+log = logging.getLogger("cowblock.nbd")
+
+DEFAULT_SOCKET = "nbd.sock"
+_ZEROS = bytes(1 << 20)
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one server lets its clients use."""
+
+    max_connections: int = 512
+    requests_per_connection: int = 64      # in flight on one connection
+    bytes_per_connection: int = 64 << 20   # read and write payloads in flight
+    bytes_total: int = 512 << 20           # the same over all connections
+    max_request: int = 32 << 20            # READ / WRITE / CACHE length (NBD_INFO_BLOCK_SIZE)
+    max_option: int = 64 << 10             # option data in the handshake
+    handshake_timeout: float = 30.0        # seconds from connect to transmission
+    workers: int = 16                      # threads calling the core
+
+
+# ----------------------------------------------------------------------------
+# Exports
+
+
+class PoolCatalogue:
+    """The exports of a pool: every device, looked up when a client asks, so
+    that devices made after the server started are there at once.  Called
+    from the worker threads."""
+
+    def __init__(self, pool, readonly=False):
+        self.pool = pool
+        self.readonly = readonly
+
+    def names(self):
+        return self.pool.devices()
+
+    def lookup(self, name):
+        try:
+            dev = self.pool.device(name)
+        except (errors.NotFoundError, errors.InvalidArgumentError):
+            return None
+        readonly = self.readonly or dev.readonly
+        desc = f"cowblock device, {dev.size} bytes{', read-only' if readonly else ''}"
+        return Export(name=name, size=dev.size, readonly=readonly, description=desc, target=dev)
+
+
+def block_sizes(pool, limits):
+    """Minimum 1 (the core takes any offset and length), preferred the
+    copy-up unit (4 KiB, or block/64 for blocks over 256 KiB: writes of it
+    into shared blocks copy nothing more), maximum ``limits.max_request``."""
+    preferred = max(4096, pool.block_size // 64)
+    return BlockSizes(minimum=1, preferred=preferred, maximum=limits.max_request)
+
+
+def nbd_error(exc):
+    """The NBD error (and message) for an exception raised by a device call."""
+    if isinstance(exc, errors.ReadOnlyError):
+        return P.EPERM, str(exc)
+    if isinstance(exc, errors.PoolFullError):
+        return P.ENOSPC, str(exc)
+    if isinstance(exc, errors.ClosedError):
+        return P.ESHUTDOWN, str(exc)
+    if isinstance(exc, errors.InvalidArgumentError):
+        return P.EINVAL, str(exc)
+    if isinstance(exc, MemoryError):
+        return P.ENOMEM, "out of memory"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return P.ENOSPC, str(exc)
+    return P.EIO, str(exc) or type(exc).__name__
+
+
+class _Refuse(Exception):
+    """A request answered with an NBD error that is not an exception of the core."""
+
+    def __init__(self, error, message):
+        super().__init__(message)
+        self.error = error
+
+
+class _Hangup(Exception):
+    """End this connection (after what was written reaches the client)."""
+
+
+# ----------------------------------------------------------------------------
+# Shared helpers: byte budgets and the flush that many requests share
+
+
+class Budget:
+    """Bytes that requests in flight may hold; ``acquire`` waits for room
+    (first come, first served), which stops reading from that client."""
+
+    def __init__(self, total):
+        self.total = total
+        self.free = total
+        self._waiters = []
+
+    async def acquire(self, n):
+        n = min(n, self.total)
+        if not self._waiters and self.free >= n:
+            self.free -= n
+            return n
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(n)  # granted just as we were cancelled
+            else:
+                self._waiters = [w for w in self._waiters if w[1] is not fut]
+                self._wake()
+            raise
+        return n
+
+    def release(self, n):
+        self.free += n
+        self._wake()
+
+    def _wake(self):
+        while self._waiters and self._waiters[0][0] <= self.free:
+            n, fut = self._waiters.pop(0)
+            if not fut.done():
+                self.free -= n
+                fut.set_result(None)
+
+
+class Flusher:
+    """Pool flushes shared by the requests that wait for one.
+
+    A caller needs a flush that *starts* after its call (one that started
+    before may miss writes that completed since).  While one runs, later
+    callers wait for it and then share the next one: N concurrent FUA
+    writes cost about two commits, not N.
+    """
+
+    def __init__(self, pool, run):
+        self._pool = pool
+        self._run = run
+        self._started = 0
+        self._done = 0
+        self._current = None  # (task, generation)
+
+    async def flush(self):
+        if self._pool.readonly:
+            return
+        target = self._started + 1
+        while self._done < target:
+            if self._current is None:
+                self._started += 1
+                gen = self._started
+                self._current = (asyncio.get_running_loop().create_task(self._commit(gen)), gen)
+            task, gen = self._current
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if gen >= target:
+                    raise
+                # an earlier flush failed: ours is the next one
+
+    async def _commit(self, gen):
+        try:
+            await self._run(self._pool.flush)
+            self._done = max(self._done, gen)
+        finally:
+            if self._current is not None and self._current[1] == gen:
+                self._current = None
+
+
+# ----------------------------------------------------------------------------
+# One client
+
+
+class Connection:
+    """One client: the handshake, then its requests, then its commit."""
+
+    def __init__(self, server, reader, writer, *, tls=None, refusal=None):
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.tls = tls
+        self.refusal = refusal
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix client"
+        self.task = None
+        self.stopping = False
+        self._interruptible = True   # in the handshake, or waiting for a request header
+        self.writes_done = 0
+        self.writes_flushed = 0
+        self.export = None
+        self._session = None
+
+    # -- life -----------------------------------------------------------------
+
+    def stop(self):
+        """Server shutdown: stop reading requests; those in flight finish."""
+        self.stopping = True
+        if self._interruptible and self.task is not None:
+            self.task.cancel()
+
+    async def run(self):
+        self.task = asyncio.current_task()
+        try:
+            chosen = await asyncio.wait_for(self._handshake(), self.server.limits.handshake_timeout)
+            if chosen is not None:
+                await self._transmission(*chosen)
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
+        except asyncio.TimeoutError:
+            log.warning("%s: no transmission after %.0f s of handshake, closing", self.peer,
+                        self.server.limits.handshake_timeout)
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as exc:
+            log.info("%s: connection ended: %s", self.peer, exc or type(exc).__name__)
+        except P.ProtocolError as exc:
+            log.warning("%s: protocol error, closing: %s", self.peer, exc)
+        except _Hangup as exc:
+            log.info("%s: closing: %s", self.peer, exc)
+        finally:
+            await self._commit_on_exit()
+            await self._close()
+
+    async def _commit_on_exit(self):
+        if self.writes_done > self.writes_flushed:
+            try:
+                await self.server.flusher.flush()
+            except Exception as exc:  # nothing left to tell the client: say it here
+                log.error("%s: commit after disconnect failed: %s", self.peer, exc)
+
+    async def _close(self):
+        w = self.writer
+        with contextlib.suppress(Exception):
+            if not w.is_closing():
+                await asyncio.wait_for(w.drain(), 5)
+                if w.can_write_eof():
+                    w.write_eof()
+                # Read what the client still sends (briefly) so that closing
+                # does not reset the connection before it read our last reply.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._discard(64 << 20), 2)
+        with contextlib.suppress(Exception):
+            w.close()
+            await asyncio.wait_for(w.wait_closed(), 2)
+
+    async def _discard(self, limit):
+        while limit > 0:
+            chunk = await self.reader.read(min(limit, 1 << 20))
+            if not chunk:
+                return
+            limit -= len(chunk)
+
+    def _send(self, *parts):
+        if not self.writer.is_closing():
+            self.writer.writelines(parts)
+
+    # -- handshake --------------------------------------------------------------
+
+    async def _handshake(self):
+        srv = self.server
+        self._send(P.encode_greeting())
+        await self.writer.drain()
+        client_flags = P.parse_client_flags(await self.reader.readexactly(P.CLIENT_FLAGS_SIZE))
+        neg = Negotiation(srv.catalogue, client_flags, tls=self.tls is not None,
+                          block_sizes=srv.block_sizes, refusal=self.refusal,
+                          shutting_down=lambda: srv.stopping)
+        while True:
+            opt, length = P.parse_option_header(
+                await self.reader.readexactly(P.OPTION_HEADER_SIZE))
+            if length > srv.limits.max_option:
+                self._send(P.encode_option_error(
+                    opt, P.REP_ERR_TOO_BIG, f"{P.option_name(opt)}: {length} bytes of data; "
+                    f"this server takes at most {srv.limits.max_option}"))
+                raise _Hangup(f"{P.option_name(opt)} with {length} bytes of data")
+            data = await self.reader.readexactly(length) if length else b""
+            out = await srv.run(neg.handle, opt, data)
+            self._send(*out.replies)
+            await self.writer.drain()
+            if out.action is Action.CONTINUE:
+                continue
+            if out.action is Action.STARTTLS:
+                await self.writer.start_tls(self.tls)
+                neg.tls_started()
+                continue
+            if out.action is Action.CLOSE:
+                raise _Hangup(out.reason)
+            return out.export, out.session
+
+    # -- transmission -------------------------------------------------------------
+
+    async def _transmission(self, export, session):
+        srv, limits = self.server, self.server.limits
+        self.export = export
+        self._session = session
+        log.info("%s: serving %r%s", self.peer, export.name, " read-only" if export.readonly else "")
+        slots = asyncio.Semaphore(limits.requests_per_connection)
+        mine = Budget(max(limits.bytes_per_connection, limits.max_request))
+        tasks = set()
+        try:
+            while not self.stopping:
+                await slots.acquire()
+                self._interruptible = True
+                try:
+                    header = await self.reader.readexactly(P.REQUEST_SIZE)
+                finally:
+                    self._interruptible = False
+                req = P.parse_request(header)
+                if req.type == P.CMD_DISC:
+                    slots.release()
+                    log.info("%s: NBD_CMD_DISC", self.peer)
+                    break
+                if req.type == P.CMD_WRITE and req.length > limits.max_request:
+                    # Its payload cannot be skipped cheaply: answer, then hang up.
+                    self._reply_error(req, P.EINVAL,
+                                      f"NBD_CMD_WRITE of {req.length} bytes exceeds the maximum "
+                                      f"block size {limits.max_request}")
+                    raise _Hangup(f"NBD_CMD_WRITE payload of {req.length} bytes")
+                charge = req.length if req.type in (P.CMD_READ, P.CMD_WRITE) and \
+                    req.length <= limits.max_request else 0
+                if charge:
+                    await mine.acquire(charge)
+                    await srv.budget.acquire(charge)
+                payload = await self.reader.readexactly(req.length) \
+                    if req.type == P.CMD_WRITE and req.length else b""
+                error, message = P.check_request(req, session)
+                if error:
+                    self._release(slots, mine, charge)
+                    self._reply_error(req, error, message)
+                    continue
+                task = asyncio.get_running_loop().create_task(
+                    self._serve(req, payload, export.target))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                task.add_done_callback(lambda _t, c=charge: self._release(slots, mine, c))
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _release(self, slots, mine, charge):
+        if charge:
+            mine.release(charge)
+            self.server.budget.release(charge)
+        slots.release()
+
+    async def _serve(self, req, payload, dev):
+        srv = self.server
+        try:
+            kind = req.type
+            if kind == P.CMD_READ:
+                data = await srv.run(_read, dev, req.offset, req.length)
+                self._reply_data(req, data)
+            elif kind == P.CMD_BLOCK_STATUS:
+                one = bool(req.flags & P.CMD_FLAG_REQ_ONE)
+                extents = await srv.run(_allocation, dev, req.offset, req.length, one)
+                self._send(P.encode_block_status_chunk(req.handle, ALLOCATION_ID, extents))
+            else:
+                if kind == P.CMD_WRITE:
+                    await srv.run(dev.write, req.offset, payload)
+                elif kind == P.CMD_TRIM:
+                    await srv.run(dev.discard, req.offset, req.length)
+                elif kind == P.CMD_WRITE_ZEROES:
+                    await self._write_zeroes(req, dev)
+                elif kind == P.CMD_CACHE:
+                    await srv.run(_cache, dev, req.offset, req.length)
+                elif kind == P.CMD_FLUSH:
+                    await self._flush()
+                if kind in (P.CMD_WRITE, P.CMD_TRIM, P.CMD_WRITE_ZEROES):
+                    self.writes_done += 1
+                    if req.flags & P.CMD_FLAG_FUA:
+                        await self._flush()
+                self._send(P.encode_simple_reply(req.handle))
+        except _Refuse as exc:
+            self._reply_error(req, exc.error, str(exc))
+        except Exception as exc:
+            error, message = nbd_error(exc)
+            if error == P.EIO:
+                log.error("%s: %s on %r failed: %s", self.peer, P.command_name(req.type),
+                          self.export.name, message)
+            self._reply_error(req, error, message)
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
+
+    async def _flush(self):
+        covered = self.writes_done
+        await self.server.flusher.flush()
+        self.writes_flushed = max(self.writes_flushed, covered)
+
+    async def _write_zeroes(self, req, dev):
+        if req.flags & P.CMD_FLAG_NO_HOLE:
+            if req.flags & P.CMD_FLAG_FAST_ZERO:
+                raise _Refuse(P.ENOTSUP, "zeros without a hole are written like data: "
+                              "not faster than NBD_CMD_WRITE")
+            await self.server.run(_write_zeros, dev, req.offset, req.length)
+        else:  # a discard reads as zeros and allocates nothing: always fast
+            await self.server.run(dev.discard, req.offset, req.length)
+
+    # -- replies ------------------------------------------------------------------
+
+    def _reply_data(self, req, data):
+        if self._session.structured:
+            if data:
+                self._send(P.encode_data_chunk_header(req.handle, req.offset, len(data)), data)
+            else:
+                self._send(P.encode_none_chunk(req.handle))
+        else:
+            self._send(P.encode_simple_reply(req.handle), data)
+
+    def _reply_error(self, req, error, message):
+        if self._session.structured:
+            self._send(P.encode_error_chunk(req.handle, error, message))
+        else:
+            self._send(P.encode_simple_reply(req.handle, error))
+
+
+# Core calls, run on the worker threads.
+
+def _read(dev, offset, length):
+    buf = bytearray(length)
+    if length:
+        dev.readinto(offset, buf)
+    return buf
+
+
+def _cache(dev, offset, length):
+    """NBD_CMD_CACHE: read the range (into the page cache), keep nothing."""
+    scratch = bytearray(min(length, 1 << 20))
+    pos, end = offset, offset + length
+    while pos < end:
+        n = min(len(scratch), end - pos)
+        dev.readinto(pos, memoryview(scratch)[:n])
+        pos += n
+
+
+def _write_zeros(dev, offset, length):
+    pos, end = offset, offset + length
+    while pos < end:
+        n = min(len(_ZEROS), end - pos)
+        dev.write(pos, memoryview(_ZEROS)[:n])
+        pos += n
+
+
+def _allocation(dev, offset, length, req_one):
+    runs, end = dev.extents_range(offset, length, 1 if req_one else 256)
+    return P.allocation_extents(offset, runs, end, req_one)
+
+
+# ----------------------------------------------------------------------------
+# The server
+
+
+class Server:
+    """Serves every device of ``pool`` (see the module's doc)."""
+
+    def __init__(self, pool, *, readonly=False, limits=Limits(), tls=None):
+        self.pool = pool
+        self.limits = limits
+        self.tls = tls
+        self.catalogue = PoolCatalogue(pool, readonly=readonly or pool.readonly)
+        self.block_sizes = block_sizes(pool, limits)
+        self.stopping = False
+        self.connections = set()
+        self.refused = 0
+        self._executor = None
+        self._stop = None
+        self.flusher = None
+        self.budget = None
+        self.addresses = []
+
+    async def run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def stop(self):
+        """Stop accepting, let requests in flight finish, then return from :meth:`serve`."""
+        if self._stop is not None:
+            self._stop.set()
+
+    async def serve(self, unix=None, tcp=None, ready=None):
+        """Listen on a Unix socket path and/or a (host, port) until :meth:`stop`.
+        ``ready(addresses)`` is called once the sockets accept connections."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            self.limits.workers, thread_name_prefix="cowblock-nbd")
+        self.flusher = Flusher(self.pool, self.run)
+        self.budget = Budget(max(self.limits.bytes_total, self.limits.max_request))
+        servers = []
+        unix_path = unix_inode = None
+        try:
+            if unix is not None:
+                sock = bind_unix(unix)
+                unix_path, unix_inode = unix, os.stat(unix).st_ino
+                servers.append(await asyncio.start_unix_server(
+                    lambda r, w: self._accept(r, w, None), sock=sock, limit=256 << 10))
+                self.addresses.append(f"nbd+unix:///?socket={unix}")
+            if tcp is not None:
+                sock = bind_tcp(*tcp)
+                servers.append(await asyncio.start_server(
+                    lambda r, w: self._accept(r, w, self.tls), sock=sock, limit=256 << 10))
+                host, port = sock.getsockname()[:2]
+                scheme = "nbds" if self.tls else "nbd"
+                self.addresses.append(f"{scheme}://{host}:{port}/")
+            if ready is not None:
+                ready(self.addresses)
+            await self._stop.wait()
+        finally:
+            self.stopping = True
+            for s in servers:
+                s.close()
+            for conn in list(self.connections):
+                conn.stop()
+            while self.connections:
+                await asyncio.gather(*[c.task for c in list(self.connections) if c.task],
+                                     return_exceptions=True)
+                await asyncio.sleep(0)
+            if unix_path is not None:
+                with contextlib.suppress(OSError):
+                    if os.stat(unix_path).st_ino == unix_inode:
+                        os.unlink(unix_path)
+            self._executor.shutdown(wait=True)
+
+    async def _accept(self, reader, writer, tls):
+        if self.stopping:
+            writer.close()
+            return
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        refusal = None
+        n = self.limits.max_connections
+        if len(self.connections) >= n:
+            if self.refused >= n:  # refusing costs too: past 2n, close at once
+                log.warning("over %d connections and %d refusals: closing a new one", n, n)
+                writer.close()
+                return
+            refusal = (f"the server has {n} clients, its limit (cowblock serve "
+                       "--max-connections): try again later")
+            self.refused += 1
+        conn = Connection(self, reader, writer, tls=tls, refusal=refusal)
+        if refusal is None:
+            self.connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            if refusal is None:
+                self.connections.discard(conn)
+            else:
+                self.refused -= 1
+
+
+# ----------------------------------------------------------------------------
+# Sockets
+
+
+def bind_unix(path, backlog=1024):
+    """A listening Unix socket at ``path``, which exists only once it accepts
+    (bound under a temporary name, then renamed).  A stale socket left by a
+    killed server is replaced; a live one, or anything that is not a
+    socket, is an error."""
+    raw = os.fsencode(path)
+    if len(raw) > 107:
+        raise errors.InvalidArgumentError(
+            f"socket path {path!r} is {len(raw)} bytes long; Unix sockets take at most 107 "
+            "(use --socket with a shorter path)")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise errors.ExistsError(f"{path!r} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody answers: left by a server that died
+        else:
+            raise errors.BusyError(f"a server is listening on {path!r} already")
+        finally:
+            probe.close()
+    directory, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{base}.{os.getpid()}")
+    if len(os.fsencode(tmp)) > 107:
+        tmp = path  # no room for a longer name: bind in place
+    with contextlib.suppress(FileNotFoundError):
+        if tmp != path:
+            os.unlink(tmp)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(tmp)
+        sock.listen(backlog)
+        if tmp != path:
+            os.rename(tmp, path)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def bind_tcp(host, port, backlog=1024):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def parse_tcp(text):
+    """HOST:PORT (``[v6]:PORT`` for IPv6) as (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise errors.InvalidArgumentError(
+            f"--tcp needs HOST:PORT with a port from 0 to 65535, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def tls_context(cert, key):
+    """A server-side TLS context (TLS 1.2 or later) from PEM files."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.InvalidArgumentError(f"cannot load TLS certificate {cert!r} "
+                                          f"and key {key!r}: {exc}") from None
+    return ctx
+
+
+def exit_with_parent():
+    """Get SIGTERM when the parent process exits (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() == 1:  # the parent is gone already
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def raise_fd_limit():
+    """Let the process hold as many sockets as its hard limit allows."""
+    import resource
+
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def serve(pool, unix=None, tcp=None, *, readonly=False, limits=Limits(), tls=None,
+          out=sys.stdout):
+    """Run a server on ``pool`` in the foreground until SIGTERM or SIGINT;
+    then answer what is in flight and commit.  Prints where it listens."""
+    server = Server(pool, readonly=readonly, limits=limits, tls=tls)
+
+    def ready(addresses):
+        for a in addresses:
+            print(f"listening on {a}", file=out, flush=True)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.stop)
+        try:
+            await server.serve(unix, tcp, ready)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    raise_fd_limit()
+    asyncio.run(main())
+    if not pool.readonly:
+        pool.flush()
+    return server
