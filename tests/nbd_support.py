@@ -38,7 +38,8 @@ def need_libnbd_python():
 def run(cmd, timeout=120, check=True, **kw):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     if check and r.returncode:
-        raise AssertionError(f"{cmd!r} exited {r.returncode}:\nstdout: {r.stdout}\n"
+        shown = [c if len(c) < 200 else c[:60] + "..." for c in map(str, cmd)]
+        raise AssertionError(f"{shown!r} exited {r.returncode}:\nstdout: {r.stdout}\n"
                              f"stderr: {r.stderr}")
     return r
 
@@ -54,7 +55,7 @@ def wait_for_socket(path, proc=None, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode}: {proc.stderr.read()}")
+            raise AssertionError(f"server exited {proc.returncode}")
         if os.path.exists(path):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -84,8 +85,30 @@ class ServerProcess:
                "--socket", self.socket, "--exit-with-parent", *self.extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
+        self.log = []
+        self._log_cond = threading.Condition()
+        proc = self.proc
+
+        def collect():
+            for line in proc.stderr:
+                with self._log_cond:
+                    self.log.append(line)
+                    self._log_cond.notify_all()
+
+        self._collector = threading.Thread(target=collect, daemon=True)
+        self._collector.start()
         wait_for_socket(self.socket, self.proc)
         return self
+
+    def wait_log(self, text, timeout=30):
+        """Wait for a line of the server's stderr that contains ``text``."""
+        deadline = time.monotonic() + timeout
+        with self._log_cond:
+            while not any(text in line for line in self.log):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"server never logged {text!r}: {self.log}")
+                self._log_cond.wait(left)
 
     def uri(self, name):
         return f"nbd+unix:///{name}?socket={self.socket}"
@@ -103,7 +126,8 @@ class ServerProcess:
             self.proc.wait()
             raise AssertionError(f"server did not exit within {timeout} s of signal {sig}")
         self.stdout = self.proc.stdout.read()
-        self.stderr = self.proc.stderr.read()
+        self._collector.join(10)
+        self.stderr = "".join(self.log)
         self.proc.stdout.close()
         self.proc.stderr.close()
         rc, self.proc = self.proc.returncode, None

@@ -260,11 +260,15 @@ class Connection:
             await self._close()
 
     async def _commit_on_exit(self):
-        if self.writes_done > self.writes_flushed:
+        unflushed = self.writes_done - self.writes_flushed
+        if unflushed > 0:
             try:
                 await self.server.flusher.flush()
             except Exception as exc:  # nothing left to tell the client: say it here
                 log.error("%s: commit after disconnect failed: %s", self.peer, exc)
+            else:
+                log.info("%s: committed %d unflushed writes after the client left",
+                         self.peer, unflushed)
 
     async def _close(self):
         w = self.writer
