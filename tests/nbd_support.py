@@ -192,8 +192,8 @@ class RawClient:
     def __init__(self, path=None, timeout=30, sock=None):
         if sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(path)  # blocking: waits while the listen queue is full
             sock.settimeout(timeout)
-            sock.connect(path)
         self.sock = sock
         self.structured = False
         self.handles = 0
@@ -273,11 +273,15 @@ class RawClient:
         return self.handles
 
     def reply(self, read_length=0):
-        """(error, message, data, chunks) of the next reply (all its chunks)."""
+        """(error, message, data, chunks) of the next reply (all its chunks).
+        ``read_length``: the data length of a simple read reply, or a dict
+        of them by handle when several requests are in flight."""
         head = self.recv(4)
         magic = P.parse_reply_magic(head)
         if magic == P.SIMPLE_REPLY_MAGIC:
             error, handle = P.parse_simple_reply(head + self.recv(P.SIMPLE_REPLY_SIZE - 4))
+            if isinstance(read_length, dict):  # handle -> length of a read's data
+                read_length = read_length.get(handle, 0)
             data = self.recv(read_length) if read_length and not error else b""
             return {"handle": handle, "error": error, "message": "", "data": data,
                     "chunks": []}

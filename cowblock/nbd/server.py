@@ -39,6 +39,7 @@ from .negotiate import ALLOCATION_ID, Action, BlockSizes, Export, Negotiation
 log = logging.getLogger("cowblock.nbd")
 
 DEFAULT_SOCKET = "nbd.sock"
+BACKLOG = 1024  # connections the kernel queues before the loop accepts them
 _ZEROS = bytes(1 << 20)
 
 
@@ -532,12 +533,14 @@ class Server:
                 sock = bind_unix(unix)
                 unix_path, unix_inode = unix, os.stat(unix).st_ino
                 servers.append(await asyncio.start_unix_server(
-                    lambda r, w: self._accept(r, w, None), sock=sock, limit=256 << 10))
+                    lambda r, w: self._accept(r, w, None), sock=sock, limit=256 << 10,
+                    backlog=BACKLOG))
                 self.addresses.append(f"nbd+unix:///?socket={unix}")
             if tcp is not None:
                 sock = bind_tcp(*tcp)
                 servers.append(await asyncio.start_server(
-                    lambda r, w: self._accept(r, w, self.tls), sock=sock, limit=256 << 10))
+                    lambda r, w: self._accept(r, w, self.tls), sock=sock, limit=256 << 10,
+                    backlog=BACKLOG))
                 host, port = sock.getsockname()[:2]
                 scheme = "nbds" if self.tls else "nbd"
                 self.addresses.append(f"{scheme}://{host}:{port}/")
@@ -594,7 +597,7 @@ class Server:
 # Sockets
 
 
-def bind_unix(path, backlog=1024):
+def bind_unix(path, backlog=BACKLOG):
     """A listening Unix socket at ``path``, which exists only once it accepts
     (bound under a temporary name, then renamed).  A stale socket left by a
     killed server is replaced; a live one, or anything that is not a
@@ -642,7 +645,7 @@ def bind_unix(path, backlog=1024):
     return sock
 
 
-def bind_tcp(host, port, backlog=1024):
+def bind_tcp(host, port, backlog=BACKLOG):
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
