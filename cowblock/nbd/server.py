@@ -332,39 +332,25 @@ class Connection:
     # -- transmission -------------------------------------------------------------
 
     async def _transmission(self, export, session):
-        srv, limits = self.server, self.server.limits
         self.export = export
         self._session = session
         log.info("%s: serving %r%s", self.peer, export.name, " read-only" if export.readonly else "")
+        limits = self.server.limits
         slots = asyncio.Semaphore(limits.requests_per_connection)
         mine = Budget(max(limits.bytes_per_connection, limits.max_request))
         tasks = set()
+        self._interruptible = True  # a request half read when the server stops is dropped
         try:
             while not self.stopping:
                 await slots.acquire()
-                self._interruptible = True
                 try:
-                    header = await self.reader.readexactly(P.REQUEST_SIZE)
-                finally:
-                    self._interruptible = False
-                req = P.parse_request(header)
-                if req.type == P.CMD_DISC:
+                    req, payload, charge = await self._next_request(mine)
+                except BaseException:
                     slots.release()
-                    log.info("%s: NBD_CMD_DISC", self.peer)
+                    raise
+                if req is None:  # NBD_CMD_DISC
+                    slots.release()
                     break
-                if req.type == P.CMD_WRITE and req.length > limits.max_request:
-                    # Its payload cannot be skipped cheaply: answer, then hang up.
-                    self._reply_error(req, P.EINVAL,
-                                      f"NBD_CMD_WRITE of {req.length} bytes exceeds the maximum "
-                                      f"block size {limits.max_request}")
-                    raise _Hangup(f"NBD_CMD_WRITE payload of {req.length} bytes")
-                charge = req.length if req.type in (P.CMD_READ, P.CMD_WRITE) and \
-                    req.length <= limits.max_request else 0
-                if charge:
-                    await mine.acquire(charge)
-                    await srv.budget.acquire(charge)
-                payload = await self.reader.readexactly(req.length) \
-                    if req.type == P.CMD_WRITE and req.length else b""
                 error, message = P.check_request(req, session)
                 if error:
                     self._release(slots, mine, charge)
@@ -376,8 +362,52 @@ class Connection:
                 task.add_done_callback(tasks.discard)
                 task.add_done_callback(lambda _t, c=charge: self._release(slots, mine, c))
         finally:
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            self._interruptible = False
+            await self._finish(tasks)
+
+    async def _next_request(self, mine):
+        """(request, write payload, bytes charged) of the next request; None at NBD_CMD_DISC."""
+        limits = self.server.limits
+        req = P.parse_request(await self.reader.readexactly(P.REQUEST_SIZE))
+        if req.type == P.CMD_DISC:
+            log.info("%s: NBD_CMD_DISC", self.peer)
+            return None, b"", 0
+        if req.type == P.CMD_WRITE and req.length > limits.max_request:
+            # Its payload cannot be skipped cheaply: answer, then hang up.
+            self._reply_error(req, P.EINVAL, f"NBD_CMD_WRITE of {req.length} bytes exceeds "
+                              f"the maximum block size {limits.max_request}")
+            raise _Hangup(f"NBD_CMD_WRITE payload of {req.length} bytes")
+        charge = req.length if req.type in (P.CMD_READ, P.CMD_WRITE) and \
+            req.length <= limits.max_request else 0
+        if not charge:
+            return req, b"", 0
+        await mine.acquire(charge)
+        try:
+            await self.server.budget.acquire(charge)
+        except BaseException:
+            mine.release(charge)
+            raise
+        try:
+            payload = b""
+            if req.type == P.CMD_WRITE:
+                payload = await self.reader.readexactly(req.length)
+        except BaseException:
+            mine.release(charge)
+            self.server.budget.release(charge)
+            raise
+        return req, payload, charge
+
+    async def _finish(self, tasks):
+        """Let the requests in flight answer; a client that stops reading its
+        replies gets a bounded wait, then its connection is cut."""
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(set(tasks), timeout=10 if self.stopping else 60)
+        if pending:
+            log.warning("%s: %d replies not read by the client; dropping the connection",
+                        self.peer, len(pending))
+            self.writer.transport.abort()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def _release(self, slots, mine, charge):
         if charge:
