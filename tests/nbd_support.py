@@ -35,7 +35,14 @@ def need_libnbd_python():
         pytest.skip("python3-libnbd (the nbd module of the system python3) is not installed")
 
 
+def client_env():
+    """The environment for client tools: without the sanitizer runtime that
+    .ci/asan preloads for the server (qemu and libnbd are not under test)."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
 def run(cmd, timeout=120, check=True, **kw):
+    kw.setdefault("env", client_env())
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     if check and r.returncode:
         shown = [c if len(c) < 200 else c[:60] + "..." for c in map(str, cmd)]

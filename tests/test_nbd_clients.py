@@ -13,7 +13,8 @@ import time
 import pytest
 
 import cowblock
-from nbd_support import ServerProcess, ThreadServer, libnbd, need, need_libnbd_python, run
+from nbd_support import (ServerProcess, ThreadServer, client_env, libnbd, need,
+                         need_libnbd_python, run)
 
 MiB = 1 << 20
 B = 64 * 1024
@@ -358,17 +359,15 @@ sys.stdin.read()                            # hold both connections until killed
 
 def test_multi_conn_flush_on_one_connection_covers_the_others(served):
     need_libnbd_python()
-    import sys as _sys
     client = subprocess.Popen(["/usr/bin/python3", "-c", "import nbd, sys\n" + MULTI_CONN,
                                served.uri("disk")], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, env=client_env())
     try:
         assert client.stdout.readline().strip() == "flushed"
         assert served.kill() == -signal.SIGKILL
     finally:
         client.stdin.close()
         client.wait(30)
-    assert _sys  # the client ran under the system python
     got = reopen_check(served.pool_path)["disk"]
     assert got[MiB:MiB + 65536] == b"\x5a" * 65536
 
@@ -394,7 +393,8 @@ h = nbd.NBD(); h.connect_uri(sys.argv[1])
 h.pwrite(b"\x66" * 4096, 1 << 22)
 print("written", flush=True)
 sys.stdin.read()
-""", served.uri("disk")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+""", served.uri("disk")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=client_env())
     try:
         assert client.stdout.readline().strip() == "written"
         assert served.stop(sig) == 0, served.stderr
@@ -418,7 +418,7 @@ def test_sigkill_during_nbdcopy_keeps_what_was_flushed(served, tmp_path):
     copy = subprocess.Popen(["nbdcopy", "--flush", "--connections=1", "--requests=1",
                              "--request-size=4096", str(tmp_path / "second.raw"),
                              served.uri("disk")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env=client_env())
     time.sleep(0.4)
     assert copy.poll() is None, "nbdcopy finished before the kill"
     assert served.kill() == -signal.SIGKILL

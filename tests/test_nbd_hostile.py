@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from cowblock.nbd import protocol as P
 from cowblock.nbd.server import Limits
-from nbd_support import RawClient, ServerProcess, ThreadServer
+from nbd_support import RawClient, ServerProcess, ThreadServer, client_env
 
 MiB = 1 << 20
 SIZE = 64 * MiB
@@ -313,7 +313,8 @@ def make_cert(tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+                   env=client_env())
     return cert, key
 
 
@@ -347,7 +348,7 @@ def test_tls_on_tcp(devices, tmp_path):
             shutil.copy(cert, cadir / "ca-cert.pem")
             out = subprocess.run(
                 ["nbdinfo", "--size", f"nbds://localhost:{port}/disk?tls-certificates={cadir}"],
-                capture_output=True, text=True, timeout=60)
+                capture_output=True, text=True, timeout=60, env=client_env())
             assert out.returncode == 0 and out.stdout.strip() == str(SIZE), out.stderr
     finally:
         srv.stop()
@@ -360,20 +361,22 @@ def test_live_server_fuzz(server, run_slow):
     """Random bytes as options, or as requests after a good handshake: the
     server answers or closes that client, and serves the next one."""
 
-    @settings(max_examples=600 if run_slow else 40, deadline=None,
+    server.server.pool.create_device("scratch", SIZE)  # what the fuzzer may write to
+
+    @settings(max_examples=3000 if run_slow else 100, deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-    @given(st.booleans(), st.lists(st.one_of(
+    @given(st.sampled_from([None, "ro", "scratch"]), st.lists(st.one_of(
         st.binary(max_size=64),
         st.builds(lambda o, d: P.encode_option(o, d), st.integers(0, 16), st.binary(max_size=32)),
         st.builds(lambda t, f, off, n: P.encode_request(t, 1, off, n, f),
                   st.integers(0, 9), st.integers(0, 31), st.integers(0, SIZE + 10),
                   st.integers(0, 70000)),
     ), max_size=6))
-    def check(after_go, chunks):
+    def check(export, chunks):
         with client(server) as c:
             c.sock.settimeout(10)
-            if after_go:
-                c.go("disk")
+            if export:
+                c.go(export)
             else:
                 c.greet()
             try:
