@@ -20,6 +20,7 @@ bounded and a client over the bound is told so (``NBD_REP_ERR_POLICY``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -31,6 +32,8 @@ import socket
 import ssl
 import stat
 import sys
+
+import numpy as np
 
 from .. import errors
 from . import protocol as P
@@ -334,6 +337,10 @@ class Connection:
     async def _transmission(self, export, session):
         self.export = export
         self._session = session
+        self._data_lock = asyncio.Lock()
+        self._unsent = None  # the last read buffer, until the transport has sent it
+        # drain() returns only once the buffer is empty (see _reply_data)
+        self.writer.transport.set_write_buffer_limits(high=0)
         log.info("%s: serving %r%s", self.peer, export.name, " read-only" if export.readonly else "")
         limits = self.server.limits
         slots = asyncio.Semaphore(limits.requests_per_connection)
@@ -420,8 +427,15 @@ class Connection:
         try:
             kind = req.type
             if kind == P.CMD_READ:
-                data = await srv.run(_read, dev, req.offset, req.length)
-                self._reply_data(req, data)
+                if not req.length:
+                    self._reply_empty_read(req)
+                else:
+                    if self._session.structured:
+                        header = P.encode_data_chunk_header(req.handle, req.offset, req.length)
+                    else:
+                        header = P.encode_simple_reply(req.handle)
+                    reply = await srv.run(_read, dev, req.offset, req.length, srv.buffers, header)
+                    await self._send_read(reply)
             elif kind == P.CMD_BLOCK_STATUS:
                 one = bool(req.flags & P.CMD_FLAG_REQ_ONE)
                 extents = await srv.run(_allocation, dev, req.offset, req.length, one)
@@ -469,14 +483,35 @@ class Connection:
 
     # -- replies ------------------------------------------------------------------
 
-    def _reply_data(self, req, data):
+    def _reply_empty_read(self, req):
         if self._session.structured:
-            if data:
-                self._send(P.encode_data_chunk_header(req.handle, req.offset, len(data)), data)
-            else:
-                self._send(P.encode_none_chunk(req.handle))
+            self._send(P.encode_none_chunk(req.handle))
         else:
-            self._send(P.encode_simple_reply(req.handle), data)
+            self._send(P.encode_simple_reply(req.handle))
+
+    async def _send_read(self, reply):
+        """Send a read's reply (header and data in one buffer).
+
+        One at a time, written when the transport's buffer is empty: the
+        socket then takes the bytes straight from our buffer and only what
+        it cannot take at once is copied (replies written while others wait
+        would each be copied into the transport, and its buffer's front
+        trimmed at every send).  The buffer is reused once the transport
+        holds nothing of it."""
+        async with self._data_lock:
+            w = self.writer
+            if w.transport.get_write_buffer_size():
+                await w.drain()
+            if self._unsent is not None and not w.transport.get_write_buffer_size():
+                self.server.buffers.put(self._unsent)
+                self._unsent = None
+            if w.is_closing():
+                return
+            w.write(memoryview(reply).cast("B"))
+            if w.transport.get_write_buffer_size():
+                self._unsent = reply
+            else:
+                self.server.buffers.put(reply)
 
     def _reply_error(self, req, error, message):
         if self._session.structured:
@@ -487,10 +522,52 @@ class Connection:
 
 # Core calls, run on the worker threads.
 
-def _read(dev, offset, length):
-    buf = bytearray(length)
-    if length:
-        dev.readinto(offset, buf)
+class Buffers:
+    """Read buffers kept for reuse, by size.  A fresh buffer of a few hundred
+    KiB is mapped, faulted in and zeroed by the kernel at every read; one
+    taken from here was used before.  A buffer comes back only once the
+    transport holds no reference to it (its write buffer is empty).
+    Thread-safe: deque appends and pops are atomic."""
+
+    def __init__(self, per_size=32, max_size=4 << 20):
+        self.per_size = per_size
+        self.max_size = max_size
+        self._free = {}
+
+    def get(self, n):
+        q = self._free.get(n)
+        if q:
+            try:
+                return q.pop()
+            except IndexError:
+                pass
+        # numpy's empty() does not clear: the read fills every byte
+        return np.empty(n, dtype=np.uint8)
+
+    def put(self, buf):
+        n = len(buf)
+        if n > self.max_size:
+            return
+        q = self._free.get(n)
+        if q is None:
+            if len(self._free) > 64:  # many odd sizes: start over
+                self._free.clear()
+            q = self._free.setdefault(n, collections.deque())
+        if len(q) < self.per_size:
+            q.append(buf)
+
+
+def _read(dev, offset, length, buffers, header):
+    """The reply to a read: ``header`` then the data, in one buffer, so that
+    it goes out in one send."""
+    h = len(header)
+    buf = buffers.get(h + length)
+    buf[:h] = np.frombuffer(header, dtype=np.uint8)
+    try:
+        dev.readinto(offset, buf[h:])
+    except BaseException:
+        buffers.put(buf)
+        raise
     return buf
 
 
@@ -537,6 +614,7 @@ class Server:
         self._stop = None
         self.flusher = None
         self.budget = None
+        self.buffers = Buffers()
         self.addresses = []
 
     async def run(self, fn, *args):
