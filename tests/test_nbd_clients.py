@@ -352,6 +352,7 @@ assert a.can_multi_conn() and b.can_multi_conn()
 a.pwrite(b"\x5a" * 65536, 1 << 20)          # acknowledged on a, not flushed
 assert b.pread(65536, 1 << 20) == b"\x5a" * 65536
 b.flush()                                   # a flush on b covers a's write
+a.pwrite(b"\x5b" * 4096, 2 << 20, nbd.CMD_FLAG_FUA)   # durable when acknowledged
 print("flushed", flush=True)
 sys.stdin.read()                            # hold both connections until killed
 """
@@ -370,6 +371,32 @@ def test_multi_conn_flush_on_one_connection_covers_the_others(served):
         client.wait(30)
     got = reopen_check(served.pool_path)["disk"]
     assert got[MiB:MiB + 65536] == b"\x5a" * 65536
+    assert got[2 * MiB:2 * MiB + 4096] == b"\x5b" * 4096
+
+
+def test_serve_readonly_exports_everything_read_only(tmp_path):
+    need_libnbd_python()
+    pool = tmp_path / "pool"
+    content, _ = make_pool(pool)
+    meta = (pool / "meta").read_bytes()
+    server = ServerProcess(pool, tmp_path / "s.sock", "--readonly").start()
+    try:
+        out = libnbd(r"""
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+assert h.is_read_only() and not h.can_trim()
+h.set_strict_mode(0)
+try:
+    h.pwrite(b"x", 0)
+except nbd.Error as exc:
+    assert exc.errno == "EPERM", exc.errno
+else:
+    raise AssertionError("a write went through")
+print(h.pread(4, 3 * 65536 + 100).hex())
+""", server.uri("disk"))
+        assert out.stdout.strip() == content["disk"][3 * B + 100:3 * B + 104].hex()
+    finally:
+        assert server.stop() == 0
+    assert (pool / "meta").read_bytes() == meta
 
 
 def test_disconnect_commits_unflushed_writes(served):
