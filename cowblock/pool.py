@@ -93,12 +93,19 @@ class DeviceUsage:
 
 @dataclasses.dataclass(frozen=True)
 class PoolUsage:
-    """Space of a whole pool, in bytes, with each device's share."""
+    """Space of a whole pool, in bytes, with each device's share.
+
+    ``devices`` maps each device's name to its :class:`DeviceUsage`;
+    ``changed`` maps it to the bytes of the blocks it changed since it was
+    made (what :meth:`Device.changed_blocks` lists, the last block counted
+    up to the device's end), from the same walk.
+    """
 
     size: int
     used: int
     block_size: int
     devices: dict
+    changed: dict = dataclasses.field(default_factory=dict)
 
     @property
     def free(self):
@@ -225,9 +232,14 @@ class Pool:
             lib.CB_CREATE_CHECKSUMS if checksums else 0)
         keep_freed = _int(keep_freed, "keep_freed")
         rc = lib.cb_pool_create(raw, size, block_size, flags, out)
+        if rc == -errno.EFBIG:  # nothing is left behind: create is all or nothing
+            raise errors.InvalidArgumentError(
+                f"create pool in {os.fsdecode(raw)!r}: a pool of size {size} bytes needs a "
+                f"data file that large, and the file system (or the process's file size "
+                f"limit) allows less; choose a smaller size", code=rc)
         if rc:
             raise_for(rc, f"create pool in {os.fsdecode(raw)!r}")
-        return cls(out[0], raw, False)._kept(keep_freed)
+        return cls(_owned(out[0]), raw, False)._kept(keep_freed)
 
     @classmethod
     def open(cls, path, readonly=False, *, direct=False, mmap=False, keep_freed=0):
@@ -261,7 +273,7 @@ class Pool:
             if rc == lib.CB_ENOENT:
                 raise errors.NotFoundError(f"no pool in {os.fsdecode(raw)!r}", code=rc)
             raise_for(rc, f"open pool {os.fsdecode(raw)!r}")
-        return cls(out[0], raw, bool(readonly))._kept(keep_freed)
+        return cls(_owned(out[0]), raw, bool(readonly))._kept(keep_freed)
 
     def _kept(self, keep_freed):
         if keep_freed:
@@ -298,14 +310,19 @@ class Pool:
             h, self._h = self._h, None
             if h is None:
                 return
+            # Later calls on the devices fail in Python; their C handles are
+            # closed when the cdata goes, after the pool below (then at once).
+            handles = []
             for dev in list(self._devices.values()):
-                dev._h = None  # freed by the pool below
+                handles.append(dev._h)
+                dev._h = None
             self._devices.clear()
             scrubs = list(self._scrubs)
         for state, worker in scrubs:  # a scrub in another thread: stop it first
             state.cancel = 1
             worker.join()
         rc = lib.cb_pool_close(h)
+        del handles
         if rc:
             raise_for(rc, f"close pool {self._path!r}")
 
@@ -423,7 +440,7 @@ class Pool:
             rc = lib.cb_dev_open(self._handle(), raw, out)
             if rc:
                 raise_for(rc, f"open device {name!r}")
-            dev = Device(self, out[0], name)
+            dev = Device(self, ffi.gc(out[0], lib.cb_dev_close), name)
             self._devices[name] = dev
             return dev
 
@@ -482,6 +499,12 @@ class Pool:
                             out.size, out.flags, out.external_id, out.created_ns)
         return self._info(raw_info, {i.id: i for i in self._infos()})
 
+    def infos(self):
+        """A :class:`DeviceInfo` for every device, sorted by name, from one listing."""
+        raw = self._infos()
+        by_id = {i.id: i for i in raw}
+        return [self._info(i, by_id) for i in sorted(raw, key=lambda i: i.name)]
+
     def _info(self, i, by_id):
         origin = by_id.get(i.origin_id) if i.origin_id else None
         external = None
@@ -502,10 +525,12 @@ class Pool:
         )
 
     def usage(self):
-        """Exact space accounting for the pool and every device (one walk of all metadata)."""
+        """Exact space accounting for the pool and every device (one walk of all metadata,
+        under the pool's exclusive lock): the way to report many devices, where
+        :meth:`Device.usage` per device would walk shared trees once per device."""
         h = self._handle()
         count = ffi.new("size_t *")
-        n = 64
+        n = self._stat().ndevices + 16  # one walk, unless devices are made meanwhile
         while True:  # devices may come and go: size the array until it fits
             arr = ffi.new("cb_usage[]", n)
             rc = lib.cb_pool_usage(h, arr, n, count)
@@ -515,12 +540,14 @@ class Pool:
                 break
             n = count[0]
         bs = self._block_size
-        devices = {}
+        devices, changed = {}, {}
         for k in range(count[0]):
             u = arr[k]
-            devices[ffi.string(u.name).decode("utf-8")] = DeviceUsage(
-                u.mapped * bs, u.exclusive * bs, u.shared * bs)
-        return PoolUsage(size=self._size, used=self.used, block_size=bs, devices=devices)
+            name = ffi.string(u.name).decode("utf-8")
+            devices[name] = DeviceUsage(u.mapped * bs, u.exclusive * bs, u.shared * bs)
+            changed[name] = u.changed_bytes
+        return PoolUsage(size=self._size, used=self.used, block_size=bs, devices=devices,
+                         changed=changed)
 
     def stats(self):
         """Counters since open and on-disk figures, as a dict of ints."""
@@ -540,10 +567,14 @@ class Pool:
         return out
 
     def check(self, repair=False):
-        """Verify all metadata against the invariants (see ``cowblock pool check``).
+        """Verify all metadata against the invariants (see ``cowblock pool check``
+        and the README's "Check and repair").
 
-        A writable pool is committed first.  With ``repair``, leaked space is
-        given back; corruption is reported, never guessed at.
+        A writable pool is committed first.  ``messages`` has one line per
+        finding ("error: ...", "warning: ...", "leak: ...", "repaired: ..."),
+        naming the page, its offset and its kind.  With ``repair``, leaked
+        space is given back and a damaged superblock slot is rewritten from
+        the current one; corruption is reported, never guessed at.
         """
         out = ffi.new("cb_check *")
         buf = ffi.new("char[]", 1 << 16)
@@ -661,6 +692,19 @@ _U64 = np.dtype(np.uint64)  # the native one: numpy's builtin dtypes are singlet
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
 
+def _owned(handle):
+    """A pool handle whose memory lives as long as the cdata does.
+
+    Pool.close() shuts the pool down while other threads may still be about
+    to call through the handle; the core refuses those calls (ClosedError)
+    as long as the pointer is valid, and this reference keeps it valid until
+    no Python object can reach it (cowblock.h, "Lifetimes").  Device handles
+    likewise hold theirs until cb_dev_close runs from their cdata's gc.
+    """
+    lib.cb_pool_retain(handle)
+    return ffi.gc(handle, lib.cb_pool_release)
+
+
 def _new_scratch():
     buf = ffi.new("char[]", _SCRATCH)
     return buf, ffi.buffer(buf)
@@ -700,12 +744,6 @@ class Device:
 
     def __repr__(self):
         return f"<cowblock.Device {self._name!r} size={self._size}{' ro' if self._readonly else ''}>"
-
-    def __del__(self):
-        h = getattr(self, "_h", None)
-        if h is not None and self._pool._h is not None:
-            self._h = None
-            lib.cb_dev_close(h)
 
     @property
     def name(self):
@@ -917,7 +955,8 @@ class Device:
     # -- what it holds -----------------------------------------------------------
 
     def usage(self):
-        """:class:`DeviceUsage` of this device."""
+        """:class:`DeviceUsage` of this device, from a walk of its own tree only
+        (cost grows with this device's metadata, not with the pool's)."""
         out = ffi.new("cb_usage *")
         rc = lib.cb_dev_usage(self._handle(), out)
         if rc:

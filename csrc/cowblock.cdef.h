@@ -13,6 +13,7 @@
 #define CB_ENOMEM ...
 #define CB_EEXTERNAL ...
 #define CB_ECHECKSUM ...
+#define CB_ECLOSED ...
 #define CB_NAME_MAX ...
 #define CB_PATH_MAX ...
 #define CB_MIN_BLOCK_SIZE ...
@@ -50,6 +51,7 @@ typedef struct cb_usage {
     char name[...];
     uint32_t id;
     uint64_t mapped, exclusive, shared;
+    uint64_t changed_bytes;
 } cb_usage;
 
 typedef struct cb_check {
@@ -72,11 +74,14 @@ typedef struct cb_scrub_bad {
 const char *cb_build_id(void);
 const char *cb_strerror(int code);
 uint64_t cb_bad_offset(void);
+size_t cb_corrupt_detail(char *buf, size_t len, uint64_t *page);
 
 int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
                    unsigned flags, cb_pool **out);
 int cb_pool_open(const char *path, unsigned flags, cb_pool **out);
 int cb_pool_close(cb_pool *pool);
+void cb_pool_retain(cb_pool *pool);
+void cb_pool_release(cb_pool *pool);
 int cb_pool_flush(cb_pool *pool);
 int cb_pool_set_keep(cb_pool *pool, uint64_t max_blocks);
 int cb_pool_stat(cb_pool *pool, cb_stat *out);
