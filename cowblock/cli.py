@@ -854,6 +854,7 @@ def cmd_serve(args) -> int:
     import logging
 
     from . import Pool
+    from .nbd import listen
     from .nbd import server as nbd
 
     logging.basicConfig(stream=sys.stderr, format="cowblock serve: %(message)s",
@@ -864,10 +865,10 @@ def cmd_serve(args) -> int:
         raise UsageError("TLS is for --tcp (the Unix socket is local)")
     if args.max_connections < 1:
         raise UsageError(f"--max-connections must be at least 1, not {args.max_connections}")
-    tcp = nbd.parse_tcp(args.tcp) if args.tcp else None
-    tls = nbd.tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    tcp = listen.parse_tcp(args.tcp) if args.tcp else None
+    tls = listen.tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     if args.exit_with_parent:
-        nbd.exit_with_parent()
+        listen.exit_with_parent()
     path = _pool_path(args)
     unix = args.socket or os.path.join(path, nbd.DEFAULT_SOCKET)
     limits = nbd.Limits(max_connections=args.max_connections)

@@ -9,7 +9,7 @@ import pytest
 
 import cowblock
 from cowblock import cli
-from cowblock.nbd.server import bind_unix, parse_tcp
+from cowblock.nbd.listen import bind_unix, parse_tcp
 from nbd_support import RawClient, ServerProcess
 
 

@@ -4,7 +4,6 @@ why, when its tool is missing.  Servers run as `python -m cowblock serve`
 subprocesses in the test's temp dir and are stopped by pid."""
 import concurrent.futures
 import json
-import os
 import random
 import signal
 import subprocess

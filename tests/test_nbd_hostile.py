@@ -2,13 +2,11 @@
 where the spec leaves no other way, the connection closed), nothing is lost,
 and the other clients carry on.  Also many connections, the connection
 bound, the handshake timeout, TLS, and a fuzzer against a live server."""
-import os
 import shutil
 import socket
 import ssl
 import struct
 import subprocess
-import threading
 import time
 
 import pytest
@@ -322,7 +320,7 @@ def make_cert(tmp_path):
 
 
 def test_tls_on_tcp(devices, tmp_path):
-    from cowblock.nbd.server import tls_context
+    from cowblock.nbd.listen import tls_context
 
     cert, key = make_cert(tmp_path)
     srv = ThreadServer(devices, tmp_path / "s.sock", tls=tls_context(str(cert), str(key)))

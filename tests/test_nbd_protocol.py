@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cowblock.nbd import protocol as P
-from cowblock.nbd.negotiate import ALLOCATION_ID, Action, BlockSizes, Export, Negotiation
+from cowblock.nbd.negotiate import ALLOCATION_ID, Action, Export, Negotiation
 
 
 def budget(run_slow, fast=150, slow=4000):
