@@ -1,11 +1,15 @@
-"""nbdcopy throughput: cowblock serve against qemu-nbd and `nbdkit file`.
+"""nbdcopy throughput and fio 4 KiB random reads: cowblock serve against
+qemu-nbd and `nbdkit file`.
 
 The same bytes (a 1 GiB device written in full, and a raw file holding
 them) are copied from each server to ``null:`` by nbdcopy, the servers
 interleaved round by round; the table gives the median of each.  The page
 cache is warm for all three (every one reads the same data once first).
+With ``--fio SECONDS``, fio (``--ioengine=nbd``) also reads 4 KiB at random
+offsets, queue depth 16, from each server, and the server CPU per request
+is given.
 
-    .venv/bin/python bench/nbd_copy.py [--size 1G] [--rounds 5] [--dir /var/tmp]
+    .venv/bin/python bench/nbd_copy.py [--size 1G] [--rounds 5] [--fio 5] [--dir /var/tmp]
 
 Needs nbdcopy (libnbd-bin), qemu-nbd (qemu-utils) and nbdkit; a missing
 peer is left out of the table.
@@ -55,6 +59,8 @@ def main(argv=None):
     ap.add_argument("--size", default="1G")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--dir", default=None, help="where the pool and the raw file go")
+    ap.add_argument("--fio", type=float, default=0, metavar="SECONDS",
+                    help="also run fio 4 KiB random reads for this long per server")
     args = ap.parse_args(argv)
     size = parse_size(args.size)
     if shutil.which("nbdcopy") is None:
@@ -109,6 +115,21 @@ def main(argv=None):
         for n in servers:
             t = statistics.median(times[n])
             print(f"{n:<16} {size / t / 2**20:>8.0f} {t:>8.3f} {statistics.median(cpu[n]):>13.2f}")
+        if args.fio:
+            import json
+
+            print(f"\nfio 4 KiB random reads, queue depth 16, {args.fio:g} s each")
+            print(f"{'server':<16} {'IOPS':>9} {'server CPU us/req':>18}")
+            for n, proc in servers.items():
+                c0 = cpu_seconds(proc.pid)
+                out = subprocess.run(
+                    ["fio", "--name=r", "--ioengine=nbd", f"--uri={uris[n]}", "--rw=randread",
+                     "--bs=4k", "--iodepth=16", f"--size={size}", f"--runtime={args.fio}",
+                     "--time_based", "--output-format=json"],
+                    check=True, capture_output=True, text=True).stdout
+                used = cpu_seconds(proc.pid) - c0
+                job = json.loads(out[out.index("{"):])["jobs"][0]["read"]
+                print(f"{n:<16} {job['iops']:>9.0f} {used / max(job['total_ios'], 1) * 1e6:>18.1f}")
     finally:
         for proc in servers.values():
             if proc.poll() is None:

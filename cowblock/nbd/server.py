@@ -135,10 +135,16 @@ class Budget:
         self.free = total
         self._waiters = []
 
-    async def acquire(self, n):
-        n = min(n, self.total)
+    def try_acquire(self, n):
+        """Take ``n`` at once if there is room and nobody waits; True if taken."""
         if not self._waiters and self.free >= n:
             self.free -= n
+            return True
+        return False
+
+    async def acquire(self, n):
+        n = min(n, self.total)
+        if self.try_acquire(n):
             return n
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append((n, fut))
@@ -389,9 +395,11 @@ class Connection:
             req.length <= limits.max_request else 0
         if not charge:
             return req, b"", 0
-        await mine.acquire(charge)
+        if not mine.try_acquire(charge):
+            await mine.acquire(charge)
         try:
-            await self.server.budget.acquire(charge)
+            if not self.server.budget.try_acquire(charge):
+                await self.server.budget.acquire(charge)
         except BaseException:
             mine.release(charge)
             raise
@@ -465,8 +473,9 @@ class Connection:
                 log.error("%s: %s on %r failed: %s", self.peer, P.command_name(req.type),
                           self.export.name, message)
             self._reply_error(req, error, message)
-        with contextlib.suppress(ConnectionError):
-            await self.writer.drain()
+        if self.writer.transport.get_write_buffer_size():
+            with contextlib.suppress(ConnectionError):
+                await self.writer.drain()
 
     async def _flush(self):
         covered = self.writes_done
@@ -499,8 +508,17 @@ class Connection:
         would each be copied into the transport, and its buffer's front
         trimmed at every send).  The buffer is reused once the transport
         holds nothing of it."""
+        w = self.writer
+        if not self._data_lock.locked() and not w.transport.get_write_buffer_size() \
+                and self._unsent is None:
+            if not w.is_closing():  # the common case: nothing queued, write at once
+                w.write(memoryview(reply).cast("B"))
+                if w.transport.get_write_buffer_size():
+                    self._unsent = reply
+                else:
+                    self.server.buffers.put(reply)
+            return
         async with self._data_lock:
-            w = self.writer
             if w.transport.get_write_buffer_size():
                 await w.drain()
             if self._unsent is not None and not w.transport.get_write_buffer_size():
@@ -519,6 +537,15 @@ class Connection:
             self._send(P.encode_error_chunk(req.handle, error, message))
         else:
             self._send(P.encode_simple_reply(req.handle, error))
+
+
+def _settle(fut, result, exc):
+    if fut.cancelled():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
 
 
 # Core calls, run on the worker threads.
@@ -618,8 +645,23 @@ class Server:
         self.buffers = Buffers()
         self.addresses = []
 
-    async def run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    def run(self, fn, *args):
+        """Run ``fn(*args)`` on a worker thread; an awaitable of its result.
+        (The worker hands the result to the loop itself, which costs less
+        than run_in_executor's chaining of two futures.)"""
+        loop = self._loop
+        fut = loop.create_future()
+
+        def job():
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # noqa: B902 - handed to the awaiting task
+                loop.call_soon_threadsafe(_settle, fut, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, fut, result, None)
+
+        self._executor.submit(job)
+        return fut
 
     def stop(self):
         """Stop accepting, let requests in flight finish, then return from :meth:`serve`."""
@@ -630,6 +672,7 @@ class Server:
         """Listen on a Unix socket path and/or a (host, port) until :meth:`stop`.
         ``ready(addresses)`` is called once the sockets accept connections."""
         self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             self.limits.workers, thread_name_prefix="cowblock-nbd")
         self.flusher = Flusher(self.pool, self.run)
