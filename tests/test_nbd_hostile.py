@@ -391,3 +391,23 @@ def test_live_server_fuzz(server, run_slow):
         healthy(server)
 
     check()
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_device_deleted_under_a_client(server, structured):
+    """Its requests fail with NBD_EIO saying why (small reads go in batches,
+    big ones alone: both paths); the connection and the other exports go on."""
+    pool = server.server.pool
+    pool.create_device("doomed", SIZE)
+    with client(server) as c:
+        c.go("doomed", structured=structured)
+        assert c.call(P.CMD_READ, 0, 4096)["error"] == 0
+        pool.delete("doomed")
+        for length in (4096, MiB):
+            r = c.call(P.CMD_READ, 0, length)
+            assert r["error"] == P.EIO, r
+            if structured:
+                assert "doomed" in r["message"]
+        assert c.call(P.CMD_WRITE, 0, 512, 0, b"x" * 512)["error"] == P.EIO
+        assert c.call(P.CMD_FLUSH)["error"] == 0
+    healthy(server)

@@ -42,6 +42,9 @@ from .negotiate import ALLOCATION_ID, Action, BlockSizes, Export, Negotiation
 log = logging.getLogger("cowblock.nbd")
 
 DEFAULT_SOCKET = "nbd.sock"
+SMALL_READ = 64 << 10   # reads up to this size are served in batches
+READ_JOBS = 2           # workers serving one connection's small reads at once
+READ_BATCH = 64         # small reads one worker takes at a time
 _ZEROS = bytes(1 << 20)
 
 
@@ -346,6 +349,8 @@ class Connection:
         self._session = session
         self._data_lock = asyncio.Lock()
         self._unsent = None  # the last read buffer, until the transport has sent it
+        self._reads = collections.deque()  # small reads waiting for a worker: (req, header, done)
+        self._read_jobs = 0                # workers taking from it
         # drain() returns only once the buffer is empty (see _reply_data)
         self.writer.transport.set_write_buffer_limits(high=0)
         log.info("%s: serving %r%s", self.peer, export.name, " read-only" if export.readonly else "")
@@ -369,6 +374,9 @@ class Connection:
                 if error:
                     self._release(slots, mine, charge)
                     self._reply_error(req, error, message)
+                    continue
+                if req.type == P.CMD_READ and 0 < req.length <= SMALL_READ:
+                    self._queue_read(req, tasks, lambda _f, c=charge: self._release(slots, mine, c))
                     continue
                 task = asyncio.get_running_loop().create_task(
                     self._serve(req, payload, export.target))
@@ -412,6 +420,82 @@ class Connection:
             self.server.budget.release(charge)
             raise
         return req, payload, charge
+
+    # -- small reads, in batches ---------------------------------------------------
+    #
+    # Under load, small reads arrive faster than one thread hop each can
+    # serve them: each hop wakes a worker, hands the GIL back and forth and
+    # sends one reply.  So they queue, and a worker takes every read queued
+    # when it starts (up to READ_JOBS workers per connection at once) and
+    # hands all the replies back in one call, sent with one write.
+
+    def _queue_read(self, req, tasks, release):
+        done = self.server._loop.create_future()
+        tasks.add(done)
+        done.add_done_callback(tasks.discard)
+        done.add_done_callback(release)
+        if self._session.structured:
+            header = P.encode_data_chunk_header(req.handle, req.offset, req.length)
+        else:
+            header = P.encode_simple_reply(req.handle)
+        self._reads.append((req, header, done))
+        if self._read_jobs < READ_JOBS:
+            self._read_jobs += 1
+            self.server._executor.submit(self._read_job, self.export.target)
+
+    def _read_job(self, dev):
+        """On a worker: serve the small reads queued now."""
+        items, results = [], []
+        while len(items) < READ_BATCH:
+            try:
+                items.append(self._reads.popleft())
+            except IndexError:
+                break
+        for req, header, _ in items:
+            try:
+                results.append(_read(dev, req.offset, req.length, None, header))
+            except Exception as exc:
+                results.append(exc)
+        self.server._loop.call_soon_threadsafe(self._reads_done, dev, items, results)
+
+    def _reads_done(self, dev, items, results):
+        """On the loop: send the replies of one batch."""
+        self._read_jobs -= 1
+        if self._reads and self._read_jobs < READ_JOBS:  # queued while the batch ran
+            self._read_jobs += 1
+            self.server._executor.submit(self._read_job, dev)
+        out = []
+        for (req, _, _), result in zip(items, results):
+            if isinstance(result, Exception):
+                error, message = nbd_error(result)
+                if error == P.EIO:
+                    log.error("%s: NBD_CMD_READ on %r failed: %s", self.peer,
+                              self.export.name, message)
+                if self._session.structured:
+                    out.append(P.encode_error_chunk(req.handle, error, message))
+                else:
+                    out.append(P.encode_simple_reply(req.handle, error))
+            else:
+                out.append(memoryview(result).cast("B"))
+        w = self.writer
+        if out and not w.is_closing():
+            w.writelines(out)
+        dones = [done for _, _, done in items]
+        if not w.is_closing() and w.transport.get_write_buffer_size():
+            # the client reads slower than we answer: hold the requests'
+            # slots until it has caught up
+            self.server._loop.create_task(self._settle_after_drain(dones))
+        else:
+            for done in dones:
+                if not done.done():
+                    done.set_result(None)
+
+    async def _settle_after_drain(self, dones):
+        with contextlib.suppress(Exception):
+            await self.writer.drain()
+        for done in dones:
+            if not done.done():
+                done.set_result(None)
 
     async def _finish(self, tasks):
         """Let the requests in flight answer; a client that stops reading its
@@ -587,14 +671,16 @@ class Buffers:
 
 def _read(dev, offset, length, buffers, header):
     """The reply to a read: ``header`` then the data, in one buffer, so that
-    it goes out in one send."""
+    it goes out in one send.  ``buffers`` (a :class:`Buffers`) to reuse
+    one, or None for a fresh one (small reads: malloc serves those cheaply)."""
     h = len(header)
-    buf = buffers.get(h + length)
+    buf = buffers.get(h + length) if buffers is not None else np.empty(h + length, np.uint8)
     buf[:h] = np.frombuffer(header, dtype=np.uint8)
     try:
         dev.readinto(offset, buf[h:])
     except BaseException:
-        buffers.put(buf)
+        if buffers is not None:
+            buffers.put(buf)
         raise
     return buf
 
