@@ -3,6 +3,7 @@ the socket it leaves (or replaces) behind."""
 import os
 import socket
 import subprocess
+import time
 import sys
 
 import pytest
@@ -94,3 +95,31 @@ def test_bind_unix_replaces_a_stale_socket_only(tmp_path):
     assert (tmp_path / "file").read_text() == "keep me"
     with pytest.raises(ValueError, match="107"):
         bind_unix(str(tmp_path / ("x" * 120)))
+
+
+def cow(pool_dir, *args):
+    return subprocess.run([sys.executable, "-m", "cowblock", "--pool", str(pool_dir), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_cli_works_through_the_server_while_it_serves(pool_dir, tmp_path):
+    server = ServerProcess(pool_dir, tmp_path / "s.sock").start()
+    try:
+        r = cow(pool_dir, "device", "ls")
+        assert r.returncode == 0 and "disk" in r.stdout, r.stderr
+        assert cow(pool_dir, "device", "create", "later", "2M").returncode == 0
+        with RawClient(server.socket) as c:  # the new device is an export at once
+            assert c.go("later")[0] == 2 << 20
+            r = cow(pool_dir, "device", "rm", "later")  # not while a client uses it
+            assert r.returncode != 0 and "clients connected" in r.stderr, r.stderr
+            assert c.call(4, 0, 512)["error"] == 0  # NBD_CMD_TRIM: still served
+        deadline = time.monotonic() + 10
+        while True:  # once the client has gone, it may go
+            r = cow(pool_dir, "device", "rm", "later")
+            if r.returncode == 0 or time.monotonic() > deadline:
+                break
+        assert r.returncode == 0, r.stderr
+    finally:
+        assert server.stop() == 0
+    with cowblock.Pool.open(pool_dir) as pool:
+        assert pool.devices() == ["disk"]

@@ -31,6 +31,7 @@ import signal
 import socket
 import ssl
 import sys
+import threading
 
 import numpy as np
 
@@ -359,6 +360,7 @@ class Connection:
         mine = Budget(max(limits.bytes_per_connection, limits.max_request))
         tasks = set()
         self._interruptible = True  # a request half read when the server stops is dropped
+        self.server._serving_add(export.name, 1)
         try:
             while not self.stopping:
                 await slots.acquire()
@@ -386,6 +388,7 @@ class Connection:
         finally:
             self._interruptible = False
             await self._finish(tasks)
+            self.server._serving_add(export.name, -1)
 
     async def _next_request(self, mine):
         """(request, write payload, bytes charged) of the next request; None at NBD_CMD_DISC."""
@@ -730,6 +733,19 @@ class Server:
         self.budget = None
         self.buffers = Buffers()
         self.addresses = []
+        self._serving = collections.Counter()  # export name -> clients in transmission
+        self._serving_lock = threading.Lock()
+
+    def exports_in_use(self):
+        """Names of the exports some client is connected to (any thread)."""
+        with self._serving_lock:
+            return {name for name, n in self._serving.items() if n > 0}
+
+    def _serving_add(self, name, n):
+        with self._serving_lock:
+            self._serving[name] += n
+            if self._serving[name] <= 0:
+                del self._serving[name]
 
     def run(self, fn, *args):
         """Run ``fn(*args)`` on a worker thread; an awaitable of its result.
@@ -831,11 +847,41 @@ class Server:
 
 
 def serve(pool, unix=None, tcp=None, *, readonly=False, limits=Limits(), tls=None,
-          out=sys.stdout):
+          out=sys.stdout, control=True):
     """Run a server on ``pool`` in the foreground until SIGTERM or SIGINT;
-    then answer what is in flight and commit.  Prints where it listens."""
-    server = Server(pool, readonly=readonly, limits=limits, tls=tls)
+    then answer what is in flight and commit.  Prints where it listens.
 
+    With ``control``, the pool's control socket answers the CLI meanwhile
+    (:class:`cowblock.daemon.ControlServer`), refusing only what would pull
+    a device from under its NBD clients."""
+    server = Server(pool, readonly=readonly, limits=limits, tls=tls)
+    control_server = None
+    if control:
+        from ..daemon import ControlServer
+
+        control_server = ControlServer(pool, kind="serve", refuse=lambda a: _refuse(server, a))
+        control_server.start()
+    try:
+        return _serve(server, pool, unix, tcp, out)
+    finally:
+        if control_server is not None:
+            control_server.stop()
+
+
+def _refuse(server, args):
+    """The reason to refuse a CLI command while serving, or None."""
+    noun, verb = args.noun, getattr(args, "verb", None)
+    if noun != "device" or verb not in ("rm", "mkfs", "import"):
+        return None
+    names = list(getattr(args, "names", None) or [getattr(args, "name", "")])
+    busy = sorted(set(names) & server.exports_in_use())
+    if busy:
+        return (f"exported over NBD with clients connected: {', '.join(busy)}; "
+                "disconnect them first")
+    return None
+
+
+def _serve(server, pool, unix, tcp, out):
     def ready(addresses):
         for a in addresses:
             print(f"listening on {a}", file=out, flush=True)
