@@ -46,6 +46,7 @@ DEFAULT_SOCKET = "nbd.sock"
 SMALL_READ = 64 << 10   # reads up to this size are served in batches
 READ_JOBS = 2           # workers serving one connection's small reads at once
 READ_BATCH = 64         # small reads one worker takes at a time
+UNIX_SNDBUF = 4 << 20   # asked for; the kernel caps it (net.core.wmem_max)
 _ZEROS = bytes(1 << 20)
 
 
@@ -824,6 +825,12 @@ class Server:
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        elif sock is not None:
+            # A Unix socket's send buffer bounds what one send takes (about
+            # 200 KiB by default): room for a whole read reply saves the
+            # copy of the rest into the transport and the wakeups to send it.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SNDBUF)
         refusal = None
         n = self.limits.max_connections
         if len(self.connections) >= n:
