@@ -16,6 +16,7 @@ import time
 import pytest
 
 from cowblock.nbd import protocol as P
+from tools import tool_env
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -38,7 +39,7 @@ def need_libnbd_python():
 def client_env():
     """The environment for client tools: without the sanitizer runtime that
     .ci/asan preloads for the server (qemu and libnbd are not under test)."""
-    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    return tool_env()
 
 
 def run(cmd, timeout=120, check=True, **kw):
