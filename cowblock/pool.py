@@ -630,9 +630,9 @@ class Pool:
         out["size"] = self._size
         out["used"] = st.used_blocks * self._block_size
         out["meta_bytes"] = st.meta_pages * 4096
-        where = self.directory  # a pool at a URL has no files here: 0
-        out["data_bytes_on_disk"] = _disk_bytes(os.path.join(where, "data")) if where else 0
-        out["meta_bytes_on_disk"] = _disk_bytes(os.path.join(where, "meta")) if where else 0
+        where = self.directory  # a pool at a URL has no files here: None
+        out["data_bytes_on_disk"] = _disk_bytes(os.path.join(where, "data")) if where else None
+        out["meta_bytes_on_disk"] = _disk_bytes(os.path.join(where, "meta")) if where else None
         return out
 
     def check(self, repair=False):

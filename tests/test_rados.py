@@ -306,6 +306,9 @@ def test_cli_on_a_rados_pool(ceph, tmp_path):
     cli("device", "create", "d", "1M")
     info = json.loads(cli("pool", "info", "--json").stdout)
     assert info["path"] == url and info["devices"] == 1
+    assert info["data_bytes_on_disk"] is None          # no file here to measure
+    assert "data file on disk:" in cli("pool", "info").stdout
+    assert "generation:" in cli("pool", "stats").stdout
     assert cli("pool", "check").returncode == 0
     r = cli("pool", "unlock", ok=False)
     assert r.returncode == 2 and "--force" in r.stderr
