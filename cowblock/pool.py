@@ -47,6 +47,7 @@ def _path(path, what="path"):
 
 
 _URL = re.compile(rb"^[a-z][a-z0-9+]*://")
+_READER_RETRIES = 8  # see Pool.open
 
 
 def _is_url(raw):
@@ -298,6 +299,16 @@ class Pool:
         if keep_freed and readonly:
             raise _bad("keep_freed needs a writable pool")
         rc = lib.cb_pool_open(raw, flags, out)
+        # A reader of a pool shared with a writer on another host (a URL) reads
+        # the superblock, then the metadata it names; a commit in between can
+        # reuse a page that superblock still named, which load then finds newer
+        # than it and reports as damage.  The pool itself is fine: read again.
+        # Real damage fails every attempt.
+        tries = _READER_RETRIES if readonly and _is_url(raw) else 0
+        while rc == lib.CB_ECORRUPT and tries:
+            tries -= 1
+            lib.cb_corrupt_detail(ffi.NULL, 0, ffi.NULL)  # this attempt's, not the next's
+            rc = lib.cb_pool_open(raw, flags, out)
         if rc:
             if rc == lib.CB_ENOENT:
                 raise errors.NotFoundError(f"no pool in {os.fsdecode(raw)!r}", code=rc)

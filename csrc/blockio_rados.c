@@ -254,6 +254,14 @@ struct rio {
     int lost;
     struct rop *done;      /* completed ops, freed by the next caller */
 
+    /* A read-only opener of a fenced (meta) store reads each object whole,
+     * once, and serves every later read from that copy: one RADOS read of
+     * an object is atomic with respect to the writer's writes to it, so the
+     * pages a reader loads come from one moment of each object, not from
+     * page reads spread over the writer's next commits.  Freed at close. */
+    char **cache;          /* by object index, NULL if not read yet */
+    uint64_t ncache;
+
     char *scan;            /* next_data's copy of object scan_idx (osize bytes) */
     uint64_t scan_idx, scan_len;
     char zeros[4096];
@@ -422,10 +430,56 @@ static int head_op(struct rio *r, const void *buf, size_t n, uint64_t off, int c
     return 0;
 }
 
+/* Object idx of a read-only fenced store, read whole on first use. */
+static int cached_object(struct rio *r, uint64_t idx, const char **out)
+{
+    pthread_mutex_lock(&r->mu);
+    if (idx >= r->ncache) {
+        uint64_t n = idx + 1 > 2 * r->ncache ? idx + 1 : 2 * r->ncache;
+        char **c = realloc(r->cache, n * sizeof *c);
+        if (!c) {
+            pthread_mutex_unlock(&r->mu);
+            return CB_ENOMEM;
+        }
+        memset(c + r->ncache, 0, (n - r->ncache) * sizeof *c);
+        r->cache = c;
+        r->ncache = n;
+    }
+    char *have = r->cache[idx];
+    pthread_mutex_unlock(&r->mu);
+    if (have) {
+        *out = have;
+        return 0;
+    }
+    char *obj = malloc(r->osize), oid[sizeof r->head + 20];
+    if (!obj)
+        return CB_ENOMEM;
+    oid_of(r, idx, oid, sizeof oid);
+    int got = rados_read(r->ctx, oid, obj, (size_t)r->osize, 0);
+    if (got == -ENOENT)
+        got = 0;
+    if (got < 0) {
+        free(obj);
+        return map_err(got);
+    }
+    memset(obj + got, 0, (size_t)(r->osize - (uint64_t)got));
+    pthread_mutex_lock(&r->mu);
+    if (r->cache[idx]) { /* another thread read it meanwhile: keep the first */
+        free(obj);
+        obj = r->cache[idx];
+    } else {
+        r->cache[idx] = obj;
+    }
+    pthread_mutex_unlock(&r->mu);
+    *out = obj;
+    return 0;
+}
+
 static int r_pread(cb_io *io, void *buf, size_t len, uint64_t off)
 {
     struct rio *r = (struct rio *)io;
     char *p = buf;
+    int cache = (r->flags & CB_IO_READONLY) && r->fenced;
     while (len) {
         char oid[sizeof r->head + 20];
         const char *name;
@@ -442,6 +496,17 @@ static int r_pread(cb_io *io, void *buf, size_t len, uint64_t off)
         }
         if (n > len)
             n = len;
+        if (cache && name == oid) {
+            const char *obj;
+            int rc = cached_object(r, off >> r->oshift, &obj);
+            if (rc)
+                return rc;
+            memcpy(p, obj + in, (size_t)n);
+            p += n;
+            off += n;
+            len -= (size_t)n;
+            continue;
+        }
         int got = rados_read(r->ctx, name, p, (size_t)n, in);
         if (got == -ENOENT)
             got = 0;
@@ -820,6 +885,9 @@ static void r_close(cb_io *io)
     pthread_cond_destroy(&r->cv);
     pthread_mutex_destroy(&r->lease_mu);
     pthread_cond_destroy(&r->lease_cv);
+    for (uint64_t i = 0; i < r->ncache; i++)
+        free(r->cache[i]);
+    free(r->cache);
     free(r->scan);
     free(r);
 }
