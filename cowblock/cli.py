@@ -735,7 +735,7 @@ def _bench(argv: list[str]) -> int:
         from . import benchmark
     except ImportError as exc:
         if exc.name in ("cowblock.benchmark", f"{__package__}.benchmark"):
-            print("cowblock: error: the benchmark module (cowblock/benchmark.py) "
+            print("cowblock: error: the benchmark module (cowblock/benchmark/) "
                   "is not installed", file=sys.stderr)
             return EXIT_USAGE
         raise
