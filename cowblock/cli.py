@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 from .errors import CorruptError, CowblockError, InvalidArgumentError
+from .table import print_table
 from .units import format_exact, format_size, parse_size
 
 EXIT_OK = 0
@@ -73,18 +74,6 @@ def _when(t: float | None) -> str:
 
 def _exact(n: int | None) -> str:
     return "-" if n is None else format_exact(n)
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None) -> None:
-    """Print an aligned table; columns whose header starts with a space
-    (size columns) are right-aligned."""
-    out = out or sys.stdout
-    cells = [[str(h).strip() for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    right = [str(h).startswith(" ") for h in headers]
-    for r in cells:
-        parts = [c.rjust(w) if rj else c.ljust(w) for c, w, rj in zip(r, widths, right)]
-        print("  ".join(parts).rstrip(), file=out)
 
 
 def _emit_json(obj: Any) -> None:
