@@ -4,6 +4,11 @@
  *
  * Runs under the exclusive lock.  A writable pool is committed first, so
  * that everything in memory is also on disk.  Then:
+ *   0. both superblock slots are read back and parsed as open would (the
+ *      one the pool does not stand on must hold an older generation of the
+ *      same pool); with repair a bad one is rewritten by a commit, which
+ *      writes only that slot.  The data file must span the pool's blocks,
+ *      and each external origin must still be the file it recorded;
  *   1. every committed page reachable from the superblock is read back and
  *      its header and checksum verified;
  *   2. node reference counts are recomputed from the trees;
@@ -17,6 +22,7 @@
  *   6. metadata pages marked in use but unreachable: leaked pages,
  *      repaired by marking them free.
  * Corruption (1-4) is reported, never "repaired": we refuse to guess.
+ * Messages name the page, its offset and its kind (meta.h's detail).
  */
 #include "pool.h"
 
@@ -58,6 +64,19 @@ static void error(struct checker *c, const char *what, uint64_t a, uint64_t b)
         say(c, "error: %s (%llu, %llu)", what, (unsigned long long)a, (unsigned long long)b);
 }
 
+/* An error told as a sentence (counted like error()). */
+static void __attribute__((format(printf, 2, 3))) errorf(struct checker *c, const char *fmt, ...)
+{
+    if (c->r->errors++ >= 100)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    say(c, "error: %s", line);
+}
+
 static void reach(struct checker *c, uint64_t page)
 {
     if (page < c->npages)
@@ -74,8 +93,116 @@ static void verify_page(struct checker *c, uint64_t page, uint32_t type)
             c->ioerr = rc;
         return;
     }
-    if (cb_page_verify(c->pg, type, page, c->p->generation) != 0)
-        error(c, "metadata page fails verification (page, type)", page, type);
+    if (cb_page_verify(c->pg, type, page, c->p->generation) != 0) {
+        char why[320];
+        cb_corrupt_detail(why, sizeof why, NULL);
+        errorf(c, "%s", why);
+    }
+}
+
+static int blank(const unsigned char *pg)
+{
+    for (unsigned i = 0; i < CB_PAGE; i++)
+        if (pg[i])
+            return 0;
+    return 1;
+}
+
+/* What is wrong with superblock slot s as it is on disk now, in why; 0 if
+ * nothing (or CB_E* of a read that failed). */
+static int slot_problem(struct checker *c, unsigned s, char *why, size_t len)
+{
+    struct cb_pool *p = c->p;
+    why[0] = 0;
+    int rc = cb_io_pread(p->meta, c->pg, CB_PAGE, (uint64_t)s * CB_PAGE);
+    if (rc)
+        return rc;
+    if (s != p->generation % 2 && p->generation == 1 && blank(c->pg))
+        return 0; /* never written: a new pool's first commit writes it */
+    uint64_t msize;
+    if ((rc = p->meta->ops->size(p->meta, &msize)))
+        return rc;
+    if (cb_txn_parse_super(c->pg, s, msize / CB_PAGE)) {
+        cb_corrupt_detail(why, len, NULL);
+        return 0;
+    }
+    uint64_t gen = cb_get64(c->pg + 16);
+    if (s == p->generation % 2 ? gen != p->generation : gen >= p->generation)
+        snprintf(why, len, "superblock slot %u (offset 0x%x): generation %llu where the "
+                 "pool stands on generation %llu", s, s * CB_PAGE, (unsigned long long)gen,
+                 (unsigned long long)p->generation);
+    else if (cb_get32(c->pg + 52) != p->block_size || cb_get64(c->pg + 56) != p->nblocks ||
+             memcmp(c->pg + 104, p->uuid, 16))
+        snprintf(why, len, "superblock slot %u (offset 0x%x): block size, size or uuid "
+                 "differ from the current superblock's (a superblock of another pool?)",
+                 s, s * CB_PAGE);
+    return 0;
+}
+
+/* A device's external origin: still the file that was attached? */
+static void check_external(struct checker *c, const struct cb_devrec *d,
+                           const struct cb_external *x)
+{
+    char why[200];
+    if (!x->path)
+        errorf(c, "device '%s' names external origin that does not exist", d->name);
+    else if (x->changed)
+        errorf(c, "device '%s': %s; reads through it are refused", d->name, x->why);
+    else if (!x->io)
+        say(c, "warning: device '%s': external origin '%s' cannot be read", d->name, x->path);
+    else if (cb_txn_external_changed(x, why, sizeof why))
+        errorf(c, "device '%s': %s (while the pool was open); reopening refuses reads "
+               "through it", d->name, why);
+    else if (!x->stamped)
+        say(c, "warning: device '%s': external origin '%s' was attached without a record "
+            "of its identity (by an older version, or a block device): changes to it "
+            "cannot be detected", d->name, x->path);
+}
+
+/* Both superblock slots.  The slot the pool does not stand on is the one
+ * the next commit writes, so repair is a commit: it rewrites that slot
+ * from the current state and never touches the slot the pool stands on
+ * until the new one is durable (a power cut leaves the current one). */
+static int check_slots(struct checker *c, int repair)
+{
+    struct cb_pool *p = c->p;
+    char why[320];
+    for (unsigned s = 0; s < 2; s++) {
+        int rc = slot_problem(c, s, why, sizeof why);
+        if (rc)
+            return rc;
+        if (!why[0]) {
+            if (p->sb_damage[s][0] && repair) {
+                c->r->repaired++;
+                say(c, "repaired: %s, when the pool was opened from the other slot (had it "
+                    "held a newer commit, that commit is lost): rewritten from the current "
+                    "superblock by a commit since", p->sb_damage[s]);
+                p->sb_damage[s][0] = 0; /* told */
+            } else if (p->sb_damage[s][0])
+                say(c, "warning: %s, when the pool was opened from the other slot (had it held "
+                    "a newer commit, that commit is lost); a commit has rewritten it since", p->sb_damage[s]);
+            continue;
+        }
+        if (s == p->generation % 2 || !repair) {
+            errorf(c, "%s", why);
+            continue;
+        }
+        uint64_t from = p->generation;
+        p->meta_changed = 1;
+        if ((rc = cb_txn_commit(p)))
+            return rc;
+        char again[320];
+        if ((rc = slot_problem(c, s, again, sizeof again)))
+            return rc;
+        if (again[0]) {
+            errorf(c, "%s (rewriting it failed: %s)", why, again);
+            continue;
+        }
+        c->r->repaired++;
+        say(c, "repaired: %s: rewritten from generation %llu (now generation %llu)", why,
+            (unsigned long long)from, (unsigned long long)p->generation);
+    }
+    return 0;
 }
 
 static int count(struct checker *c, uint64_t b)
@@ -248,14 +375,21 @@ int cb_check_run(struct cb_pool *p, int repair, cb_check *out, char *buf, size_t
         rc = CB_ENOMEM;
         goto out;
     }
-    /* superblock slot of the last commit, device table, externals, free log */
+    /* both superblock slots, the data file's size, device table, externals,
+     * free log */
     reach(&c, 0);
     reach(&c, 1);
-    if ((rc = cb_io_pread(p->meta, c.pg, CB_PAGE, (p->generation % 2) * CB_PAGE)))
+    if ((rc = check_slots(&c, repair)))
         goto out;
-    if (cb_page_verify(c.pg, CB_PT_SUPER, p->generation % 2, p->generation) != 0)
-        error(&c, "current superblock fails verification (slot, generation)",
-              p->generation % 2, p->generation);
+    uint64_t dsize;
+    if ((rc = p->data->ops->size(p->data, &dsize)))
+        goto out;
+    if (dsize < cb_pool_data_span(p))
+        errorf(&c, "data file '%s/data' is %llu bytes, shorter than the %llu bytes the "
+               "pool's %llu blocks of %u bytes%s need (truncated?)", p->path,
+               (unsigned long long)dsize, (unsigned long long)cb_pool_data_span(p),
+               (unsigned long long)p->nblocks, p->block_size,
+               p->csum_on ? " and their checksums" : "");
     for (unsigned k = 0; k < CB_SB_DEVTAB_MAX; k++)
         if (p->devpages[k].page)
             verify_page(&c, p->devpages[k].page, CB_PT_DEVTAB);
@@ -270,9 +404,8 @@ int cb_check_run(struct cb_pool *p, int repair, cb_check *out, char *buf, size_t
             continue;
         if (d->depth != cb_map_depth(d->nblocks))
             error(&c, "device tree depth wrong (id, depth)", d->id, d->depth);
-        if (d->external_id && !p->ext[d->external_id - 1].io)
-            say(&c, "warning: device %s: external origin %s cannot be read", d->name,
-                p->ext[d->external_id - 1].path ? p->ext[d->external_id - 1].path : "?");
+        if (d->external_id)
+            check_external(&c, d, &p->ext[d->external_id - 1]);
         if (d->root)
             rc = walk(&c, d->root, d->depth);
     }
@@ -295,6 +428,7 @@ int cb_check_run(struct cb_pool *p, int repair, cb_check *out, char *buf, size_t
     if (out->errors > 100)
         say(&c, "... %llu errors in all", (unsigned long long)out->errors);
 out:
+    cb_meta_clear(); /* the details went into the messages */
     cb_tally_free(&c.cnt);
     free(c.reach);
     free(c.pg);

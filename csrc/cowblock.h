@@ -13,13 +13,36 @@
  *    Codes in [CB_ERR_FIRST, CB_ERR_LAST] are cowblock's own; any other
  *    negative value is -errno from the operating system.  cb_strerror()
  *    names every code.  Results come back through out-parameters.
- *  - Handles are opaque.  A cb_pool owns its cb_dev handles: cb_pool_close()
- *    closes every handle still open, after which those pointers are invalid.
+ *  - Handles are opaque.  See "Lifetimes" below for how long they stay valid.
  *  - Thread safety: every call may be made from any thread, concurrently,
- *    on the same or different handles, except that cb_pool_close() and
- *    cb_dev_close() must not race with other calls on the handles they
- *    destroy.  One reader/writer lock per pool guards the metadata: reads
- *    share it, mutations hold it exclusively.
+ *    on the same or different handles, cb_pool_close() included (see
+ *    "Lifetimes").  Only the calls that give up a pointer -- cb_dev_close()
+ *    and cb_pool_release(), and cb_pool_close() of a pool nobody retained --
+ *    must not race with other calls on the pointer they give up.  One
+ *    reader/writer lock per pool guards the metadata: reads share it,
+ *    mutations hold it exclusively.
+ *  - Lifetimes.  A pool is shut down by cb_pool_close(); its memory is freed
+ *    only when nothing refers to it any more.  References to a pool are:
+ *    the one cb_pool_create()/cb_pool_open() hands out (given up by
+ *    cb_pool_close()), one per cb_pool_retain() (given up by
+ *    cb_pool_release()), and one per open cb_dev handle (given up by
+ *    cb_dev_close()).  While a caller holds a reference, the pointer is
+ *    valid and every call on it is safe, before, during or after the close:
+ *      - cb_pool_close() first marks the pool closed: from then on every
+ *        new call on the pool or any of its devices returns CB_ECLOSED at
+ *        once, without touching anything;
+ *      - it then waits for the calls already inside the pool to return
+ *        (they complete normally), commits as a flush would (unless the
+ *        pool is read-only or failed; this is what makes every write that
+ *        returned before the close durable), and releases the files, their
+ *        lock and the pool's memory but the small handle itself;
+ *      - a cb_dev handle stays valid until cb_dev_close(), which may come
+ *        before or after cb_pool_close() (after it, it only frees the handle).
+ *    A binding whose threads may still hold a pool pointer when another
+ *    closes it (a garbage-collected language) takes one cb_pool_retain()
+ *    right after the open and calls cb_pool_release() once no thread can
+ *    reach the pointer any more; a plain C program that closes when nothing
+ *    else runs just calls cb_pool_close() and cb_dev_close().
  *  - Durability: cb_pool_flush() (or cb_dev_flush(), which is the same) is
  *    the durability point.  When it returns 0, everything written before it
  *    survives a crash.  After a crash, every byte reads either as it was at
@@ -39,7 +62,7 @@ extern "C" {
 
 /* Bumped with every change to this header or to the on-disk format; the
  * Python package refuses to load a compiled module with another id. */
-#define CB_BUILD_ID "cowblock-core 0.1.0 abi 3"
+#define CB_BUILD_ID "cowblock-core 0.1.0 abi 4"
 
 /* ---- error codes ------------------------------------------------------ */
 #define CB_ERR_FIRST (-30699)
@@ -54,9 +77,10 @@ extern "C" {
 #define CB_ETOOMANY  (-30691) /* device table or external table full */
 #define CB_EVERSION  (-30690) /* unsupported on-disk format version */
 #define CB_ENOMEM    (-30689) /* out of memory */
-#define CB_EEXTERNAL (-30688) /* external origin file missing/unusable */
+#define CB_EEXTERNAL (-30688) /* external origin file missing, unusable or changed */
 #define CB_ECHECKSUM (-30687) /* data failed its checksum: see cb_bad_offset() */
-#define CB_ERR_LAST  (-30687)
+#define CB_ECLOSED   (-30686) /* pool closed (cb_pool_close), or being closed */
+#define CB_ERR_LAST  (-30686)
 
 /* ---- limits ----------------------------------------------------------- */
 #define CB_NAME_MAX       127          /* bytes of a device name, no NUL */
@@ -166,20 +190,49 @@ const char *cb_strerror(int code);      /* static storage, never NULL */
  * the device that call named, of the first sub-block whose data failed its
  * checksum.  Undefined after any other result. */
 uint64_t cb_bad_offset(void);
+/* After a call on this thread returned CB_ECORRUPT: what was found to be
+ * wrong, as thin_check would say it, e.g.
+ *   "metadata page 1234 (offset 0x4d2000, a mapping leaf): bad checksum
+ *    (in the mapping tree of device 'base')"
+ * or "data file '/p/data' is 1048576 bytes, shorter than ...".  Copies the
+ * text into buf (truncated to len, NUL-terminated), sets *page (if page is
+ * not NULL) to the damaged metadata page (0 when the damage is not one
+ * page's), returns the text's length (0: no detail known) and forgets it,
+ * so a later failure never shows a stale detail. */
+size_t cb_corrupt_detail(char *buf, size_t len, uint64_t *page);
 
 /* ---- pool ------------------------------------------------------------- */
 /* Make a new pool in directory `path` (created if missing, must be empty of
  * pool files).  size: data capacity in bytes (rounded down to whole blocks,
  * at least one block).  block_size: a power of two in
- * [CB_MIN_BLOCK_SIZE, CB_MAX_BLOCK_SIZE].  On success *out is an open pool. */
+ * [CB_MIN_BLOCK_SIZE, CB_MAX_BLOCK_SIZE].  On success *out is an open pool.
+ * All or nothing: on an error, the files it made are removed again, and the
+ * directory too if it made it (nothing that was there before is touched).
+ * -EFBIG: the data file (size bytes, plus the checksum table) is larger
+ * than the file system or RLIMIT_FSIZE allows one file to be. */
 int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
                    unsigned flags, cb_pool **out);
 /* Open an existing pool.  Validates every metadata page it reads and
- * recomputes reference counts from the mappings. */
+ * recomputes reference counts from the mappings.  With CB_OPEN_READONLY
+ * both files are opened O_RDONLY and nothing is written, punched or
+ * truncated, not even after an unclean shutdown: free blocks that still
+ * hold data then stay as they are (cb_pool_check counts them as
+ * leaked_blocks) until the next writable open reclaims them. */
 int cb_pool_open(const char *path, unsigned flags, cb_pool **out);
-/* Commit (unless read-only or failed), close every device handle, release
- * the pool.  Returns the commit's result; the pool is freed either way. */
+/* Shut the pool down (see "Lifetimes" at the top): refuse new calls with
+ * CB_ECLOSED, wait for the calls inside to return, commit (unless
+ * read-only or failed), release files, lock and memory, and give up the
+ * reference the open handed out.  Returns the commit's result; the pool is
+ * closed either way.  Closing a closed pool (through a retained pointer)
+ * returns CB_ECLOSED.  NULL is a no-op. */
 int cb_pool_close(cb_pool *pool);
+/* Take / give up a reference that keeps the pool pointer valid (not the
+ * pool open) until the matching cb_pool_release: for bindings whose threads
+ * may still call through the pointer while another closes the pool.
+ * cb_pool_retain needs a reference held already.  Release never closes:
+ * the pool must still be closed by cb_pool_close.  NULL is a no-op. */
+void cb_pool_retain(cb_pool *pool);
+void cb_pool_release(cb_pool *pool);
 /* Durability point: data, then metadata, then the superblock. */
 int cb_pool_flush(cb_pool *pool);
 /* Keep up to max_blocks freed data blocks allocated in the data file
@@ -194,8 +247,12 @@ int cb_pool_set_keep(cb_pool *pool, uint64_t max_blocks);
 int cb_pool_stat(cb_pool *pool, cb_stat *out);
 
 /* Device table.  Names are 1..CB_NAME_MAX bytes, no '/' and no NUL. */
+/* external_path (may be NULL): a regular file or block device read where
+ * the device has no data of its own.  A regular file's size, inode and
+ * mtime are recorded; an open that finds it changed refuses reads that need
+ * it (CB_EEXTERNAL, cb_corrupt_detail says what changed). */
 int cb_pool_create_device(cb_pool *pool, const char *name, uint64_t size,
-                          const char *external_path);   /* may be NULL */
+                          const char *external_path);
 int cb_pool_snapshot(cb_pool *pool, const char *source, const char *name,
                      unsigned dev_flags);
 int cb_pool_delete(cb_pool *pool, const char *name);
@@ -208,9 +265,13 @@ int cb_pool_external_path(cb_pool *pool, uint32_t id, char *buf, size_t len);
 /* Per-device space, exact, in one walk of all metadata: fills at most n
  * entries and sets *count to the number of devices. */
 int cb_pool_usage(cb_pool *pool, cb_usage *out, size_t n, size_t *count);
-/* Walk and verify all metadata: checksums, structure, reference counts
- * recomputed from the mappings, data blocks in range, and the data file for
- * free blocks still holding data.  With repair, such blocks are punched out.
+/* Walk and verify all metadata: both superblock slots, checksums,
+ * structure, reference counts recomputed from the mappings, data blocks in
+ * range, the data file's size, external origins against what was recorded
+ * when they were attached, and the data file for free blocks still holding
+ * data.  With repair (a writable pool), such blocks are punched out, leaked
+ * metadata pages freed and a damaged superblock slot rewritten by a commit
+ * (which writes only the slot the pool does not stand on).
  * Messages (one per line) go to buf (truncated to len, NUL-terminated). */
 int cb_pool_check(cb_pool *pool, int repair, cb_check *out,
                   char *buf, size_t len);
@@ -229,16 +290,20 @@ int cb_pool_dump(cb_pool *pool, char **json, size_t *len);
  * written after the scrub began are not read).  Damaged sub-blocks are
  * reported in bad (at most n; *count gets how many were found, as does
  * progress->bad).  Returns 0 when the scrub ran to the end, whatever it
- * found; -ECANCELED if progress->cancel was set.  The pool must not be
- * closed while it runs. */
+ * found; -ECANCELED if progress->cancel was set; CB_ECLOSED if the pool
+ * was closed meanwhile (the close waits for the slice being read). */
 int cb_pool_scrub(cb_pool *pool, cb_scrub *progress, cb_scrub_bad *bad,
                   size_t n, size_t *count);
 /* Release memory the library handed out (cb_pool_dump).  NULL is a no-op. */
 void cb_free(void *ptr);
 
 /* ---- devices ---------------------------------------------------------- */
-/* Handles stay valid until cb_dev_close or cb_pool_close.  A handle whose
- * device is deleted returns CB_ENOENT from every call. */
+/* A handle stays valid until cb_dev_close, whatever happens to its device
+ * or its pool meanwhile; it holds a reference on the pool (see "Lifetimes").
+ * A handle whose device is deleted returns CB_ENOENT from every call; once
+ * the pool is closed (or being closed), every call returns CB_ECLOSED.
+ * cb_dev_close may be called before or after cb_pool_close, from any
+ * thread, but not while another call on the same handle runs. */
 int cb_dev_open(cb_pool *pool, const char *name, cb_dev **out);
 void cb_dev_close(cb_dev *dev);
 int cb_dev_info(cb_dev *dev, cb_devinfo *out);

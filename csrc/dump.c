@@ -484,14 +484,11 @@ int cb_pool_dump(cb_pool *p, char **json, size_t *len)
     *json = NULL;
     if (len)
         *len = 0;
-    pthread_rwlock_rdlock(&p->lock);
-    if (p->failed) {
-        pthread_rwlock_unlock(&p->lock);
-        return CB_EFAILED;
-    }
+    int rc = cb_pool_enter(p, CB_LOCK_SHARED); /* CB_ECLOSED, CB_EFAILED */
+    if (rc)
+        return rc;
     struct jbuf b = {NULL, 0, 0, 0};
-    int rc = dump_run(p, &b);
-    pthread_rwlock_unlock(&p->lock);
+    rc = cb_pool_leave(p, dump_run(p, &b));
     if (rc) {
         free(b.s);
         return rc;

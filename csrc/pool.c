@@ -48,6 +48,7 @@ const char *cb_strerror(int code)
     case CB_ENOMEM: return "out of memory";
     case CB_EEXTERNAL: return "external origin file is missing or unreadable";
     case CB_ECHECKSUM: return "data failed its checksum";
+    case CB_ECLOSED: return "pool is closed";
     default:
         if (code < 0 && code > -4096)
             return strerror(-code); /* glibc: static strings for errno values */
@@ -81,7 +82,10 @@ static int valid_name(const char *name)
 
 /* ---- lifecycle ------------------------------------------------------------ */
 
-static void pool_free(struct cb_pool *p)
+/* Everything but the struct, its lock and path: what close gives back.
+ * Device handles stay allocated (their owners free them with
+ * cb_dev_close) but lose their records. */
+static void pool_release_resources(struct cb_pool *p)
 {
     while (p->handles) {
         struct cb_dev *h = p->handles;
@@ -90,7 +94,8 @@ static void pool_free(struct cb_pool *p)
             free(h->rec);
         else
             h->rec->handles--;
-        free(h);
+        h->rec = NULL;
+        h->prev = h->next = NULL;
     }
     if (p->devs) {
         for (unsigned i = 0; i < CB_SB_DEVTAB_MAX * CB_DEVTAB_RECS; i++) {
@@ -101,11 +106,13 @@ static void pool_free(struct cb_pool *p)
             free(d);
         }
         free(p->devs);
+        p->devs = NULL;
     }
     for (unsigned i = 0; i < CB_MAX_EXTERNALS; i++) {
         free(p->ext[i].path);
         if (p->ext[i].io)
             p->ext[i].io->ops->close(p->ext[i].io);
+        memset(&p->ext[i], 0, sizeof p->ext[i]);
     }
     cb_sm_destroy(&p->sm);
     cb_pm_destroy(&p->pm);
@@ -115,11 +122,27 @@ static void pool_free(struct cb_pool *p)
         p->data->ops->close(p->data);
     if (p->meta)
         p->meta->ops->close(p->meta); /* drops the flock */
-    pthread_rwlock_destroy(&p->lock);
+    p->data = p->meta = NULL;
     free(p->zero);
     free(p->scratch);
+    p->zero = p->scratch = NULL;
+}
+
+/* Drop one reference (cowblock.h, "Lifetimes"); the last frees the struct. */
+static void pool_unref(struct cb_pool *p)
+{
+    if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    pthread_rwlock_destroy(&p->lock);
     free(p->path);
     free(p);
+}
+
+/* A pool nobody else has seen (create and open failing). */
+static void pool_free(struct cb_pool *p)
+{
+    pool_release_resources(p);
+    pool_unref(p);
 }
 
 static int pool_alloc(const char *path, unsigned flags, struct cb_pool **out)
@@ -128,6 +151,7 @@ static int pool_alloc(const char *path, unsigned flags, struct cb_pool **out)
     if (!p)
         return CB_ENOMEM;
     pthread_rwlock_init(&p->lock, NULL);
+    p->refs = 1;
     p->flags = flags;
     p->map.sm = &p->sm;
     p->map.pm = &p->pm;
@@ -196,6 +220,21 @@ static int open_files(struct cb_pool *p, unsigned ioflags)
     return rc;
 }
 
+/* Undo what a failed create made: the files it created, and the directory
+ * if it created it (then empty again).  Nothing else is touched. */
+static void remove_created(const char *path, int meta, int data, int dir)
+{
+    char *m = join(path, "meta"), *d = join(path, "data");
+    if (meta && m)
+        unlink(m);
+    if (data && d)
+        unlink(d);
+    free(m);
+    free(d);
+    if (dir)
+        rmdir(path);
+}
+
 int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
                    unsigned flags, cb_pool **out)
 {
@@ -206,12 +245,15 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
         return CB_EINVAL;
     if (size / block_size > (1ull << 36))
         return CB_EINVAL;
-    if (mkdir(path, 0755) != 0 && errno != EEXIST)
+    int made_dir = mkdir(path, 0755) == 0;
+    if (!made_dir && errno != EEXIST)
         return -errno;
     struct cb_pool *p;
     int rc = pool_alloc(path, flags, &p);
-    if (rc)
+    if (rc) {
+        remove_created(path, 0, 0, made_dir);
         return rc;
+    }
     p->block_size = block_size;
     p->nblocks = size / block_size;
     p->next_dev_id = 1;
@@ -243,7 +285,10 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
     if (!rc)
         rc = cb_io_sync(p->data);
     if (rc) {
+        /* O_CREAT | O_EXCL: a file is open here only if this call made it */
+        int made_meta = p->meta != NULL, made_data = p->data != NULL;
         pool_free(p);
+        remove_created(path, made_meta, made_data, made_dir);
         return rc;
     }
     *out = p;
@@ -289,6 +334,10 @@ int cb_pool_close(cb_pool *p)
 {
     if (!p)
         return 0;
+    /* New calls are refused from here on, so the lock below is not starved
+     * by readers coming in; it waits for the calls already inside. */
+    if (__atomic_exchange_n(&p->shut, 1, __ATOMIC_ACQ_REL))
+        return CB_ECLOSED;
     pthread_rwlock_wrlock(&p->lock);
     int rc = 0;
     if (!p->failed && !(p->flags & CB_OPEN_READONLY)) {
@@ -299,18 +348,39 @@ int cb_pool_close(cb_pool *p)
         p->meta_changed = 1;
         rc = cb_txn_commit(p);
     }
+    pool_release_resources(p);
     pthread_rwlock_unlock(&p->lock);
-    pool_free(p);
+    pool_unref(p); /* the open's reference */
     return rc;
+}
+
+void cb_pool_retain(cb_pool *p)
+{
+    if (p)
+        __atomic_add_fetch(&p->refs, 1, __ATOMIC_RELAXED);
+}
+
+void cb_pool_release(cb_pool *p)
+{
+    if (p)
+        pool_unref(p);
 }
 
 /* Take the lock in the given mode and check the pool may be used (pool.h). */
 int cb_pool_enter(struct cb_pool *p, int write)
 {
+    if (__atomic_load_n(&p->shut, __ATOMIC_ACQUIRE))
+        return CB_ECLOSED;
     if (write)
         pthread_rwlock_wrlock(&p->lock);
     else
         pthread_rwlock_rdlock(&p->lock);
+    /* closed while this call waited for the lock: the lock orders it after
+     * close's release of everything */
+    if (__atomic_load_n(&p->shut, __ATOMIC_RELAXED)) {
+        pthread_rwlock_unlock(&p->lock);
+        return CB_ECLOSED;
+    }
     if (p->failed) {
         pthread_rwlock_unlock(&p->lock);
         return CB_EFAILED;
@@ -431,7 +501,9 @@ static int add_external(struct cb_pool *p, const char *path, uint64_t *size, uin
                 free_slot = (int)i;
             continue;
         }
-        if (strcmp(p->ext[i].path, real) == 0 && p->ext[i].size == (uint64_t)st.st_size) {
+        char why[200];
+        if (strcmp(p->ext[i].path, real) == 0 && p->ext[i].size == (uint64_t)st.st_size &&
+            p->ext[i].io && !cb_txn_external_changed(&p->ext[i], why, sizeof why)) {
             *id = i + 1;
             *size = p->ext[i].size;
             return 0;
@@ -443,6 +515,7 @@ static int add_external(struct cb_pool *p, const char *path, uint64_t *size, uin
     int rc = cb_file_open(real, CB_IO_READONLY, &x->io);
     if (rc)
         return rc == CB_ENOMEM ? rc : CB_EEXTERNAL;
+    cb_txn_stamp_external(x, &st); /* what the file is now (meta.h) */
     if (!(x->path = strdup(real))) {
         x->io->ops->close(x->io);
         x->io = NULL;
@@ -671,6 +744,7 @@ int cb_dev_open(cb_pool *p, const char *name, cb_dev **out)
     h->pool = p;
     h->rec = d;
     d->handles++;
+    __atomic_add_fetch(&p->refs, 1, __ATOMIC_RELAXED); /* dropped by cb_dev_close */
     h->next = p->handles;
     if (p->handles)
         p->handles->prev = h;
@@ -685,16 +759,19 @@ void cb_dev_close(cb_dev *h)
         return;
     struct cb_pool *p = h->pool;
     pthread_rwlock_wrlock(&p->lock);
-    if (h->prev)
-        h->prev->next = h->next;
-    else
-        p->handles = h->next;
-    if (h->next)
-        h->next->prev = h->prev;
-    if (--h->rec->handles == 0 && h->rec->deleted)
-        free(h->rec);
+    if (h->rec) { /* still attached: the pool is not closed */
+        if (h->prev)
+            h->prev->next = h->next;
+        else
+            p->handles = h->next;
+        if (h->next)
+            h->next->prev = h->prev;
+        if (--h->rec->handles == 0 && h->rec->deleted)
+            free(h->rec);
+    }
     pthread_rwlock_unlock(&p->lock);
     free(h);
+    pool_unref(p);
 }
 
 /* Enter for an operation on a device: live, and writable if asked. */

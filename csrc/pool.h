@@ -2,9 +2,15 @@
  * pool.h - the pool object shared by the pool, thin and txn layers.
  *
  * State of a pool:      OPEN --(metadata write fails)--> FAILED
- *                          \--(close)--> freed        FAILED --(close)--> freed
+ *                          \--(close)--> CLOSED       FAILED --(close)--> CLOSED
+ *                       CLOSED --(last reference dropped)--> freed
  * In FAILED every call but close returns CB_EFAILED (sticky failure: no
- * write goes on over a half-done transaction).
+ * write goes on over a half-done transaction).  Close sets `shut` first
+ * (from then on cb_pool_enter refuses with CB_ECLOSED, before and after
+ * taking the lock), then takes the lock exclusively, which waits for every
+ * call inside to leave, commits, and releases everything but the struct,
+ * its lock and path; cb_dev handles are detached (rec = NULL).  The struct
+ * is freed when `refs` drops to zero (cowblock.h, "Lifetimes").
  *
  * Locking: `lock` is a reader/writer lock.  Reads of device data and of
  * metadata take it shared; everything that changes metadata, allocates, or
@@ -45,6 +51,10 @@ struct cb_devrec {
 
 struct cb_external {
     uint64_t size;        /* bytes, as recorded at creation */
+    uint32_t stamped;     /* CB_EXT_STAMPED: ino and mtime_ns recorded (meta.h) */
+    uint64_t ino, mtime_ns;
+    int changed;          /* not the file recorded: reads refused (io is NULL) */
+    char why[200];        /* why io is NULL, for messages ("" if it is not) */
     uint64_t page;        /* committed page, 0 if not yet */
     char *path;
     cb_io *io;            /* NULL when the file could not be opened */
@@ -58,6 +68,8 @@ struct cb_devpage {
 
 struct cb_pool {
     pthread_rwlock_t lock;
+    unsigned refs;        /* open's + cb_pool_retain's + one per cb_dev (atomic) */
+    int shut;             /* cb_pool_close has begun (atomic) */
     char *path;
     unsigned flags;       /* CB_OPEN_* */
     int failed;           /* sticky error code, 0 if healthy */
@@ -78,6 +90,7 @@ struct cb_pool {
     uint64_t created_ns;
     int meta_changed;     /* something to commit beyond node pages */
     int was_clean;        /* the superblock loaded says: closed cleanly */
+    char sb_damage[2][200]; /* why each superblock slot failed at load, "" if valid */
     int closing;          /* the commit being made is close's: mark clean */
     int leaky;            /* a punch failed: free blocks may still hold data */
     int data_dirty;       /* data written or punched since the last fdatasync(data) */
@@ -106,14 +119,15 @@ struct cb_pool {
 
 struct cb_dev {
     struct cb_pool *pool;
-    struct cb_devrec *rec;
+    struct cb_devrec *rec;     /* NULL once the pool is closed */
     struct cb_dev *prev, *next;
 };
 
 /* Take the pool lock (CB_LOCK_SHARED, or CB_LOCK_EXCLUSIVE; CB_LOCK_MUTATE is
  * exclusive and refused with CB_EROFS on a read-only pool) and check the
- * pool has not failed; on an error the lock is not held.  cb_pool_leave
- * releases it and returns rc. */
+ * pool is neither closed (CB_ECLOSED) nor failed; on an error the lock is
+ * not held.  cb_pool_leave releases it and returns rc.  Every entry point
+ * that touches the pool goes through these: close relies on it. */
 #define CB_LOCK_SHARED 0
 #define CB_LOCK_EXCLUSIVE 1
 #define CB_LOCK_MUTATE 2
@@ -135,11 +149,21 @@ void cb_pool_devdirty(struct cb_pool *p, struct cb_devrec *d);
 /* txn.c: commit protocol and loading */
 int cb_txn_commit(struct cb_pool *p);
 int cb_txn_load(struct cb_pool *p);
+/* Verify superblock page sb read from slot: 0, CB_ECORRUPT or CB_EVERSION
+ * with the thread's corruption detail saying why (meta.h). */
+int cb_txn_parse_super(const unsigned char *sb, uint64_t slot, uint64_t meta_file_pages);
 int cb_txn_format(struct cb_pool *p);
 /* Commit if the open transaction has grown past its bound. */
 int cb_txn_maybe_commit(struct cb_pool *p);
 /* Punch kept blocks until at most max are kept. */
 void cb_txn_trim_kept(struct cb_pool *p, uint64_t max);
+/* The identity of external origin x's file (st, or better the open file's):
+ * recorded at attach time and committed with it (meta.h). */
+struct stat;
+void cb_txn_stamp_external(struct cb_external *x, const struct stat *st);
+/* 1 (and why, a sentence) if x's file is not the one recorded, 0 if it is
+ * or nothing was recorded. */
+int cb_txn_external_changed(const struct cb_external *x, char *why, size_t len);
 /* check.c */
 int cb_check_run(struct cb_pool *p, int repair, cb_check *out, char *buf, size_t len);
 /* Find (and with punch, punch out) free data blocks that hold data. */
