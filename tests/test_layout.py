@@ -42,6 +42,20 @@ def test_only_the_command_line_imports_the_cli(path):
     assert "cowblock.cli" not in _imports(path)
 
 
+def _modules():
+    return sorted(glob.glob(os.path.join(PKG, "**", "*.py"), recursive=True))
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: os.path.relpath(p, PKG))
+def test_only_lowlevel_touches_cffi(path):
+    """_lowlevel is the middle tier: the public objects above it deal in Python objects."""
+    if os.path.relpath(path, PKG) == "_lowlevel.py":
+        return
+    found = _imports(path)
+    assert "cowblock._cowblock" not in found
+    assert not {"cowblock._lowlevel.ffi", "cowblock._lowlevel.lib"} & found
+
+
 def test_every_subpackage_ships():
     tomllib = pytest.importorskip("tomllib")
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
