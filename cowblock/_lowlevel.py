@@ -37,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "`pip install .` (or `pip install -e .`), which compiles it"
     ) from exc
 
-BUILD_ID = "cowblock-core 0.1.0 abi 4"
+BUILD_ID = "cowblock-core 0.1.0 abi 5"
 
 _built = ffi.string(lib.cb_build_id()).decode()
 if _built != BUILD_ID:  # pragma: no cover - depends on the build
@@ -138,8 +138,9 @@ def _text(raw):
 DevRecord = collections.namedtuple(
     "DevRecord", "name id origin_id size readonly external_id created_ns")
 
-#: One device's space (``cb_usage``), in blocks.
-UsageRecord = collections.namedtuple("UsageRecord", "name mapped exclusive shared")
+#: One device's space (``cb_usage``): mapped, exclusive and shared in blocks, and the
+#: bytes of the blocks it changed since it was made.
+UsageRecord = collections.namedtuple("UsageRecord", "name mapped exclusive shared changed")
 
 #: A scrub finding (``cb_scrub_bad``); ``device`` is None when no device reads it.
 DamageRecord = collections.namedtuple(
@@ -305,7 +306,7 @@ class PoolHandle:
     def usage(self):
         """A :data:`UsageRecord` (in blocks) for every device, from one walk."""
         count = ffi.new("size_t *")
-        n = 64
+        n = self.stat().ndevices + 16  # one walk, unless devices are made meanwhile
         while True:  # devices may come and go: size the array until it fits
             arr = ffi.new("cb_usage[]", n)
             rc = lib.cb_pool_usage(self._p, arr, n, count)
@@ -314,7 +315,7 @@ class PoolHandle:
             if count[0] <= n:
                 break
             n = count[0]
-        return [UsageRecord(_text(u.name), u.mapped, u.exclusive, u.shared)
+        return [UsageRecord(_text(u.name), u.mapped, u.exclusive, u.shared, u.changed_bytes)
                 for u in (arr[k] for k in range(count[0]))]
 
     def check(self, repair):

@@ -80,12 +80,19 @@ class DeviceUsage:
 
 @dataclasses.dataclass(frozen=True)
 class PoolUsage:
-    """Space of a whole pool, in bytes, with each device's share."""
+    """Space of a whole pool, in bytes, with each device's share.
+
+    ``devices`` maps each device's name to its :class:`DeviceUsage`;
+    ``changed`` maps it to the bytes of the blocks it changed since it was
+    made (what :meth:`Device.changed_blocks` lists, the last block counted
+    up to the device's end), from the same walk.
+    """
 
     size: int
     used: int
     block_size: int
     devices: dict
+    changed: dict = dataclasses.field(default_factory=dict)
 
     @property
     def free(self):
@@ -417,6 +424,12 @@ class Pool:
         record = self._handle().info(raw)
         return self._info(record, {i.id: i for i in self._infos()})
 
+    def infos(self):
+        """A :class:`DeviceInfo` for every device, sorted by name, from one listing."""
+        raw = self._infos()
+        by_id = {i.id: i for i in raw}
+        return [self._info(i, by_id) for i in sorted(raw, key=lambda i: i.name)]
+
     def _info(self, i, by_id):
         origin = by_id.get(i.origin_id) if i.origin_id else None
         external = None
@@ -433,13 +446,17 @@ class Pool:
         )
 
     def usage(self):
-        """Exact space accounting for the pool and every device (one walk of all metadata)."""
+        """Exact space accounting for the pool and every device (one walk of all metadata,
+        under the pool's exclusive lock): the way to report many devices, where
+        :meth:`Device.usage` per device would walk shared trees once per device."""
         records = self._handle().usage()
         bs = self._block_size
-        devices = {}
+        devices, changed = {}, {}
         for u in records:
             devices[u.name] = DeviceUsage(u.mapped * bs, u.exclusive * bs, u.shared * bs)
-        return PoolUsage(size=self._size, used=self.used, block_size=bs, devices=devices)
+            changed[u.name] = u.changed
+        return PoolUsage(size=self._size, used=self.used, block_size=bs, devices=devices,
+                         changed=changed)
 
     def stats(self):
         """Counters since open and on-disk figures, as a dict of ints."""
@@ -581,7 +598,8 @@ class Device(DevHandle):
     # -- what it holds -----------------------------------------------------------
 
     def usage(self):
-        """:class:`DeviceUsage` of this device."""
+        """:class:`DeviceUsage` of this device, from a walk of its own tree only
+        (cost grows with this device's metadata, not with the pool's)."""
         mapped, exclusive, shared = self._usage()
         bs = self._bs
         return DeviceUsage(mapped * bs, exclusive * bs, shared * bs)

@@ -62,7 +62,7 @@ extern "C" {
 
 /* Bumped with every change to this header or to the on-disk format; the
  * Python package refuses to load a compiled module with another id. */
-#define CB_BUILD_ID "cowblock-core 0.1.0 abi 4"
+#define CB_BUILD_ID "cowblock-core 0.1.0 abi 5"
 
 /* ---- error codes ------------------------------------------------------ */
 #define CB_ERR_FIRST (-30699)
@@ -141,13 +141,18 @@ typedef struct cb_devinfo {
     uint32_t snap_time;       /* snapshot clock at its last snapshot */
 } cb_devinfo;
 
-/* Space used by one device, in blocks.  mapped = exclusive + shared. */
+/* Space used by one device: counts of data blocks, but changed_bytes.
+ * mapped = exclusive + shared.  A partly copied-up block counts twice: the
+ * new block and the origin block its absent sub-blocks are read from.
+ * Blocks of an external origin file are not data blocks and count nowhere. */
 typedef struct cb_usage {
     char name[CB_NAME_MAX + 1];
     uint32_t id;
     uint64_t mapped;     /* distinct data blocks it reads from */
     uint64_t exclusive;  /* ... that no other device reads from */
     uint64_t shared;     /* ... that some other device reads from too */
+    uint64_t changed_bytes; /* bytes of the virtual blocks cb_dev_changed marks,
+                             * the last block counted up to the device's end */
 } cb_usage;
 
 /* Result of cb_pool_check: counts of problems found. */
@@ -263,7 +268,14 @@ int cb_pool_info(cb_pool *pool, const char *name, cb_devinfo *out);
 /* Path of external origin `id` copied into buf (NUL-terminated). */
 int cb_pool_external_path(cb_pool *pool, uint32_t id, char *buf, size_t len);
 /* Per-device space, exact, in one walk of all metadata: fills at most n
- * entries and sets *count to the number of devices. */
+ * entries (in device-table order) and sets *count to the number of devices.
+ * Cost: every distinct tree node of the pool once, shared nodes once
+ * whatever the number of devices sharing them, plus one counter per data
+ * block in the 16384-block chunks that some device names; each device's
+ * changed_bytes adds a walk of the nodes it changed.  Lock: exclusive (the
+ * walk keeps scratch counts in the nodes), so IO waits for the whole walk.
+ * To report every device, call this once rather than cb_dev_usage per
+ * device: n snapshots of one tree cost that tree once here, n times there. */
 int cb_pool_usage(cb_pool *pool, cb_usage *out, size_t n, size_t *count);
 /* Walk and verify all metadata: both superblock slots, checksums,
  * structure, reference counts recomputed from the mappings, data blocks in
@@ -337,6 +349,12 @@ int cb_dev_changed(cb_dev *dev, uint8_t *bits, size_t nbytes);
  * external origin): fills at most n (start, count) pairs and sets *count to
  * the total number of runs. */
 int cb_dev_extents(cb_dev *dev, uint64_t *pairs, size_t n, size_t *count);
+/* One device's entry of cb_pool_usage, the same figures, found from its own
+ * tree alone: a block is exclusive when its reference count is 1 and every
+ * node on the path to it has one reference.  Cost: the nodes this device
+ * reaches (shared ones included), whatever the number of other devices;
+ * no allocation.  Lock: shared, so it runs beside reads.  CB_ENOENT once
+ * the device is deleted; CB_EINVAL if out is NULL. */
 int cb_dev_usage(cb_dev *dev, cb_usage *out);
 
 #ifdef __cplusplus
