@@ -110,6 +110,21 @@ def raise_for(code, what):
     raise exc
 
 
+# -- for other C modules ----------------------------------------------------------
+
+
+def function_address(name):
+    """The address of core function ``name`` (e.g. ``"cb_dev_read"``), for a C module
+    of its own that calls the core directly (the FUSE server, cowblock.mapping)."""
+    return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+
+
+def handle_address(handle):
+    """The address of a ``cb_pool *`` or ``cb_dev *`` handle, for the same purpose; the
+    handle must be kept referenced while the other module uses the address."""
+    return int(ffi.cast("uintptr_t", handle))
+
+
 # -- arguments --------------------------------------------------------------------
 
 
