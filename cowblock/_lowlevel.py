@@ -37,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "`pip install .` (or `pip install -e .`), which compiles it"
     ) from exc
 
-BUILD_ID = "cowblock-core 0.1.0 abi 5"
+BUILD_ID = "cowblock-core 0.1.0 abi 6"
 
 _built = ffi.string(lib.cb_build_id()).decode()
 if _built != BUILD_ID:  # pragma: no cover - depends on the build
@@ -149,9 +149,10 @@ def _text(raw):
 
 # -- records ---------------------------------------------------------------------
 
-#: A device as the pool lists it (``cb_devinfo``): ids, size in bytes, time in ns.
+#: A device as the pool lists it (``cb_devinfo``): ids, size in bytes, creation time in
+#: ns, and the pool times (generations) of its birth and of its last snapshot.
 DevRecord = collections.namedtuple(
-    "DevRecord", "name id origin_id size readonly external_id created_ns")
+    "DevRecord", "name id origin_id size readonly external_id created_ns birth_time snap_time")
 
 #: One device's space (``cb_usage``): mapped, exclusive and shared in blocks, and the
 #: bytes of the blocks it changed since it was made.
@@ -170,7 +171,14 @@ _CHECK_FIELDS = tuple(f for f, _ in ffi.typeof("cb_check").fields)
 
 def _record(info):
     return DevRecord(_text(info.name), info.id, info.origin_id, info.size,
-                     bool(info.flags & lib.CB_DEV_READONLY), info.external_id, info.created_ns)
+                     bool(info.flags & lib.CB_DEV_READONLY), info.external_id, info.created_ns,
+                     info.birth_time, info.snap_time)
+
+
+def crc32c(data, crc=0):
+    """CRC-32C (Castagnoli) of ``data``, continued from ``crc`` (the core's cb_crc32c)."""
+    return lib.cb_crc32c(crc, bytes(data) if not isinstance(data, (bytes, bytearray)) else data,
+                         len(data))
 
 
 # -- pools ------------------------------------------------------------------------
@@ -245,6 +253,14 @@ class PoolHandle:
         rc = lib.cb_pool_flush(self._p)
         if rc:
             raise_for(rc, f"flush pool {self.path!r}")
+
+    def uuid(self):
+        """The pool's 16-byte identity."""
+        out = ffi.new("uint8_t[16]")
+        rc = lib.cb_pool_uuid(self._p, out)
+        if rc:
+            raise_for(rc, f"uuid of pool {self.path!r}")
+        return bytes(ffi.buffer(out, 16))
 
     def set_keep(self, max_blocks):
         rc = lib.cb_pool_set_keep(self._p, max_blocks)
@@ -421,6 +437,7 @@ _write = lib.cb_dev_write
 _from_buffer = ffi.from_buffer
 _EINVAL = lib.CB_EINVAL
 _U64 = np.dtype(np.uint64)  # the native one: numpy's builtin dtypes are singletons
+_DELTA = np.dtype([("block", np.uint64), ("data", np.uint64), ("zero", np.uint64)])
 # Big reads: the core fills every byte on success, so no need to clear first.
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
@@ -674,6 +691,28 @@ class DevHandle:
         if rc:
             raise_for(rc, f"changed blocks of {self._name!r}")
         return bits
+
+    def _stamp(self):
+        """``cb_dev_info``: the :data:`DevRecord` of this device as the handle sees it."""
+        info = ffi.new("cb_devinfo *")
+        rc = lib.cb_dev_info(self._handle(), info)
+        if rc:
+            raise_for(rc, f"describe device {self._name!r}")
+        return _record(info)
+
+    def _delta(self, base, start, n):
+        """``cb_dev_delta`` against ``base`` (a DevHandle, or None for zeros): up to ``n``
+        (block, data, zero) sub-block bitmaps from block ``start`` on, as a structured
+        array, and the block to continue from."""
+        out = ffi.new("cb_delta[]", n)
+        count, nxt = ffi.new("size_t *"), ffi.new("uint64_t *")
+        bh = ffi.NULL if base is None else base._handle()
+        rc = lib.cb_dev_delta(self._handle(), bh, start, out, n, count, nxt)
+        if rc:
+            against = "zeros" if base is None else repr(base._name)
+            raise_for(rc, f"delta of {self._name!r} against {against}")
+        arr = np.frombuffer(ffi.buffer(out, count[0] * ffi.sizeof("cb_delta")), dtype=_DELTA)
+        return arr.copy(), nxt[0]
 
     def _extents(self):
         """``cb_dev_extents``: (first block, blocks) of each run that may hold data."""

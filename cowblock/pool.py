@@ -350,6 +350,17 @@ class Pool:
     def readonly(self):
         return self._readonly
 
+    @property
+    def uuid(self):
+        """The pool's identity: 16 bytes chosen at creation, kept for its life."""
+        return self._handle().uuid()
+
+    def receive(self, name, fileobj, base=None, **kw):
+        """Make device ``name`` from a stream read from ``fileobj`` (see
+        :func:`cowblock.sendrecv.receive` for ``base``, resuming, progress)."""
+        from .sendrecv import receive
+        return receive(self, name, fileobj, base, **kw)
+
     def _stat(self):
         return self._handle().stat()
 
@@ -619,6 +630,21 @@ class Device(DevHandle):
             start = first * bs
             out.append((start, min(blocks * bs, size - start)))
         return out
+
+    def delta(self, base=None, start=0, max_blocks=4096):
+        """Blocks from ``start`` on where this device reads otherwise than
+        ``base`` (a Device of this pool, or None for all zeros), from the
+        mappings alone (cb_dev_delta): a structured array of (block, data,
+        zero) sub-block bitmaps, at most ``max_blocks`` long, and the block
+        to continue from (the block count when done)."""
+        n = max(1, _int(max_blocks, "max_blocks"))
+        return self._delta(base, _int(start, "start"), n)
+
+    def send(self, fileobj, base=None, **kw):
+        """Write this device, whole or as the difference from ``base``, as a
+        stream to ``fileobj`` (see :func:`cowblock.sendrecv.send`)."""
+        from .sendrecv import send
+        return send(self, fileobj, base, **kw)
 
     def open(self, mode="rb"):
         """This device as a file: an ``io.RawIOBase`` ("rb" or "r+b")."""
