@@ -37,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "`pip install .` (or `pip install -e .`), which compiles it"
     ) from exc
 
-BUILD_ID = "cowblock-core 0.1.0 abi 6"
+BUILD_ID = "cowblock-core 0.1.0 abi 7"
 
 _built = ffi.string(lib.cb_build_id()).decode()
 if _built != BUILD_ID:  # pragma: no cover - depends on the build
@@ -713,6 +713,18 @@ class DevHandle:
             raise_for(rc, f"delta of {self._name!r} against {against}")
         arr = np.frombuffer(ffi.buffer(out, count[0] * ffi.sizeof("cb_delta")), dtype=_DELTA)
         return arr.copy(), nxt[0]
+
+    def _extents_range(self, first, nblocks, limit):
+        """``cb_dev_extents_range``: up to ``limit`` (first block, blocks) runs that may
+        hold data among blocks [first, first + nblocks), and the block up to which
+        they are complete."""
+        pairs = ffi.new("uint64_t[]", 2 * max(limit, 1))
+        count = ffi.new("size_t *")
+        nxt = ffi.new("uint64_t *")
+        rc = lib.cb_dev_extents_range(self._handle(), first, nblocks, pairs, limit, count, nxt)
+        if rc:
+            raise_for(rc, f"extents of {self._name!r}")
+        return [(pairs[2 * k], pairs[2 * k + 1]) for k in range(count[0])], nxt[0]
 
     def _extents(self):
         """``cb_dev_extents``: (first block, blocks) of each run that may hold data."""
