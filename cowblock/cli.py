@@ -1063,9 +1063,8 @@ def cmd_pool_unlock(args) -> int:
 
 def _version() -> str:
     from . import __version__, backends
-    from ._lowlevel import ffi, lib
-    return (f"cowblock {__version__} ({ffi.string(lib.cb_build_id()).decode()}; "
-            f"IO backends: {' '.join(backends())})")
+    from ._lowlevel import BUILD_ID
+    return f"cowblock {__version__} ({BUILD_ID}; IO backends: {' '.join(backends())})"
 
 
 def _bench(argv: list[str]) -> int:
