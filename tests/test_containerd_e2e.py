@@ -1,0 +1,286 @@
+"""A real containerd on cowblock: images unpacked into thin layers, real
+containers run on them.
+
+The test starts ``cowblock snapshotter serve`` and a containerd whose
+root, state and sockets are in a temporary directory, with cowblock as a
+``proxy_plugins`` snapshotter; it builds a three-layer OCI image from
+Debian's busybox-static with umoci (a hard link in one layer, a file
+deleted by a whiteout in the next), imports it with ``ctr images import
+--snapshotter cowblock`` and runs containers with ``ctr run``.  Volumes
+are mounted with ``cowblock volume mount`` and bind-mounted into them.
+
+Needs root, /dev/fuse, loop devices, containerd, runc, umoci and busybox
+(``apt-get install containerd runc busybox-static umoci``); skipped with
+the reason otherwise.  Every daemon started is stopped by its pid file;
+containers, mounts and loop devices are cleaned up even on failure.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from containerd_support import Server, cb, force_clean, leftovers, sh, why_skip
+
+NS = "cbtest"
+IMAGE = "cowblock.test/busybox:layers"
+
+
+def _why_skip_e2e():
+    why = why_skip()
+    if why:
+        return why
+    if os.geteuid() != 0:
+        return "containerd needs root"
+    for tool in ("containerd", "ctr", "runc", "umoci"):
+        if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
+            return f"{tool} is not installed (apt-get install containerd runc umoci)"
+    if not os.path.exists("/bin/busybox"):
+        return "/bin/busybox is missing (apt-get install busybox-static)"
+    res = subprocess.run(["/bin/busybox"], capture_output=True)
+    if b"statically" not in res.stdout + res.stderr and shutil.which("ldd"):
+        dyn = subprocess.run(["ldd", "/bin/busybox"], capture_output=True, text=True)
+        if "not a dynamic executable" not in dyn.stdout + dyn.stderr:
+            return "/bin/busybox is not static (apt-get install busybox-static)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_why_skip_e2e() is not None, reason=str(_why_skip_e2e()))
+
+CONFIG = """\
+version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[debug]
+  level = "info"
+
+[proxy_plugins.cowblock]
+  type = "snapshot"
+  address = "{snap}"
+"""
+
+
+class Containerd:
+    """containerd with a temporary config, stopped by the pid file the
+    test writes for it."""
+
+    def __init__(self, work, snapshotter_address):
+        self.work = str(work)
+        self.sock = os.path.join(self.work, "containerd.sock")
+        self.config = os.path.join(self.work, "containerd.toml")
+        self.pid_file = os.path.join(self.work, "containerd.pid")
+        self.log = os.path.join(self.work, "containerd.log")
+        with open(self.config, "w") as f:
+            f.write(CONFIG.format(root=os.path.join(self.work, "root"),
+                                  state=os.path.join(self.work, "state"), sock=self.sock,
+                                  snap=snapshotter_address))
+        self.proc = None
+
+    def start(self, timeout=60):
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(["containerd", "--config", self.config],
+                                         stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                         start_new_session=True)
+        with open(self.pid_file, "w") as f:
+            f.write(f"{self.proc.pid}\n")
+        deadline = time.monotonic() + timeout
+        while self.ctr("version", check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"containerd did not start:\n{self.logtext()}")
+            time.sleep(0.2)
+        return self
+
+    def logtext(self):
+        with open(self.log) as f:
+            return f.read()[-6000:]
+
+    def ctr(self, *argv, check=True, timeout=300):
+        return sh("ctr", "--address", self.sock, "--namespace", NS, *argv, check=check,
+                  timeout=timeout)
+
+    def stop(self, timeout=60):
+        if self.proc is None:
+            return
+        with open(self.pid_file) as f:
+            pid = int(f.read())
+        os.kill(pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(pid, signal.SIGKILL)
+            self.proc.wait(timeout)
+        self.proc = None
+        os.unlink(self.pid_file)
+
+
+def build_image(work):
+    """A three-layer OCI image tarball made with umoci from busybox-static."""
+    oci = os.path.join(work, "oci")
+    bundle = os.path.join(work, "bundle")
+    sh("umoci", "init", "--layout", oci)
+    sh("umoci", "new", "--image", f"{oci}:layers")
+    sh("umoci", "unpack", "--image", f"{oci}:layers", bundle)
+    rootfs = os.path.join(bundle, "rootfs")
+
+    def repack(what):
+        sh("umoci", "repack", "--refresh-bundle", "--image", f"{oci}:layers", bundle)
+        sh("umoci", "config", "--image", f"{oci}:layers", "--history.comment", what)
+
+    # layer 1: busybox and the applets the tests use; a file deleted later
+    for d in ("bin", "etc", "tmp", "proc", "sys", "dev", "usr/share", "opt"):
+        os.makedirs(os.path.join(rootfs, d), exist_ok=True)
+    shutil.copy2("/bin/busybox", os.path.join(rootfs, "bin/busybox"))
+    for applet in ("sh", "cat", "ls", "echo", "test", "stat", "rm", "sync"):
+        os.symlink("busybox", os.path.join(rootfs, "bin", applet))
+    with open(os.path.join(rootfs, "etc/layer1"), "w") as f:
+        f.write("one\n")
+    with open(os.path.join(rootfs, "etc/doomed"), "w") as f:
+        f.write("deleted by a whiteout in layer 3\n")
+    repack("layer 1: busybox")
+    # layer 2: a file and a hard link to it
+    with open(os.path.join(rootfs, "usr/share/layer2"), "w") as f:
+        f.write("two\n")
+    os.link(os.path.join(rootfs, "usr/share/layer2"), os.path.join(rootfs, "usr/share/layer2-link"))
+    repack("layer 2: a hard link")
+    # layer 3: a whiteout and a file
+    os.unlink(os.path.join(rootfs, "etc/doomed"))
+    with open(os.path.join(rootfs, "opt/layer3"), "w") as f:
+        f.write("three\n")
+    repack("layer 3: a whiteout")
+    sh("umoci", "config", "--image", f"{oci}:layers", "--config.cmd", "/bin/sh",
+       "--config.workingdir", "/")
+    sh("umoci", "gc", "--layout", oci)
+    with open(os.path.join(oci, "index.json")) as f:
+        index = json.load(f)
+    assert len(index["manifests"]) == 1
+    tarball = os.path.join(work, "image.tar")
+    sh("tar", "-C", oci, "-cf", tarball, ".")
+    shutil.rmtree(bundle)
+    return tarball
+
+
+def mounts_under(path):
+    path = os.path.join(os.path.abspath(path), "")
+    from cowblock.mapping.state import _unescape
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            target = _unescape(line.split()[4])
+            if target.startswith(path):
+                found.append(target)
+    return found
+
+
+def pool_used(pool_dir):
+    return json.loads(cb(pool_dir, "--json", "pool", "info").stdout)["used"]
+
+
+def test_containerd_runs_containers_on_cowblock(tmp_path):
+    work = tmp_path
+    pool_dir = work / "pool"
+    cb(pool_dir, "pool", "create", str(pool_dir), "--size", "4G")
+    snap = Server(pool_dir, work, size="512M")
+    ctrd = None
+    containers = []
+    try:
+        snap.start()
+        tarball = build_image(str(work))
+        used0 = pool_used(pool_dir)  # the base file system
+        ctrd = Containerd(work, snap.address).start()
+
+        ctrd.ctr("images", "import", "--snapshotter", "cowblock", "--base-name",
+                 IMAGE.rsplit(":", 1)[0], tarball)
+        assert IMAGE in ctrd.ctr("images", "ls", "-q").stdout
+        snaps = ctrd.ctr("snapshots", "--snapshotter", "cowblock", "ls").stdout
+        assert len([l for l in snaps.splitlines()[1:] if "Committed" in l]) == 3, snaps
+        assert pool_used(pool_dir) > used0
+
+        def run(cid, script, *extra):
+            containers.append(cid)
+            return ctrd.ctr("run", "--snapshotter", "cowblock", *extra, IMAGE, cid,
+                            "/bin/sh", "-c", script).stdout
+
+        out = run("c1", "cat /etc/layer1 /usr/share/layer2 /usr/share/layer2-link /opt/layer3;"
+                        "test -e /etc/doomed && echo doomed-still-there;"
+                        "stat -c 'links=%h' /usr/share/layer2;"
+                        "echo written-by-c1 > /written; sync")
+        assert out.split() == ["one", "two", "two", "three", "links=2"], out
+
+        out = run("c2", "cat /written 2>/dev/null || echo no-write; cat /opt/layer3")
+        assert out.split() == ["no-write", "three"], out
+
+        # commit c1's writable snapshot and run a container on it
+        ctrd.ctr("snapshots", "--snapshotter", "cowblock", "commit", "c1-committed", "c1")
+        ctrd.ctr("snapshots", "--snapshotter", "cowblock", "prepare", "c3-rootfs", "c1-committed")
+        info = json.loads(ctrd.ctr("snapshots", "--snapshotter", "cowblock", "info",
+                                   "c1-committed").stdout)
+        assert info["Kind"] == "Committed"
+        usage = ctrd.ctr("snapshots", "--snapshotter", "cowblock", "usage").stdout
+        assert "c1-committed" in usage
+        m = ctrd.ctr("snapshots", "--snapshotter", "cowblock", "mounts", str(work / "r3"),
+                     "c3-rootfs").stdout.split()
+        assert m[:3] == ["mount", "-t", "ext4"] and m[3].startswith("/dev/loop"), m
+        os.makedirs(work / "r3")
+        sh("mount", "-t", "ext4", m[3], work / "r3")
+        try:
+            containers.append("c3")
+            out = ctrd.ctr("run", "--rootfs", str(work / "r3"), "c3", "/bin/sh", "-c",
+                           "cat /written /etc/layer1").stdout
+        finally:
+            sh("umount", work / "r3")
+        assert out.split() == ["written-by-c1", "one"], out
+
+        # a cowblock volume, bind-mounted into two containers in turn
+        cb(pool_dir, "volume", "create", "data", "256M")
+        os.makedirs(work / "vol")
+        cb(pool_dir, "volume", "mount", "data", str(work / "vol"))
+        try:
+            bind = f"type=bind,src={work / 'vol'},dst=/data,options=rbind:rw"
+            run("v1", "echo kept > /data/note; sync", "--mount", bind)
+            out = run("v2", "cat /data/note", "--mount", bind)
+            assert out.split() == ["kept"], out
+        finally:
+            cb(pool_dir, "volume", "umount", str(work / "vol"))
+        assert "data" in cb(pool_dir, "volume", "ls").stdout
+
+        # remove everything: containerd's collector removes the snapshots
+        for cid in containers:
+            ctrd.ctr("containers", "rm", cid, check=False)
+        containers.clear()
+        ctrd.ctr("snapshots", "--snapshotter", "cowblock", "rm", "c3-rootfs")
+        ctrd.ctr("snapshots", "--snapshotter", "cowblock", "rm", "c1-committed")
+        ctrd.ctr("images", "rm", "--sync", IMAGE)
+        deadline = time.monotonic() + 60
+        while ctrd.ctr("snapshots", "--snapshotter", "cowblock", "ls").stdout.count("\n") > 1:
+            assert time.monotonic() < deadline, ctrd.ctr("snapshots", "--snapshotter",
+                                                         "cowblock", "ls").stdout
+            time.sleep(0.5)
+        cb(pool_dir, "volume", "rm", "data")
+        assert pool_used(pool_dir) == used0
+        ctrd.stop()
+        assert snap.stop() == 0, snap.logtext()
+        assert leftovers(pool_dir) == []
+        assert "no errors" in cb(pool_dir, "pool", "check").stdout
+    finally:
+        if ctrd is not None and ctrd.proc is not None:
+            for cid in containers:
+                ctrd.ctr("tasks", "kill", "-s", "KILL", cid, check=False)
+                ctrd.ctr("tasks", "rm", "-f", cid, check=False)
+                ctrd.ctr("containers", "rm", cid, check=False)
+            ctrd.stop()
+        for target in reversed(mounts_under(work)):
+            subprocess.run(["umount", "-l", target], capture_output=True)
+        snap.stop()
+        force_clean(pool_dir)
