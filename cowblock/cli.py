@@ -885,7 +885,7 @@ def print_df(df: dict, verbose: bool = False, out=None) -> None:
     out = out or sys.stdout
     groups = [("Images", df["images"]), ("Layers", df["layers"]),
               ("Containers", df["containers"]), ("Volumes", df["volumes"]),
-              ("Other devices", df["other"])]
+              ("Snapshots", df.get("snapshots", [])), ("Other devices", df["other"])]
     rows = []
     for label, items in groups:
         virtual = sum(i["size"] or 0 for i in items)
@@ -921,12 +921,16 @@ def print_df(df: dict, verbose: bool = False, out=None) -> None:
         ("Binds:", ["NAME", "PATH", " SIZE", " ON DISK", "ATTACHED TO"],
          [(b["name"], b["path"], _exact(b["size"]), _exact(b["on_disk"]),
            ",".join(b["attached_to"]) or "-") for b in binds]),
+        ("Snapshots (containerd's and other namespaces):",
+         ["NAMESPACE", "KEY", "KIND", "DEVICE", " CHANGED", " EXCLUSIVE", " SHARED"],
+         [(s["namespace"], s["key"], s["kind"], s["device"], _exact(s["changed"]),
+           _exact(s["exclusive"]), _exact(s["shared"])) for s in df.get("snapshots", [])]),
         ("Other devices:", ["DEVICE", " SIZE", " MAPPED", " EXCLUSIVE", " SHARED"],
          [(o["device"], _exact(o["size"]), _exact(o["mapped"]), _exact(o["exclusive"]),
            _exact(o["shared"])) for o in df["other"]]),
     ]
     for title, headers, rows in sections:
-        if not rows and title == "Other devices:":
+        if not rows and title in ("Other devices:", "Snapshots (containerd's and other namespaces):"):
             continue
         print(file=out)
         print(title, file=out)

@@ -621,6 +621,17 @@ def test_usage_is_the_bytes_beyond_the_parent(c):
     assert c.usage("layer").size == grown  # children share its blocks: it still counts
     assert c.usage("child").size < MiB
     assert c.usage("view").size == 0
+    # cowblock df shows both figures: changed (containerd's usage) and exclusive
+    import json
+    df = json.loads(cb(c.server.pool_dir, "--json", "df").stdout)
+    rows = {s["key"]: s for s in df["snapshots"] if s["namespace"] == "containerd"}
+    layer = rows[c.k("layer")]
+    assert layer["kind"] == "committed" and layer["changed"] == grown
+    assert layer["exclusive"] < MiB  # its blocks are shared with the child and the view
+    assert rows[c.k("child")]["changed"] == c.usage("child").size
+    assert not any(o["device"] == layer["device"] for o in df["other"])
+    text = cb(c.server.pool_dir, "df", "-v").stdout
+    assert c.k("layer") in text and "CHANGED" in text
 
 
 def test_removing_everything_gives_the_space_back(server, c):
