@@ -249,7 +249,7 @@ class MapDaemon:
         names: list[str] = []
         if noun == "device" and verb in ("rm", "mkfs", "import"):
             names = list(getattr(args, "names", None) or [getattr(args, "name", "")])
-        elif noun in ("container", "image") and verb in ("rm", "reset"):
+        elif noun in ("container", "image", "volume") and verb in ("rm", "reset"):
             from ..model import Store
             store = Store(self.pool)
             try:
@@ -257,6 +257,8 @@ class MapDaemon:
                     try:
                         if noun == "container":
                             names.append(store.container(n).device.name)
+                        elif noun == "volume":
+                            names.append(store.volume(n).device.name)
                         else:
                             names += [layer.device.name for layer in store.image(n).layers]
                     except errors.NotFoundError:
