@@ -1120,12 +1120,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--volume", metavar="NAME")
         p.add_argument("--bind", metavar="NAME")
 
-    for name, func, help in (("mount", cmd_container_mount,
-                              "map a container's device and mount its file system (root)"),):
-        p = verb(g, name, func, help)
-        p.add_argument("name")
-        p.add_argument("dir", metavar="DIR")
-        p.add_argument("--readonly", action="store_true", help="mount it read-only")
+    p = verb(g, "mount", cmd_container_mount,
+             "map a container's device and mount its file system on DIR (root)")
+    p.add_argument("name")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--readonly", action="store_true", help="mount it read-only")
     verb(g, "umount", cmd_container_umount, "unmount DIR and unmap its device").add_argument(
         "dir", metavar="DIR")
 
