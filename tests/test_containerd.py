@@ -686,3 +686,40 @@ def test_crash_restart_cleans_stale_mappings(tmp_path):
         force_clean(pool_dir)
     assert left == []
     assert "no errors" in cb(pool_dir, "pool", "check").stdout
+
+
+def test_xfs_snapshots(tmp_path):
+    """--fs xfs: every snapshot carries the base's UUID, so mounts say nouuid
+    and two views of one layer mount side by side."""
+    import shutil
+    if shutil.which("mkfs.xfs") is None and not os.path.exists("/usr/sbin/mkfs.xfs"):
+        pytest.skip("mkfs.xfs is not installed (xfsprogs)")
+    work = tmp_path / "w"
+    work.mkdir()
+    pool_dir = tmp_path / "pool"
+    cb(pool_dir, "pool", "create", str(pool_dir), "--size", "2G")
+    srv = Server(pool_dir, work, size="512M", fs="xfs").start()
+    mounts = Mounts()
+    try:
+        stub = srv.stub()
+        m = stub.Prepare(pb.PrepareSnapshotRequest(key="n/1/a")).mounts
+        assert m[0].type == "xfs" and "nouuid" in m[0].options
+        active = mounts.mount(m, tmp_path / "a")
+        with open(os.path.join(active, "f"), "w") as f:
+            f.write("on xfs\n")
+        mounts.unmount(active)
+        stub.Commit(pb.CommitSnapshotRequest(name="n/2/layer", key="n/1/a"))
+        views = []
+        for n in (3, 4):
+            v = stub.View(pb.ViewSnapshotRequest(key=f"n/{n}/v", parent="n/2/layer")).mounts
+            assert v[0].options == ["ro", "nouuid"]
+            views.append(mounts.mount(v, tmp_path / f"v{n}"))
+        for view in views:
+            with open(os.path.join(view, "f")) as f:
+                assert f.read() == "on xfs\n"
+    finally:
+        mounts.unmount_all()
+        srv.stop()
+        left = leftovers(pool_dir)
+        force_clean(pool_dir)
+    assert left == []

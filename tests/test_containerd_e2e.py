@@ -284,3 +284,96 @@ def test_containerd_runs_containers_on_cowblock(tmp_path):
             subprocess.run(["umount", "-l", target], capture_output=True)
         snap.stop()
         force_clean(pool_dir)
+
+
+def build_big_image(work, mib):
+    """Busybox and one layer of ``mib`` MiB of incompressible files."""
+    oci = os.path.join(work, "oci-big")
+    bundle = os.path.join(work, "bundle-big")
+    sh("umoci", "init", "--layout", oci)
+    sh("umoci", "new", "--image", f"{oci}:big")
+    sh("umoci", "unpack", "--image", f"{oci}:big", bundle)
+    rootfs = os.path.join(bundle, "rootfs")
+    os.makedirs(os.path.join(rootfs, "bin"))
+    shutil.copy2("/bin/busybox", os.path.join(rootfs, "bin/busybox"))
+    for applet in ("sh", "cat", "ls", "stat", "wc"):
+        os.symlink("busybox", os.path.join(rootfs, "bin", applet))
+    sh("umoci", "repack", "--refresh-bundle", "--image", f"{oci}:big", bundle)
+    os.makedirs(os.path.join(rootfs, "big"))
+    for n in range(mib // 8):
+        with open(os.path.join(rootfs, "big", f"f{n:03d}"), "wb") as f:
+            f.write(os.urandom(8 << 20))
+    sh("umoci", "repack", "--refresh-bundle", "--image", f"{oci}:big", bundle, timeout=600)
+    sh("umoci", "gc", "--layout", oci)
+    tarball = os.path.join(work, "big.tar")
+    sh("tar", "-C", oci, "-cf", tarball, ".")
+    shutil.rmtree(bundle)
+    shutil.rmtree(oci)
+    return tarball
+
+
+def test_snapshotter_killed_during_unpack(tmp_path):
+    """SIGKILL of the snapshotter while containerd unpacks a large layer:
+    the import fails, the restarted server cleans what the dead one left,
+    importing again completes, and nothing leaks."""
+    work = tmp_path
+    pool_dir = work / "pool"
+    cb(pool_dir, "pool", "create", str(pool_dir), "--size", "4G")
+    snap = Server(pool_dir, work, size="1G")
+    ctrd = None
+    image = "cowblock.test/big:big"
+    importer = None
+    try:
+        snap.start()
+        tarball = build_big_image(str(work), 160)
+        used0 = pool_used(pool_dir)
+        ctrd = Containerd(work, snap.address).start()
+        importer = subprocess.Popen(
+            ["ctr", "--address", ctrd.sock, "--namespace", NS, "images", "import",
+             "--snapshotter", "cowblock", "--base-name", image.rsplit(":", 1)[0], tarball],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        def extracting():  # layers whose extract snapshot was mapped so far
+            return sum(1 for line in snap.logtext().splitlines()
+                       if " mapped containerd-" in line and "extract" in line)
+
+        while extracting() < 2:  # busybox done, the big layer started
+            assert importer.poll() is None, importer.stdout.read()
+            assert time.monotonic() < deadline, snap.logtext()
+            time.sleep(0.02)
+        time.sleep(0.3)  # the big layer is being written
+        snap.kill()
+        out = importer.communicate(timeout=300)[0].decode()
+        assert importer.returncode != 0, out  # the unpack failed with the server gone
+        importer = None
+        snap.start()
+        from cowblock.mapping import state
+        assert leftovers(pool_dir) == [state.mountpoint_for(str(pool_dir))]
+        ctrd.ctr("images", "import", "--snapshotter", "cowblock", "--base-name",
+                 image.rsplit(":", 1)[0], tarball, timeout=600)
+        out = ctrd.ctr("run", "--rm", "--snapshotter", "cowblock", image, "k1", "/bin/sh", "-c",
+                       "cat /big/* | wc -c").stdout
+        assert int(out.split()[0]) == 160 << 20
+        ctrd.ctr("images", "rm", "--sync", image)
+        deadline = time.monotonic() + 60
+        while ctrd.ctr("snapshots", "--snapshotter", "cowblock", "ls").stdout.count("\n") > 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert pool_used(pool_dir) == used0
+        ctrd.stop()
+        assert snap.stop() == 0, snap.logtext()
+        assert leftovers(pool_dir) == []
+        assert "no errors" in cb(pool_dir, "pool", "check").stdout
+    finally:
+        if importer is not None:
+            importer.kill()
+            importer.wait()
+        if ctrd is not None and ctrd.proc is not None:
+            ctrd.ctr("tasks", "kill", "-s", "KILL", "k1", check=False)
+            ctrd.ctr("tasks", "rm", "-f", "k1", check=False)
+            ctrd.ctr("containers", "rm", "k1", check=False)
+            ctrd.stop()
+        for target in reversed(mounts_under(work)):
+            subprocess.run(["umount", "-l", target], capture_output=True)
+        snap.stop()
+        force_clean(pool_dir)
