@@ -24,9 +24,9 @@ import time
 
 import pytest
 
-from containerd_support import Server, cb, force_clean, leftovers, sh, why_skip
+from containerd_support import (NS, Containerd, Server, cb, force_clean, leftovers, sh,
+                                why_skip)
 
-NS = "cbtest"
 IMAGE = "cowblock.test/busybox:layers"
 
 
@@ -50,80 +50,6 @@ def _why_skip_e2e():
 
 
 pytestmark = pytest.mark.skipif(_why_skip_e2e() is not None, reason=str(_why_skip_e2e()))
-
-CONFIG = """\
-version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  level = "info"
-
-[proxy_plugins.cowblock]
-  type = "snapshot"
-  address = "{snap}"
-"""
-
-
-class Containerd:
-    """containerd with a temporary config, stopped by the pid file the
-    test writes for it."""
-
-    def __init__(self, work, snapshotter_address):
-        self.work = str(work)
-        self.sock = os.path.join(self.work, "containerd.sock")
-        self.config = os.path.join(self.work, "containerd.toml")
-        self.pid_file = os.path.join(self.work, "containerd.pid")
-        self.log = os.path.join(self.work, "containerd.log")
-        with open(self.config, "w") as f:
-            f.write(CONFIG.format(root=os.path.join(self.work, "root"),
-                                  state=os.path.join(self.work, "state"), sock=self.sock,
-                                  snap=snapshotter_address))
-        self.proc = None
-
-    def start(self, timeout=60):
-        with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen(["containerd", "--config", self.config],
-                                         stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                         start_new_session=True)
-        with open(self.pid_file, "w") as f:
-            f.write(f"{self.proc.pid}\n")
-        deadline = time.monotonic() + timeout
-        while self.ctr("version", check=False).returncode != 0:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"containerd did not start:\n{self.logtext()}")
-            time.sleep(0.2)
-        return self
-
-    def logtext(self):
-        with open(self.log) as f:
-            return f.read()[-6000:]
-
-    def ctr(self, *argv, check=True, timeout=300):
-        return sh("ctr", "--address", self.sock, "--namespace", NS, *argv, check=check,
-                  timeout=timeout)
-
-    def stop(self, timeout=60):
-        if self.proc is None:
-            return
-        with open(self.pid_file) as f:
-            pid = int(f.read())
-        os.kill(pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(pid, signal.SIGKILL)
-            self.proc.wait(timeout)
-        self.proc = None
-        os.unlink(self.pid_file)
-
 
 def build_image(work):
     """A three-layer OCI image tarball made with umoci from busybox-static."""
