@@ -692,6 +692,17 @@ int cb_pool_external_path(cb_pool *p, uint32_t id, char *buf, size_t len)
     return cb_pool_leave(p, strlen(p->ext[id - 1].path) < len ? 0 : CB_EINVAL);
 }
 
+int cb_pool_uuid(cb_pool *p, uint8_t out[16])
+{
+    if (!out)
+        return CB_EINVAL;
+    int rc = cb_pool_enter(p, SHARED);
+    if (rc)
+        return rc;
+    memcpy(out, p->uuid, 16);
+    return cb_pool_leave(p, 0);
+}
+
 int cb_pool_usage(cb_pool *p, cb_usage *out, size_t n, size_t *count)
 {
     int rc = cb_pool_enter(p, EXCLUSIVE); /* the walk uses scratch fields of nodes */
@@ -910,6 +921,20 @@ int cb_dev_extents(cb_dev *h, uint64_t *pairs, size_t n, size_t *count)
         return CB_EINVAL;
     int rc = dev_enter(h, SHARED);
     return rc ? rc : cb_pool_leave(h->pool, cb_thin_extents(h->pool, h->rec, pairs, n, count));
+}
+
+int cb_dev_delta(cb_dev *h, cb_dev *base, uint64_t start, cb_delta *out, size_t n,
+                 size_t *count, uint64_t *next)
+{
+    if (!out || n == 0 || !count || !next || (base && base->pool != h->pool))
+        return CB_EINVAL;
+    int rc = dev_enter(h, SHARED);
+    if (rc)
+        return rc;
+    if (base && base->rec->deleted)
+        return cb_pool_leave(h->pool, CB_ENOENT);
+    return cb_pool_leave(h->pool, cb_thin_delta(h->pool, h->rec, base ? base->rec : NULL,
+                                                start, out, n, count, next));
 }
 
 int cb_dev_usage(cb_dev *h, cb_usage *out)
