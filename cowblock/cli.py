@@ -988,6 +988,12 @@ def cmd_container_umount(args) -> int:
 
 def cmd_snapshotter_serve(args) -> int:
     import logging
+    try:
+        import grpc  # noqa: F401
+        from .containerd._pb import snapshots_pb2  # noqa: F401
+    except ImportError as exc:
+        raise CowblockError(f"the snapshotter needs grpcio and protobuf "
+                            f"(pip install 'cowblock[containerd]'): {exc}") from None
     from .containerd.server import serve
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format=f"%(asctime)s cowblock snapshotter[{os.getpid()}] %(message)s")

@@ -18,7 +18,6 @@ containers, mounts and loop devices are cleaned up even on failure.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 
