@@ -9,6 +9,7 @@ import sys
 import time
 
 import cowblock
+from tools import tool_env
 from cowblock.mapping import loop as loopmod, mapping_unavailable, state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cowblock.__file__)))
@@ -51,7 +52,9 @@ def cb(pool_dir, *argv, check=True, timeout=120):
 
 
 def sh(*cmd, check=True, timeout=120):
-    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
+    """A non-Python tool (mount, ctr, umoci ...): without the sanitizer preload."""
+    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
+                         env=tool_env())
     if check:
         assert res.returncode == 0, (cmd, res.stdout, res.stderr)
     return res
@@ -168,7 +171,7 @@ class Mounts:
 
     def unmount_all(self):
         for target in reversed(self.mounted):
-            subprocess.run(["umount", "-l", target], capture_output=True)
+            subprocess.run(["umount", "-l", target], capture_output=True, env=tool_env())
         self.mounted.clear()
 
 
@@ -215,7 +218,7 @@ class Containerd:
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(["containerd", "--config", self.config],
                                          stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                         start_new_session=True)
+                                         start_new_session=True, env=tool_env())
         with open(self.pid_file, "w") as f:
             f.write(f"{self.proc.pid}\n")
         deadline = time.monotonic() + timeout

@@ -23,6 +23,7 @@ import time
 
 import pytest
 
+from tools import tool_env
 from containerd_support import (NS, Containerd, Server, cb, force_clean, leftovers, sh,
                                 why_skip)
 
@@ -40,9 +41,10 @@ def _why_skip_e2e():
             return f"{tool} is not installed (apt-get install containerd runc umoci)"
     if not os.path.exists("/bin/busybox"):
         return "/bin/busybox is missing (apt-get install busybox-static)"
-    res = subprocess.run(["/bin/busybox"], capture_output=True)
+    res = subprocess.run(["/bin/busybox"], capture_output=True, env=tool_env())
     if b"statically" not in res.stdout + res.stderr and shutil.which("ldd"):
-        dyn = subprocess.run(["ldd", "/bin/busybox"], capture_output=True, text=True)
+        dyn = subprocess.run(["ldd", "/bin/busybox"], capture_output=True, text=True,
+                             env=tool_env())
         if "not a dynamic executable" not in dyn.stdout + dyn.stderr:
             return "/bin/busybox is not static (apt-get install busybox-static)"
     return None
@@ -206,7 +208,7 @@ def test_containerd_runs_containers_on_cowblock(tmp_path):
                 ctrd.ctr("containers", "rm", cid, check=False)
             ctrd.stop()
         for target in reversed(mounts_under(work)):
-            subprocess.run(["umount", "-l", target], capture_output=True)
+            subprocess.run(["umount", "-l", target], capture_output=True, env=tool_env())
         snap.stop()
         force_clean(pool_dir)
 
@@ -256,7 +258,7 @@ def test_snapshotter_killed_during_unpack(tmp_path):
         importer = subprocess.Popen(
             ["ctr", "--address", ctrd.sock, "--namespace", NS, "images", "import",
              "--snapshotter", "cowblock", "--base-name", image.rsplit(":", 1)[0], tarball],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=tool_env())
         deadline = time.monotonic() + 120
         def extracting():  # layers whose extract snapshot was mapped so far
             return sum(1 for line in snap.logtext().splitlines()
@@ -299,6 +301,6 @@ def test_snapshotter_killed_during_unpack(tmp_path):
             ctrd.ctr("containers", "rm", "k1", check=False)
             ctrd.stop()
         for target in reversed(mounts_under(work)):
-            subprocess.run(["umount", "-l", target], capture_output=True)
+            subprocess.run(["umount", "-l", target], capture_output=True, env=tool_env())
         snap.stop()
         force_clean(pool_dir)

@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 import cowblock
+from tools import tool_env
 from cowblock.model import Store
 
 from containerd_support import MiB, cb, force_clean, leftovers
@@ -29,7 +30,7 @@ def pool_dir(tmp_path):
         yield str(d)
     finally:
         for target in (tmp_path / "a", tmp_path / "b"):
-            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+            subprocess.run(["umount", "-l", str(target)], capture_output=True, env=tool_env())
         # the map daemon exits once nothing is mapped; stop a leftover by its pid
         from cowblock.mapping import state
         import signal
