@@ -553,6 +553,8 @@ def test_commit_of_a_mounted_snapshot_is_refused_and_harmless(c):
     with open(os.path.join(active, "f"), "w") as f:
         f.write("data")
     assert code_of(c.commit, "layer", "active") == grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(c.remove, "active") == grpc.StatusCode.FAILED_PRECONDITION
+    assert c.stat("active").kind == pb.ACTIVE
     with open(os.path.join(active, "f")) as f:  # still mounted and working
         assert f.read() == "data"
     c.mounts.unmount(active)

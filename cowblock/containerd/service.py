@@ -185,9 +185,12 @@ class SnapshotsServicer(pb_grpc.SnapshotsServicer):
         key = _key(req.key)
         with self._lock:
             sn = self.snapshotter
-            if sn.children(key):
-                sn.remove(key)  # raises BusyError naming the children
-            self.mounts.unmap(key)
+            children = sn.children(key)
+            if children:  # refused before anything is unmapped
+                raise errors.BusyError(
+                    f"snapshot {key!r} has {len(children)} child snapshot(s), e.g. "
+                    f"{children[0]!r}; remove them first")
+            self.mounts.unmap(key)  # BusyError while still mounted
             sn.remove(key)
 
     def Remove(self, request, context):
