@@ -17,7 +17,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "`pip install .` (or `pip install -e .`), which compiles it"
     ) from exc
 
-BUILD_ID = "cowblock-core 0.1.0 abi 6"
+BUILD_ID = "cowblock-core 0.1.0 abi 7"
 
 _built = ffi.string(lib.cb_build_id()).decode()
 if _built != BUILD_ID:  # pragma: no cover - depends on the build

@@ -11,6 +11,7 @@ Noun-verb subcommands::
     cowblock volume create|ls|rm
     cowblock bind create|ls|rm
     cowblock df [-v]
+    cowblock serve [--socket PATH] [--tcp HOST:PORT] [--readonly]
     cowblock demo [DIR]
     cowblock bench ...
 
@@ -1073,6 +1074,37 @@ def print_df(df: dict, verbose: bool = False, out=None) -> None:
 
 
 # --------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args) -> int:
+    import logging
+
+    from . import Pool
+    from .nbd import listen
+    from .nbd import server as nbd
+
+    logging.basicConfig(stream=sys.stderr, format="cowblock serve: %(message)s",
+                        level=logging.INFO if args.verbose else logging.WARNING)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if args.tls_cert and not args.tcp:
+        raise UsageError("TLS is for --tcp (the Unix socket is local)")
+    if args.max_connections < 1:
+        raise UsageError(f"--max-connections must be at least 1, not {args.max_connections}")
+    tcp = listen.parse_tcp(args.tcp) if args.tcp else None
+    tls = listen.tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    if args.exit_with_parent:
+        listen.exit_with_parent()
+    path = _pool_path(args)
+    unix = args.socket or os.path.join(path, nbd.DEFAULT_SOCKET)
+    limits = nbd.Limits(max_connections=args.max_connections)
+    with Pool.open(path, readonly=args.readonly) as pool:
+        nbd.serve(pool, unix, tcp, readonly=args.readonly, limits=limits, tls=tls)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
 # demo and bench
 
 
@@ -1347,6 +1379,26 @@ def build_parser() -> argparse.ArgumentParser:
                          parents=[leaf])
     p.add_argument("-v", "--verbose", action="store_true", help="one line per object")
     p.set_defaults(func=cmd_df)
+
+    p = nouns.add_parser("serve", help="serve every device over NBD (foreground)",
+                         description="Serve every device of the pool over NBD, each as an "
+                         "export under its own name, until SIGTERM or SIGINT; ready once "
+                         "the socket exists.", parents=[leaf])
+    p.add_argument("--socket", metavar="PATH",
+                   help="Unix socket to listen on (default: nbd.sock in the pool directory)")
+    p.add_argument("--tcp", metavar="HOST:PORT",
+                   help="also listen on TCP, e.g. 127.0.0.1:10809 (port 0: any free port)")
+    p.add_argument("--readonly", action="store_true",
+                   help="open the pool read-only and export every device read-only")
+    p.add_argument("--tls-cert", metavar="PEM", help="TLS certificate (with --tcp; TLS "
+                   "becomes required on TCP)")
+    p.add_argument("--tls-key", metavar="PEM", help="TLS private key")
+    p.add_argument("--max-connections", type=int, default=512, metavar="N",
+                   help="clients served at once (default 512); more are told to retry")
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="stop (as on SIGTERM) when the parent process exits")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    p.set_defaults(func=cmd_serve)
 
     p = nouns.add_parser("demo", help="run the guided demo in a temporary (or given) directory",
                          parents=[leaf])

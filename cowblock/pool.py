@@ -1010,6 +1010,39 @@ class Device:
             out.append((start, min(pairs[2 * k + 1] * bs, size - start)))
         return out
 
+    def extents_range(self, offset, length, limit=64):
+        """Where data may be in bytes [offset, offset + length), found a part at a time.
+
+        Returns ``(runs, end)``: at most ``limit`` (offset, length) byte ranges
+        that may hold data, clipped to the range, in order, and the offset
+        ``end`` up to which they are complete: everything in [offset, end)
+        outside them reads as zeros.  ``end`` is ``offset + length`` when the
+        whole range is described, less when the walk stopped after ``limit``
+        runs.  The cost grows with what is mapped in [offset, end), not with
+        the device size (what an NBD block status request needs).
+        """
+        offset, length = self._range(offset, length, "extents")
+        limit = _int(limit, "limit")
+        if limit < 0:
+            raise _bad(f"limit must not be negative, not {limit}")
+        stop = offset + length
+        if length == 0:
+            return [], offset
+        bs = self._bs
+        first = offset // bs
+        nblocks = -(-stop // bs) - first
+        pairs = ffi.new("uint64_t[]", 2 * max(limit, 1))
+        count = ffi.new("size_t *")
+        nxt = ffi.new("uint64_t *")
+        rc = lib.cb_dev_extents_range(self._handle(), first, nblocks, pairs, limit, count, nxt)
+        if rc:
+            raise_for(rc, f"extents of {self._name!r}")
+        runs = []
+        for k in range(count[0]):
+            start = max(pairs[2 * k] * bs, offset)
+            end = min((pairs[2 * k] + pairs[2 * k + 1]) * bs, stop)
+            runs.append((start, end - start))
+        return runs, max(min(nxt[0] * bs, stop), offset)
     def delta(self, base=None, start=0, max_blocks=4096):
         """Blocks from ``start`` on where this device reads otherwise than
         ``base`` (a Device of this pool, or None for all zeros), from the

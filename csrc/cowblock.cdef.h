@@ -117,6 +117,8 @@ int cb_dev_read_blocks(cb_dev *dev, const uint64_t *idx, size_t n, void *buf);
 int cb_dev_write_blocks(cb_dev *dev, const uint64_t *idx, size_t n, const void *buf);
 int cb_dev_changed(cb_dev *dev, uint8_t *bits, size_t nbytes);
 int cb_dev_extents(cb_dev *dev, uint64_t *pairs, size_t n, size_t *count);
+int cb_dev_extents_range(cb_dev *dev, uint64_t first, uint64_t nblocks, uint64_t *pairs,
+                         size_t n, size_t *count, uint64_t *next);
 int cb_dev_usage(cb_dev *dev, cb_usage *out);
 int cb_dev_delta(cb_dev *dev, cb_dev *base, uint64_t start, cb_delta *out, size_t n,
                  size_t *count, uint64_t *next);

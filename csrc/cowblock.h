@@ -62,7 +62,7 @@ extern "C" {
 
 /* Bumped with every change to this header or to the on-disk format; the
  * Python package refuses to load a compiled module with another id. */
-#define CB_BUILD_ID "cowblock-core 0.1.0 abi 6"
+#define CB_BUILD_ID "cowblock-core 0.1.0 abi 7"
 
 /* ---- error codes ------------------------------------------------------ */
 #define CB_ERR_FIRST (-30699)
@@ -366,6 +366,17 @@ int cb_dev_changed(cb_dev *dev, uint8_t *bits, size_t nbytes);
  * external origin): fills at most n (start, count) pairs and sets *count to
  * the total number of runs. */
 int cb_dev_extents(cb_dev *dev, uint64_t *pairs, size_t n, size_t *count);
+/* The same for the blocks [first, first + nblocks) only, for callers that
+ * ask about a part of a device at a time (an NBD block status request):
+ * fills at most n runs, clipped to the range, in order, and sets *count to
+ * the number filled.  The walk stops where run n + 1 would start and sets
+ * *next to that block (first + nblocks when the range is done): every
+ * block of [first, *next) outside the runs reads as zeros.  n = 0 finds the
+ * next run's start.  CB_EINVAL if the range is not within the device.
+ * Shared lock; cost grows with the mapped entries in [first, *next), not
+ * with the device size. */
+int cb_dev_extents_range(cb_dev *dev, uint64_t first, uint64_t nblocks, uint64_t *pairs,
+                         size_t n, size_t *count, uint64_t *next);
 /* Where dev reads differently from base: the blocks with a sub-block
  * that reads otherwise in dev than in base (base NULL: a device that reads
  * as zeros everywhere, so every sub-block that may hold data), in block

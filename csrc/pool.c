@@ -920,7 +920,23 @@ int cb_dev_extents(cb_dev *h, uint64_t *pairs, size_t n, size_t *count)
     if ((!pairs && n) || !count)
         return CB_EINVAL;
     int rc = dev_enter(h, SHARED);
-    return rc ? rc : cb_pool_leave(h->pool, cb_thin_extents(h->pool, h->rec, pairs, n, count));
+    return rc ? rc : cb_pool_leave(h->pool, cb_thin_extents(h->pool, h->rec, 0, UINT64_MAX,
+                                                            pairs, n, count, NULL));
+}
+
+int cb_dev_extents_range(cb_dev *h, uint64_t first, uint64_t nblocks, uint64_t *pairs,
+                         size_t n, size_t *count, uint64_t *next)
+{
+    if ((!pairs && n) || !count || !next)
+        return CB_EINVAL;
+    int rc = dev_enter(h, SHARED);
+    if (rc)
+        return rc;
+    const struct cb_devrec *d = h->rec;
+    if (first > d->nblocks || nblocks > d->nblocks - first)
+        return cb_pool_leave(h->pool, CB_EINVAL);
+    return cb_pool_leave(h->pool, cb_thin_extents(h->pool, h->rec, first, first + nblocks,
+                                                  pairs, n, count, next));
 }
 
 int cb_dev_delta(cb_dev *h, cb_dev *base, uint64_t start, cb_delta *out, size_t n,

@@ -701,24 +701,34 @@ static void ext_add(struct extents *x, uint64_t v)
     x->len = 1;
 }
 
-int cb_thin_extents(struct cb_pool *p, struct cb_devrec *d, uint64_t *pairs,
-                    size_t n, size_t *count)
+int cb_thin_extents(struct cb_pool *p, struct cb_devrec *d, uint64_t first, uint64_t end,
+                    uint64_t *pairs, size_t n, size_t *count, uint64_t *next)
 {
     struct extents x = {pairs, n, 0, 0, 0};
-    uint64_t v = 0;
-    while (v < d->nblocks) {
+    uint64_t v = first;
+    if (end > d->nblocks)
+        end = d->nblocks;
+    while (v < end) {
         if (!ext_covers(p, d, v)) {
             uint64_t nv = cb_map_seek(d->root, d->depth, v);
-            if (nv == UINT64_MAX || nv >= d->nblocks)
+            if (nv == UINT64_MAX || nv >= end) {
+                v = end;
                 break;
+            }
             v = nv;
         }
-        if (reads_data(p, d, cb_map_lookup(d->root, d->depth, v), v))
+        if (reads_data(p, d, cb_map_lookup(d->root, d->depth, v), v)) {
+            /* with next: stop where run n + 1 would start */
+            if (next && !(x.len && x.start + x.len == v) && x.count + (x.len != 0) == n)
+                break;
             ext_add(&x, v);
+        }
         v++;
     }
     ext_emit(&x);
     *count = x.count;
+    if (next)
+        *next = v < end ? v : end;
     return 0;
 }
 
