@@ -10,10 +10,13 @@ import os
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["crc32c.c", "blockio.c", "meta.c", "spacemap.c", "mapping.c",
-           "thin.c", "txn.c", "check.c", "pool.c", "dump.c", "csum.c", "scrub.c"]
-HEADERS = ["cowblock.h", "crc32c.h", "blockio.h", "meta.h", "spacemap.h",
-           "mapping.h", "thin.h", "pool.h", "csum.h", "scrub.h", "cowblock.cdef.h"]
+# bottom of the stack first (pool.c's header comment draws it)
+SOURCES = ["crc32c.c", "blockio.c", "meta.c", "datafile.c", "spacemap.c", "csum.c",
+           "mapping.c", "store.c", "thin.c", "txn.c", "check.c", "dump.c", "scrub.c",
+           "pool.c"]
+HEADERS = ["cowblock.h", "crc32c.h", "blockio.h", "meta.h", "datafile.h", "spacemap.h",
+           "csum.h", "mapping.h", "store.h", "thin.h", "txn.h", "check.h", "dump.h",
+           "scrub.h", "pool.h", "testio.h", "cowblock.cdef.h"]
 
 flags = ["-std=gnu11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-fvisibility=hidden"]
 link = []

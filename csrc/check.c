@@ -2,8 +2,9 @@
  * check.c - verify a pool against its invariants, and repair what can be
  * repaired without guessing.
  *
- * Runs under the exclusive lock.  A writable pool is committed first, so
- * that everything in memory is also on disk.  Then:
+ * Runs under the exclusive lock, on a committed store: the caller (pool.c)
+ * commits a writable pool first, so that everything in memory is also on
+ * disk.  Then:
  *   1. every committed page reachable from the superblock is read back and
  *      its header and checksum verified;
  *   2. node reference counts are recomputed from the trees;
@@ -18,7 +19,7 @@
  *      repaired by marking them free.
  * Corruption (1-4) is reported, never "repaired": we refuse to guess.
  */
-#include "pool.h"
+#include "check.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -26,7 +27,7 @@
 #include <string.h>
 
 struct checker {
-    struct cb_pool *p;
+    struct cb_store *p;
     cb_check *r;
     char *buf;
     size_t len, used;
@@ -80,7 +81,7 @@ static void verify_page(struct checker *c, uint64_t page, uint32_t type)
 
 static int count(struct checker *c, uint64_t b)
 {
-    struct cb_pool *p = c->p;
+    struct cb_store *p = c->p;
     if (b >= p->nblocks) {
         error(c, "entry names a block outside the data file (block, nblocks)", b, p->nblocks);
         return 0;
@@ -94,7 +95,7 @@ static int count(struct checker *c, uint64_t b)
 
 static int walk(struct checker *c, struct cb_node *n, unsigned level)
 {
-    struct cb_pool *p = c->p;
+    struct cb_store *p = c->p;
     if (n->level != level)
         error(c, "node at the wrong level (level, expected)", n->level, level);
     n->aux++; /* parents seen */
@@ -155,7 +156,7 @@ static void reset_marks(struct cb_node *n)
 
 static void compare_counts(struct checker *c)
 {
-    struct cb_pool *p = c->p;
+    struct cb_store *p = c->p;
     for (uint64_t ci = 0; ci < p->sm.nchunks; ci++) {
         const struct cb_sm_chunk *ch = p->sm.chunks[ci];
         const uint64_t *want = c->cnt.chunk[ci];
@@ -172,13 +173,14 @@ static void compare_counts(struct checker *c)
     }
 }
 
-int cb_check_free_data(struct cb_pool *p, int punch, uint64_t *found, uint64_t *punched)
+int cb_check_free_data(struct cb_store *p, int punch, uint64_t *found, uint64_t *punched)
 {
+    CB_MUST_WRITE(p);
     uint64_t bs = p->block_size, off = 0, end = p->nblocks * bs;
     *found = *punched = 0;
     while (off < end) {
         uint64_t data, hole;
-        int rc = p->data->ops->next_data(p->data, off, &data, &hole);
+        int rc = p->data.io->ops->next_data(p->data.io, off, &data, &hole);
         if (rc)
             return rc;
         if (data >= end)
@@ -193,7 +195,7 @@ int cb_check_free_data(struct cb_pool *p, int punch, uint64_t *found, uint64_t *
                    !cb_sm_kept(&p->sm, b + 1))
                 b++;
             *found += b - first + 1;
-            if (punch && cb_pool_punch(p, first, b - first + 1) == 0)
+            if (punch && cb_datafile_punch(&p->data, first, b - first + 1) == 0)
                 *punched += b - first + 1;
         }
         off = hole > off ? (hole + bs - 1) / bs * bs : off + bs;
@@ -234,14 +236,13 @@ static void scan_pages(struct checker *c, int repair)
             (unsigned long long)c->r->leaked_pages, repair ? " (freed)" : "");
 }
 
-int cb_check_run(struct cb_pool *p, int repair, cb_check *out, char *buf, size_t len)
+int cb_check_run(struct cb_store *p, int repair, cb_check *out, char *buf, size_t len)
 {
+    CB_MUST_WRITE(p);
     memset(out, 0, sizeof *out);
     if (buf && len)
         buf[0] = 0;
-    int rc = cb_txn_commit(p);
-    if (rc)
-        return rc;
+    int rc;
     struct checker c = {p, out, buf, len, 0, malloc(CB_PAGE), NULL, p->pm.npages, {NULL, 0}, 0};
     c.reach = calloc((c.npages + 63) / 64 + 1, sizeof *c.reach);
     if (!c.pg || !c.reach || cb_tally_init(&c.cnt, p->nblocks)) {
