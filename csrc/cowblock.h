@@ -37,10 +37,6 @@
 extern "C" {
 #endif
 
-/* Bumped with every change to this header or to the on-disk format; the
- * Python package refuses to load a compiled module with another id. */
-#define CB_BUILD_ID "cowblock-core 0.1.0 abi 3"
-
 /* ---- error codes ------------------------------------------------------ */
 #define CB_ERR_FIRST (-30699)
 #define CB_EINVAL    (-30699) /* bad argument */
@@ -160,7 +156,11 @@ typedef struct cb_scrub_bad {
 } cb_scrub_bad;
 
 /* ---- library ---------------------------------------------------------- */
-const char *cb_build_id(void);          /* == CB_BUILD_ID; static storage */
+/* "cowblock-core src <hash>": the hash of the sources the library was built
+ * from, computed by the build (csrc/build_ffi.py, cowblock/_buildid.py), so
+ * that a binding can refuse a library built from other sources.  Static
+ * storage. */
+const char *cb_build_id(void);
 const char *cb_strerror(int code);      /* static storage, never NULL */
 /* After a call on this thread returned CB_ECHECKSUM: the byte offset, in
  * the device that call named, of the first sub-block whose data failed its
