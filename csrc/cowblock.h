@@ -19,7 +19,10 @@
  *    on the same or different handles, except that cb_pool_close() and
  *    cb_dev_close() must not race with other calls on the handles they
  *    destroy.  One reader/writer lock per pool guards the metadata: reads
- *    share it, mutations hold it exclusively.
+ *    share it, mutations hold it exclusively; each prototype below says
+ *    which it takes ("Lock:"), what it may return ("Errors:") and what it
+ *    costs ("Cost:").  No call holds the lock of two pools, and no call
+ *    waits for anything but the lock and its own IO.
  *  - Durability: cb_pool_flush() (or cb_dev_flush(), which is the same) is
  *    the durability point.  When it returns 0, everything written before it
  *    survives a crash.  After a crash, every byte reads either as it was at
@@ -155,32 +158,83 @@ typedef struct cb_scrub_bad {
     int error;                /* CB_ECHECKSUM, or the IO error */
 } cb_scrub_bad;
 
-/* ---- library ---------------------------------------------------------- */
+/* ---- library ----------------------------------------------------------
+ * None of these takes a lock; each costs O(1). */
+
 /* "cowblock-core src <hash>": the hash of the sources the library was built
  * from, computed by the build (csrc/build_ffi.py, cowblock/_buildid.py), so
  * that a binding can refuse a library built from other sources.  Static
  * storage. */
 const char *cb_build_id(void);
-const char *cb_strerror(int code);      /* static storage, never NULL */
+/* A description of any return code: cowblock's own, or -errno.  Static
+ * storage, never NULL. */
+const char *cb_strerror(int code);
 /* After a call on this thread returned CB_ECHECKSUM: the byte offset, in
  * the device that call named, of the first sub-block whose data failed its
  * checksum.  Undefined after any other result. */
 uint64_t cb_bad_offset(void);
 
-/* ---- pool ------------------------------------------------------------- */
+/* ---- pool ---------------------------------------------------------------
+ * Every call below but create, open and close fails with CB_EFAILED once the
+ * pool is in the failed state, and every call that changes the pool fails
+ * with CB_EROFS on a pool opened CB_OPEN_READONLY; neither is repeated in
+ * the lists of errors.  "-errno" means an error of the operating system
+ * (open, pread, pwrite, fdatasync, fallocate, ...); a full file system is
+ * CB_ENOSPC.  "Lock: shared" calls run concurrently with each other;
+ * "exclusive" ones wait for every other call on the pool and hold off new
+ * ones.  Costs: B = the block size, N = the pool's data blocks, D = devices,
+ * M = metadata pages in use, mapped = data blocks some device reads. */
+
 /* Make a new pool in directory `path` (created if missing, must be empty of
  * pool files).  size: data capacity in bytes (rounded down to whole blocks,
  * at least one block).  block_size: a power of two in
- * [CB_MIN_BLOCK_SIZE, CB_MAX_BLOCK_SIZE].  On success *out is an open pool. */
+ * [CB_MIN_BLOCK_SIZE, CB_MAX_BLOCK_SIZE].  flags: CB_OPEN_DIRECT or
+ * CB_OPEN_MMAP, and CB_CREATE_CHECKSUMS.  On success *out is an open pool,
+ * owned by the caller until cb_pool_close().
+ * Errors: CB_EINVAL (NULL or empty path, bad block size, size below one
+ *   block or above 2^36 blocks, unknown flags, DIRECT with MMAP), CB_EEXIST
+ *   (the pool files exist), CB_ENOSPC, CB_ENOMEM, -errno (mkdir, creating
+ *   or sizing the files: -EFBIG where the file system's file size limit is
+ *   below the data file's size).
+ * Lock: none (nothing else can see the pool yet).
+ * Cost: two metadata pages written and two fdatasyncs; memory one pointer
+ *   per 2^14 blocks up front (the space map fills in by chunks as blocks are
+ *   used; the checksum table, by pages as they are read). */
 int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
                    unsigned flags, cb_pool **out);
 /* Open an existing pool.  Validates every metadata page it reads and
- * recomputes reference counts from the mappings. */
+ * recomputes reference counts from the mappings.  flags: CB_OPEN_READONLY
+ * (a shared flock: any number of read-only openers, no writer),
+ * CB_OPEN_DIRECT or CB_OPEN_MMAP.  A writable open takes an exclusive flock,
+ * punches out the free blocks that still hold data after an unclean
+ * shutdown, and commits once.
+ * Errors: CB_EINVAL (flags), CB_ENOENT (no pool at path), CB_EBUSY (another
+ *   process holds it: a writer, or readers when opening to write),
+ *   CB_ECORRUPT (no valid superblock, a page that fails verification, counts
+ *   that overflow, a data file shorter than the geometry), CB_EVERSION (an
+ *   unknown format version or incompat feature), CB_ENOMEM, -errno.
+ * Lock: none (nothing else can see the pool yet).
+ * Cost: every metadata page read once (O(M)), memory O(M) for the trees;
+ *   after an unclean shutdown, one SEEK_DATA walk of the data file. */
 int cb_pool_open(const char *path, unsigned flags, cb_pool **out);
-/* Commit (unless read-only or failed), close every device handle, release
- * the pool.  Returns the commit's result; the pool is freed either way. */
+/* Commit (unless read-only or failed) with the pool marked clean, close
+ * every device handle, release the pool.  Returns the commit's result; the
+ * pool and all its handles are freed either way, and every pointer to them
+ * is invalid from then on.
+ * Errors: those of cb_pool_flush (the pool is freed regardless).
+ * Lock: exclusive; the caller must make sure no other call on the pool or
+ *   its handles is in progress or starts (see Thread safety above).
+ * Cost: that of a commit, plus punching any kept blocks. */
 int cb_pool_close(cb_pool *pool);
-/* Durability point: data, then metadata, then the superblock. */
+/* Durability point: data, then metadata, then the superblock.  When it
+ * returns 0 every write made before it survives a crash.  A failure puts
+ * the pool in the failed state (nothing written since the last flush can be
+ * trusted to be on disk).  0 at once on a read-only pool.
+ * Errors: CB_ENOSPC, CB_ENOMEM, -errno (then the pool has failed).
+ * Lock: exclusive.
+ * Cost: the metadata changed since the last commit (each dirty node and
+ *   record written once to a fresh page) and the blocks it freed, plus up
+ *   to three fdatasyncs; nothing at all when nothing changed. */
 int cb_pool_flush(cb_pool *pool);
 /* Keep up to max_blocks freed data blocks allocated in the data file
  * instead of punching them out once the commit that freed them is durable,
@@ -189,29 +243,78 @@ int cb_pool_flush(cb_pool *pool);
  * passdown).  Default 0: every freed block is punched.  Kept blocks count
  * as free in every figure but the data file's size on disk; lowering the
  * bound punches the excess at once, and close punches them all, so a
- * closed pool holds none.  Not persistent: set it after each open. */
+ * closed pool holds none.  Not persistent: set it after each open.
+ * Errors: none but CB_EROFS and CB_EFAILED (a punch that fails leaves the
+ *   space allocated: check reports it, the next open reclaims it).
+ * Lock: exclusive.  Cost: O(blocks punched). */
 int cb_pool_set_keep(cb_pool *pool, uint64_t max_blocks);
+/* Pool-wide figures (cb_stat).  Lock: shared.  Cost: O(1). */
 int cb_pool_stat(cb_pool *pool, cb_stat *out);
 
-/* Device table.  Names are 1..CB_NAME_MAX bytes, no '/' and no NUL. */
+/* Device table.  Names are 1..CB_NAME_MAX bytes, no '/' and no NUL.
+ * Changes to the table are durable at the next flush, like writes. */
+
+/* A new device of `size` bytes (a multiple of 512, at most
+ * CB_MAX_DEV_SIZE), reading as zeros; or, with external_path, reading as
+ * that regular file or block device (its external origin, never written;
+ * size 0 = the file's size rounded up to 512).
+ * Errors: CB_EINVAL (name, size), CB_EEXIST (the name is taken),
+ *   CB_ETOOMANY (CB_MAX_DEVICES devices, or CB_MAX_EXTERNALS origins),
+ *   CB_EEXTERNAL (the origin is missing, or not a regular file or block
+ *   device), CB_ENOMEM, -errno.
+ * Lock: exclusive.  Cost: O(D) (the name is looked up). */
 int cb_pool_create_device(cb_pool *pool, const char *name, uint64_t size,
                           const char *external_path);   /* may be NULL */
+/* A new device `name` sharing everything `source` holds now (dev_flags:
+ * CB_DEV_READONLY or 0).  Later writes through either copy up.
+ * Errors: CB_EINVAL, CB_ENOENT (no source), CB_EEXIST, CB_ETOOMANY (devices,
+ *   or the snapshot clock ran out), CB_ENOMEM.
+ * Lock: exclusive.  Cost: O(D) for the lookups, O(1) whatever the data
+ *   behind the source (one reference count goes up). */
 int cb_pool_snapshot(cb_pool *pool, const char *source, const char *name,
                      unsigned dev_flags);
+/* Remove a device; the blocks only it read are freed at the next commit.
+ * Open handles of the device stay valid memory until cb_dev_close (or
+ * cb_pool_close) and return CB_ENOENT from every call; a device created
+ * later under the same name is a different device, which they never reach.
+ * Errors: CB_EINVAL (NULL name), CB_ENOENT, CB_ECORRUPT (its reference
+ *   counts disagreed with its tree: the device is gone and the pool has
+ *   failed, so that nothing is written over counts that cannot be trusted).
+ * Lock: exclusive.  Cost: O(D) + O(nodes only this device reaches); the
+ *   data blocks are released by the commit. */
 int cb_pool_delete(cb_pool *pool, const char *name);
 /* Device count, then descriptions.  cb_pool_list fills at most n infos and
- * sets *count to the number of devices (call with n = 0 to size). */
+ * sets *count to the number of devices (call with n = 0 to size).
+ * Lock: shared.  Cost: O(D). */
 int cb_pool_list(cb_pool *pool, cb_devinfo *out, size_t n, size_t *count);
+/* One device's description.  Errors: CB_EINVAL, CB_ENOENT.
+ * Lock: shared.  Cost: O(D). */
 int cb_pool_info(cb_pool *pool, const char *name, cb_devinfo *out);
-/* Path of external origin `id` copied into buf (NUL-terminated). */
+/* Path of external origin `id` copied into buf (NUL-terminated).
+ * Errors: CB_EINVAL (id out of range, NULL buf; or buf too short: then it
+ *   holds the truncated path), CB_ENOENT (no such origin).
+ * Lock: shared.  Cost: O(1). */
 int cb_pool_external_path(cb_pool *pool, uint32_t id, char *buf, size_t len);
 /* Per-device space, exact, in one walk of all metadata: fills at most n
- * entries and sets *count to the number of devices. */
+ * entries and sets *count to the number of devices.
+ * Errors: CB_ENOMEM.
+ * Lock: exclusive (the walk uses scratch fields of the shared tree nodes).
+ * Cost: O(every metadata node + mapped); memory up to 8 bytes per data
+ *   block, in chunks allocated only where blocks are in use. */
 int cb_pool_usage(cb_pool *pool, cb_usage *out, size_t n, size_t *count);
 /* Walk and verify all metadata: checksums, structure, reference counts
  * recomputed from the mappings, data blocks in range, and the data file for
- * free blocks still holding data.  With repair, such blocks are punched out.
- * Messages (one per line) go to buf (truncated to len, NUL-terminated). */
+ * free blocks still holding data.  With repair, such blocks are punched out
+ * and unreachable metadata pages freed (only in a pool with no other error:
+ * corruption is reported, never guessed at).  A writable pool is committed
+ * first, so the check sees in the file what is in memory.  Returns 0
+ * whatever it found (out->errors, out->leaked_*); messages (one per line)
+ * go to buf (truncated to len, NUL-terminated).
+ * Errors: those of cb_pool_flush (the commit), CB_ENOMEM, -errno when a page
+ *   cannot be read (the check cannot conclude).
+ * Lock: exclusive.  Cost: every committed metadata page read (O(M)), the
+ *   trees walked, one SEEK_DATA walk of the data file; memory as for
+ *   cb_pool_usage. */
 int cb_pool_check(cb_pool *pool, int repair, cb_check *out,
                   char *buf, size_t len);
 /* The committed metadata (what the last commit made durable, read back from
@@ -219,7 +322,10 @@ int cb_pool_check(cb_pool *pool, int repair, cb_check *out,
  * both slots, external origins, devices with their mappings as runs, free
  * log.  On success *json is NUL-terminated, malloc'd, owned by the caller
  * and released with cb_free(); *len (if len is not NULL) gets its length.
- * Takes the pool lock shared.  CB_ECORRUPT if a page fails verification. */
+ * Errors: CB_EINVAL (NULL pool or json), CB_ECORRUPT (a page fails
+ *   verification), CB_ENOMEM, -errno.
+ * Lock: shared.  Cost: every committed metadata page read once per device
+ *   that reaches it (O(M) without sharing); output O(mapping runs). */
 int cb_pool_dump(cb_pool *pool, char **json, size_t *len);
 /* Read every data block some device reads, once, in data-file order, and
  * verify it against its checksums (pools made without checksums are only
@@ -230,17 +336,33 @@ int cb_pool_dump(cb_pool *pool, char **json, size_t *len);
  * reported in bad (at most n; *count gets how many were found, as does
  * progress->bad).  Returns 0 when the scrub ran to the end, whatever it
  * found; -ECANCELED if progress->cancel was set.  The pool must not be
- * closed while it runs. */
+ * closed while it runs.
+ * Errors: CB_EINVAL (NULL progress or count, NULL bad with n > 0),
+ *   -ECANCELED, CB_ENOMEM.
+ * Lock: shared, per step (the walk, then each slice).
+ * Cost: every mapped sub-block read once (O(mapped * B)), the trees walked
+ *   once; memory as for cb_pool_usage. */
 int cb_pool_scrub(cb_pool *pool, cb_scrub *progress, cb_scrub_bad *bad,
                   size_t n, size_t *count);
 /* Release memory the library handed out (cb_pool_dump).  NULL is a no-op. */
 void cb_free(void *ptr);
 
-/* ---- devices ---------------------------------------------------------- */
-/* Handles stay valid until cb_dev_close or cb_pool_close.  A handle whose
- * device is deleted returns CB_ENOENT from every call. */
+/* ---- devices --------------------------------------------------------------
+ * A cb_dev is a handle on one device, owned by its pool.  Handles stay
+ * valid until cb_dev_close or cb_pool_close.  After the device is deleted
+ * (cb_pool_delete), every call on its handles returns CB_ENOENT, whatever
+ * is created later under its name; cb_dev_close still frees them.  Every
+ * call below also returns CB_EFAILED on a failed pool, and the calls that
+ * write CB_EROFS on a read-only pool or device. */
+
+/* A handle on device `name`.  Errors: CB_EINVAL, CB_ENOENT, CB_ENOMEM.
+ * Lock: exclusive (the pool's list of handles).  Cost: O(D). */
 int cb_dev_open(cb_pool *pool, const char *name, cb_dev **out);
+/* Free a handle (NULL is a no-op).  Must not race with other calls on the
+ * same handle.  Lock: exclusive.  Cost: O(1). */
 void cb_dev_close(cb_dev *dev);
+/* The device's description.  Errors: CB_ENOENT (deleted).
+ * Lock: shared.  Cost: O(1). */
 int cb_dev_info(cb_dev *dev, cb_devinfo *out);
 
 /* Byte IO.  off + len must lie within the device.  Unmapped ranges read as
@@ -252,26 +374,52 @@ int cb_dev_info(cb_dev *dev, cb_devinfo *out);
  * from external origins are not covered.  To keep the checksums exact
  * across crashes, a block is never rewritten once a commit made it
  * durable: the first write to it after a flush copies up, as if it were
- * shared. */
+ * shared.
+ *
+ * Errors of all four: CB_EINVAL (range, NULL buffer), CB_ENOENT (deleted),
+ *   CB_ECHECKSUM, CB_EEXTERNAL (the external origin cannot be read), -errno.
+ * Writes and discards also: CB_ENOSPC -- the pool cannot hold the write
+ *   (refused before anything is changed, once a commit has given back what
+ *   the open transaction freed), or the file system is full (the blocks
+ *   before the one that failed are written); CB_ENOMEM; and those of
+ *   cb_pool_flush, since they commit when the open transaction grows past
+ *   its bound or when only a commit can free space.
+ * Lock: shared for cb_dev_read, exclusive for the others (a write's data IO
+ *   is done under it, so a reader never sees a block half copied up).
+ * Cost: O(len / B) entry lookups of O(tree depth) each, whatever the length
+ *   of the snapshot chain, and one pread or pwrite per run of blocks that are
+ *   contiguous in the data file; a write into a shared block copies only the
+ *   partly covered sub-blocks at its edges.  cb_dev_flush is cb_pool_flush. */
 int cb_dev_read(cb_dev *dev, void *buf, uint64_t len, uint64_t off);
 int cb_dev_write(cb_dev *dev, const void *buf, uint64_t len, uint64_t off);
 int cb_dev_discard(cb_dev *dev, uint64_t len, uint64_t off);
 int cb_dev_flush(cb_dev *dev);
 
-/* Batch IO: n whole blocks, block idx[i] <-> buf + i * block_size. */
+/* Batch IO: n whole blocks, block idx[i] <-> buf + i * block_size.  Errors,
+ * lock and cost as for cb_dev_read / cb_dev_write (CB_EINVAL when an index
+ * is not a whole block inside the device), one lock hold for all n. */
 int cb_dev_read_blocks(cb_dev *dev, const uint64_t *idx, size_t n, void *buf);
 int cb_dev_write_blocks(cb_dev *dev, const uint64_t *idx, size_t n,
                         const void *buf);
 
 /* Bitmap (LSB first) of the virtual blocks this device changed since it was
  * created, written or discarded through it; bits must hold
- * ceil(size / block_size) bits.  Cost grows with what changed, not with the
- * device size. */
+ * ceil(size / block_size) bits.
+ * Errors: CB_EINVAL (bits too short), CB_ENOENT.
+ * Lock: shared.  Cost: O(nodes changed since the device was created), not
+ *   the device size. */
 int cb_dev_changed(cb_dev *dev, uint8_t *bits, size_t nbytes);
 /* Runs of virtual blocks that may hold data (mapped, or read from the
  * external origin): fills at most n (start, count) pairs and sets *count to
- * the total number of runs. */
+ * the total number of runs.
+ * Errors: CB_EINVAL, CB_ENOENT.
+ * Lock: shared.  Cost: O(mapped blocks of the device), holes skipped a node
+ *   at a time; with an external origin, O(blocks the origin covers). */
 int cb_dev_extents(cb_dev *dev, uint64_t *pairs, size_t n, size_t *count);
+/* This device's space (cb_usage), exact.
+ * Errors: CB_ENOENT, CB_ENOMEM.
+ * Lock: exclusive.  Cost: that of cb_pool_usage (one walk of every device:
+ *   sharing is only known against all of them). */
 int cb_dev_usage(cb_dev *dev, cb_usage *out);
 
 #ifdef __cplusplus
