@@ -32,6 +32,7 @@ _CLASSES = {
     lib.CB_ETOOMANY: errors.LimitError,
     lib.CB_EVERSION: errors.UnsupportedVersionError,
     lib.CB_EEXTERNAL: errors.ExternalOriginError,
+    lib.CB_ECLOSED: errors.ClosedError,
 }
 
 
@@ -52,6 +53,16 @@ def raise_for(code, what):
         exc.offset = offset
         raise exc
     message = f"{what}: {strerror(code)}"
+    if code in (lib.CB_ECORRUPT, lib.CB_EVERSION, lib.CB_EEXTERNAL):
+        # this thread's detail of the failure, as the core found it
+        buf = ffi.new("char[]", 512)
+        page = ffi.new("uint64_t *")
+        if lib.cb_corrupt_detail(buf, 512, page):
+            message = f"{what}: {ffi.string(buf).decode('utf-8', 'replace')}"
+            exc = _CLASSES[code](message, code=code)
+            exc.page = page[0] or None
+            exc.offset = page[0] * 4096 if page[0] else None
+            raise exc
     cls = _CLASSES.get(code)
     if cls is not None:
         raise cls(message, code=code)

@@ -179,44 +179,50 @@ def cmd_pool_info(args) -> int:
 
 
 def cmd_pool_check(args) -> int:
-    from .snapshotter import Snapshotter
+    from . import model
     path = _pool_path(args, args.path)
     errors: list[str] = []
     messages: list[str] = []
+    repaired: list[str] = []
     leaks = 0
     try:
-        with _pool(args, False, args.path) as pool:
-            report = pool.check()
+        # read-only unless repairing: a check alone changes nothing
+        with _pool(args, args.repair, args.path) as pool:
+            report = pool.check(repair=True) if args.repair else pool.check()
+            if args.repair:
+                # what was done, then the state it left, which decides the exit code
+                repaired = [str(m) for m in report.messages
+                            if not str(m).startswith("error:")]
+                report = pool.check()
             leaks = int(report.leaks)
             n_errors = int(report.errors)
-            messages = [str(m) for m in report.messages]
+            messages = [str(m) for m in report.messages if str(m) not in repaired]
             if n_errors:
-                errors += messages
+                errors += [m[len("error: "):] if m.startswith("error: ") else m
+                           for m in messages if not m.startswith(("warning:", "note:"))]
             if n_errors and not errors:
                 errors.append(f"{n_errors} error(s) in the pool metadata")
-            for ns, prefix in (("default", "s-"), ("model", "m-")):
-                try:
-                    missing = Snapshotter(pool, ns, device_prefix=prefix).missing()
-                except CorruptError as exc:
-                    errors.append(str(exc))
-                    continue
-                errors += [f"snapshot {k!r} (namespace {ns}) has no device in the pool"
-                           for k in missing]
+            errors += model.check(pool)
     except CorruptError as exc:
         errors.append(f"cannot open the pool: {exc}")
     if args.json:
-        _emit_json({"ok": not errors and not leaks, "errors": errors, "leaks": leaks})
+        out: dict[str, Any] = {"ok": not errors and not leaks, "errors": errors, "leaks": leaks}
+        if args.repair:
+            out["repaired"] = repaired
+        _emit_json(out)
     else:
+        for m in repaired:
+            print(m if m.startswith(("repaired:", "warning:", "leak:")) else f"note: {m}")
         for e in errors:
             print(f"error: {e}")
         if not errors:
             for m in messages:
-                print(f"note: {m}")
+                print(m if m.startswith("warning:") else f"note: {m}")
         if errors:
             print(f"{path}: corrupted ({len(errors)} error(s))")
         elif leaks:
             print(f"{path}: no errors found, but {leaks} leaked block(s) or page(s) "
-                  f"(space not given back)")
+                  f"(space not given back{'' if args.repair else '; --repair gives it back'})")
         else:
             print(f"{path}: no errors found")
     if errors:
@@ -792,8 +798,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--progress", action="store_true",
                    help="progress bar on stderr even when it is not a terminal")
+    p = verb(g, "check", cmd_pool_check,
+             "check consistency (exit 0 ok, 2 corrupted, 3 leaks)")
+    p.add_argument("path", nargs="?", metavar="PATH")
+    p.add_argument("--repair", action="store_true",
+                   help="give leaked space back and rewrite a damaged superblock slot from "
+                        "the current one (opens the pool for writing); corruption is only "
+                        "reported")
     for name, func, help in (("info", cmd_pool_info, "show size, use and on-disk footprint"),
-                             ("check", cmd_pool_check, "check consistency (exit 0 ok, 2 corrupted, 3 leaks)"),
                              ("stats", cmd_pool_stats, "show the pool's counters"),
                              ("dump", cmd_pool_dump, "print the committed metadata (like thin_dump)")):
         verb(g, name, func, help).add_argument("path", nargs="?", metavar="PATH")

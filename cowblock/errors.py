@@ -46,7 +46,15 @@ class PoolFullError(CowblockError):
 
 
 class CorruptError(CowblockError):
-    """Metadata or data failed validation."""
+    """Metadata or data failed validation.
+
+    The message says what was found, as the core saw it.  When one metadata
+    page is to blame, ``page`` is its number and ``offset`` its byte offset
+    in the metadata file (both None otherwise).
+    """
+
+    page = None
+    offset = None
 
 
 class ChecksumError(CorruptError):

@@ -34,12 +34,19 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .errors import (BusyError, ExistsError, InvalidArgumentError, NotFoundError,
-                     ReadOnlyError)
+from .errors import (BusyError, CorruptError, ExistsError, InvalidArgumentError,
+                     NotFoundError, ReadOnlyError)
 from .imagefile import RawImageFile, TransferResult, import_raw
 from .snapshotter import Snapshotter, StateFile, Usage
 
-__all__ = ["Store", "Image", "Layer", "Container", "Volume", "Bind"]
+__all__ = ["Store", "Image", "Layer", "Container", "Volume", "Bind", "check"]
+
+#: The snapshotter namespace and device-name prefix of the model's devices,
+#: and the file beside the pool's that holds the model itself.
+NAMESPACE = "model"
+DEVICE_PREFIX = "m-"
+STATE_FILE = "model.json"
+_TABLES = ("images", "layers", "containers", "volumes", "binds")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,254}$")
 
@@ -70,6 +77,101 @@ def device_usages(pool) -> dict:
     """``{device name: DeviceUsage}`` for every device of ``pool``, from each
     device's own exact accounting."""
     return {name: pool.device(name).usage() for name in pool.devices()}
+
+
+def _state_file(pool) -> StateFile:
+    return StateFile(os.path.join(str(pool.path), STATE_FILE), "cowblock-model", 1,
+                     lambda: {t: {} for t in _TABLES})
+
+
+def _namespaces(pool) -> list[str]:
+    """The model's snapshotter namespace and every other one with a state
+    file (``snapshots.<namespace>.json``) in the pool directory."""
+    found = {NAMESPACE}
+    for entry in os.listdir(str(pool.path)):
+        if entry.startswith("snapshots.") and entry.endswith(".json"):
+            found.add(entry[len("snapshots."):-len(".json")])
+    return sorted(found)
+
+
+def check(pool) -> list[str]:
+    """What is wrong with the state kept beside ``pool``'s metadata: the
+    model (``model.json``) and every snapshotter namespace.  Each problem is
+    one sentence naming the file and the record; an empty list means they
+    agree with each other and with the pool.  Reads only.
+
+    Checked: each file parses as its format and version; every snapshot a
+    namespace records has its device; every model record has the fields it
+    needs, names snapshots the model's namespace holds, and names layers,
+    images, volumes and binds that exist; bind files exist.
+    """
+    problems: list[str] = []
+    snaps: Snapshotter | None = None
+    for ns in _namespaces(pool):
+        prefix = DEVICE_PREFIX if ns == NAMESPACE else None
+        try:
+            sn = Snapshotter(pool, ns, device_prefix=prefix)
+            missing = sn.missing()
+        except InvalidArgumentError:
+            continue  # a file of that shape that no snapshotter could have made
+        except CorruptError as exc:
+            problems.append(str(exc))
+            continue
+        except (KeyError, TypeError, AttributeError) as exc:
+            problems.append(f"{os.path.join(str(pool.path), f'snapshots.{ns}.json')}: "
+                            f"malformed ({type(exc).__name__}: {exc})")
+            continue
+        if ns == NAMESPACE:
+            snaps = sn
+        problems += [f"snapshot {k!r} (namespace {ns}) has no device in the pool"
+                     for k in missing]
+    path = os.path.join(str(pool.path), STATE_FILE)
+    try:
+        doc = _state_file(pool).load()
+    except CorruptError as exc:
+        return problems + [str(exc)]
+    for t in _TABLES:
+        if not isinstance(doc.get(t), dict):
+            problems.append(f"{path}: table {t!r} is missing or not an object")
+            doc[t] = {}
+
+    def bad(what: str, why: str) -> None:
+        problems.append(f"{path}: {what}: {why}")
+
+    def snapshot(what: str, rec: Any) -> None:
+        key = rec.get("key") if isinstance(rec, dict) else None
+        if not isinstance(key, str):
+            bad(what, "no snapshot key")
+        elif snaps is not None and key not in snaps:
+            bad(what, f"its snapshot {key!r} does not exist")
+
+    layers, images = doc["layers"], doc["images"]
+    for lid, rec in sorted(layers.items()):
+        snapshot(f"layer {lid}", rec)
+        if isinstance(rec, dict) and rec.get("parent") is not None and rec["parent"] not in layers:
+            bad(f"layer {lid}", f"its parent layer {rec['parent']!r} does not exist")
+    for name, rec in sorted(images.items()):
+        if not isinstance(rec, dict) or rec.get("top") not in layers:
+            bad(f"image {name!r}", "its top layer does not exist")
+    for name, rec in sorted(doc["containers"].items()):
+        snapshot(f"container {name!r}", rec)
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("image") not in images:
+            bad(f"container {name!r}", f"its image {rec.get('image')!r} does not exist")
+        attached = rec.get("attached", [])
+        for item in attached if isinstance(attached, list) else [None]:
+            if (not isinstance(item, list) or len(item) != 2 or item[0] not in ("volume", "bind")
+                    or item[1] not in doc[item[0] + "s"]):
+                bad(f"container {name!r}", f"attachment {item!r} does not exist")
+    for name, rec in sorted(doc["volumes"].items()):
+        snapshot(f"volume {name!r}", rec)
+    for name, rec in sorted(doc["binds"].items()):
+        if not isinstance(rec, dict) or not isinstance(rec.get("path"), str):
+            bad(f"bind {name!r}", "no file path")
+        elif not os.path.exists(rec["path"]):
+            bad(f"bind {name!r}", f"its file {rec['path']!r} does not exist")
+    return problems
 
 
 def _new_id() -> str:
@@ -407,10 +509,8 @@ class Store:
 
     def __init__(self, pool):
         self.pool = pool
-        self.snapshotter = Snapshotter(pool, "model", device_prefix="m-")
-        self._file = StateFile(
-            os.path.join(str(pool.path), "model.json"), "cowblock-model", 1,
-            lambda: {"images": {}, "layers": {}, "containers": {}, "volumes": {}, "binds": {}})
+        self.snapshotter = Snapshotter(pool, NAMESPACE, device_prefix=DEVICE_PREFIX)
+        self._file = _state_file(pool)
         self._lock = threading.RLock()
         self._binds: dict[str, Bind] = {}
         self._file.load()

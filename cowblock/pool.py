@@ -225,9 +225,14 @@ class Pool:
             lib.CB_CREATE_CHECKSUMS if checksums else 0)
         keep_freed = _int(keep_freed, "keep_freed")
         rc = lib.cb_pool_create(raw, size, block_size, flags, out)
+        if rc == -errno.EFBIG:  # nothing is left behind: create is all or nothing
+            raise errors.InvalidArgumentError(
+                f"create pool in {os.fsdecode(raw)!r}: a pool of size {size} bytes needs a "
+                f"data file that large, and the file system (or the process's file size "
+                f"limit) allows less; choose a smaller size", code=rc)
         if rc:
             raise_for(rc, f"create pool in {os.fsdecode(raw)!r}")
-        return cls(out[0], raw, False)._kept(keep_freed)
+        return cls(_owned(out[0]), raw, False)._kept(keep_freed)
 
     @classmethod
     def open(cls, path, readonly=False, *, direct=False, mmap=False, keep_freed=0):
@@ -261,7 +266,7 @@ class Pool:
             if rc == lib.CB_ENOENT:
                 raise errors.NotFoundError(f"no pool in {os.fsdecode(raw)!r}", code=rc)
             raise_for(rc, f"open pool {os.fsdecode(raw)!r}")
-        return cls(out[0], raw, bool(readonly))._kept(keep_freed)
+        return cls(_owned(out[0]), raw, bool(readonly))._kept(keep_freed)
 
     def _kept(self, keep_freed):
         if keep_freed:
@@ -298,14 +303,19 @@ class Pool:
             h, self._h = self._h, None
             if h is None:
                 return
+            # Later calls on the devices fail in Python; their C handles are
+            # closed when the cdata goes, after the pool below (then at once).
+            handles = []
             for dev in list(self._devices.values()):
-                dev._h = None  # freed by the pool below
+                handles.append(dev._h)
+                dev._h = None
             self._devices.clear()
             scrubs = list(self._scrubs)
         for state, worker in scrubs:  # a scrub in another thread: stop it first
             state.cancel = 1
             worker.join()
         rc = lib.cb_pool_close(h)
+        del handles
         if rc:
             raise_for(rc, f"close pool {self._path!r}")
 
@@ -423,7 +433,7 @@ class Pool:
             rc = lib.cb_dev_open(self._handle(), raw, out)
             if rc:
                 raise_for(rc, f"open device {name!r}")
-            dev = Device(self, out[0], name)
+            dev = Device(self, ffi.gc(out[0], lib.cb_dev_close), name)
             self._devices[name] = dev
             return dev
 
@@ -540,10 +550,14 @@ class Pool:
         return out
 
     def check(self, repair=False):
-        """Verify all metadata against the invariants (see ``cowblock pool check``).
+        """Verify all metadata against the invariants (see ``cowblock pool check``
+        and the README's "Check and repair").
 
-        A writable pool is committed first.  With ``repair``, leaked space is
-        given back; corruption is reported, never guessed at.
+        A writable pool is committed first.  ``messages`` has one line per
+        finding ("error: ...", "warning: ...", "leak: ...", "repaired: ..."),
+        naming the page, its offset and its kind.  With ``repair``, leaked
+        space is given back and a damaged superblock slot is rewritten from
+        the current one; corruption is reported, never guessed at.
         """
         out = ffi.new("cb_check *")
         buf = ffi.new("char[]", 1 << 16)
@@ -661,6 +675,19 @@ _U64 = np.dtype(np.uint64)  # the native one: numpy's builtin dtypes are singlet
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
 
+def _owned(handle):
+    """A pool handle whose memory lives as long as the cdata does.
+
+    Pool.close() shuts the pool down while other threads may still be about
+    to call through the handle; the core refuses those calls (ClosedError)
+    as long as the pointer is valid, and this reference keeps it valid until
+    no Python object can reach it (cowblock.h, "Lifetimes").  Device handles
+    likewise hold theirs until cb_dev_close runs from their cdata's gc.
+    """
+    lib.cb_pool_retain(handle)
+    return ffi.gc(handle, lib.cb_pool_release)
+
+
 def _new_scratch():
     buf = ffi.new("char[]", _SCRATCH)
     return buf, ffi.buffer(buf)
@@ -700,12 +727,6 @@ class Device:
 
     def __repr__(self):
         return f"<cowblock.Device {self._name!r} size={self._size}{' ro' if self._readonly else ''}>"
-
-    def __del__(self):
-        h = getattr(self, "_h", None)
-        if h is not None and self._pool._h is not None:
-            self._h = None
-            lib.cb_dev_close(h)
 
     @property
     def name(self):

@@ -4,7 +4,13 @@
  *
  * Runs under the exclusive lock, on a committed store: the caller (pool.c)
  * commits a writable pool first, so that everything in memory is also on
- * disk.  Then:
+ * disk, and drives the steps (check.h).  Then:
+ *   0. both superblock slots are read back and parsed as open would (the
+ *      one the pool does not stand on must hold an older generation of the
+ *      same pool); with repair a bad one is rewritten by a commit, which
+ *      writes only that slot (check asks for it, the caller commits).  The
+ *      data file must span the pool's blocks, and each external origin must
+ *      still be the file it recorded;
  *   1. every committed page reachable from the superblock is read back and
  *      its header and checksum verified;
  *   2. node reference counts are recomputed from the trees;
@@ -18,6 +24,7 @@
  *   6. metadata pages marked in use but unreachable: leaked pages,
  *      repaired by marking them free.
  * Corruption (1-4) is reported, never "repaired": we refuse to guess.
+ * Messages name the page, its offset and its kind (meta.h's detail).
  */
 #include "check.h"
 
@@ -26,7 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct checker {
+struct cb_checker {
     struct cb_store *p;
     cb_check *r;
     char *buf;
@@ -36,9 +43,11 @@ struct checker {
     uint64_t npages;
     struct cb_tally cnt; /* recomputed data counts */
     int ioerr;           /* first IO error: the check cannot conclude */
+    uint64_t from;       /* generation before the commit a slot's repair asked for */
+    char why[320];       /* what was wrong with that slot */
 };
 
-static void say(struct checker *c, const char *fmt, ...)
+static void say(struct cb_checker *c, const char *fmt, ...)
 {
     if (!c->buf || c->used + 1 >= c->len)
         return;
@@ -53,19 +62,32 @@ static void say(struct checker *c, const char *fmt, ...)
     c->buf[c->used] = 0;
 }
 
-static void error(struct checker *c, const char *what, uint64_t a, uint64_t b)
+static void error(struct cb_checker *c, const char *what, uint64_t a, uint64_t b)
 {
     if (c->r->errors++ < 100)
         say(c, "error: %s (%llu, %llu)", what, (unsigned long long)a, (unsigned long long)b);
 }
 
-static void reach(struct checker *c, uint64_t page)
+/* An error told as a sentence (counted like error()). */
+static void __attribute__((format(printf, 2, 3))) errorf(struct cb_checker *c, const char *fmt, ...)
+{
+    if (c->r->errors++ >= 100)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    say(c, "error: %s", line);
+}
+
+static void reach(struct cb_checker *c, uint64_t page)
 {
     if (page < c->npages)
         c->reach[page / 64] |= 1ull << (page % 64);
 }
 
-static void verify_page(struct checker *c, uint64_t page, uint32_t type)
+static void verify_page(struct cb_checker *c, uint64_t page, uint32_t type)
 {
     reach(c, page);
     int rc = cb_io_pread(c->p->meta, c->pg, CB_PAGE, page * CB_PAGE);
@@ -75,11 +97,126 @@ static void verify_page(struct checker *c, uint64_t page, uint32_t type)
             c->ioerr = rc;
         return;
     }
-    if (cb_page_verify(c->pg, type, page, c->p->generation) != 0)
-        error(c, "metadata page fails verification (page, type)", page, type);
+    if (cb_page_verify(c->pg, type, page, c->p->generation) != 0) {
+        char why[320];
+        cb_corrupt_detail(why, sizeof why, NULL);
+        errorf(c, "%s", why);
+    }
 }
 
-static int count(struct checker *c, uint64_t b)
+static int blank(const unsigned char *pg)
+{
+    for (unsigned i = 0; i < CB_PAGE; i++)
+        if (pg[i])
+            return 0;
+    return 1;
+}
+
+/* What is wrong with superblock slot s as it is on disk now, in why; 0 if
+ * nothing (or CB_E* of a read that failed). */
+static int slot_problem(struct cb_checker *c, unsigned s, char *why, size_t len)
+{
+    struct cb_store *p = c->p;
+    why[0] = 0;
+    int rc = cb_io_pread(p->meta, c->pg, CB_PAGE, (uint64_t)s * CB_PAGE);
+    if (rc)
+        return rc;
+    if (s != p->generation % 2 && p->generation == 1 && blank(c->pg))
+        return 0; /* never written: a new pool's first commit writes it */
+    uint64_t msize;
+    if ((rc = p->meta->ops->size(p->meta, &msize)))
+        return rc;
+    if (cb_meta_parse_super(c->pg, s, msize / CB_PAGE)) {
+        cb_corrupt_detail(why, len, NULL);
+        return 0;
+    }
+    uint64_t gen = cb_get64(c->pg + 16);
+    if (s == p->generation % 2 ? gen != p->generation : gen >= p->generation)
+        snprintf(why, len, "superblock slot %u (offset 0x%x): generation %llu where the "
+                 "pool stands on generation %llu", s, s * CB_PAGE, (unsigned long long)gen,
+                 (unsigned long long)p->generation);
+    else if (cb_get32(c->pg + 52) != p->block_size || cb_get64(c->pg + 56) != p->nblocks ||
+             memcmp(c->pg + 104, p->uuid, 16))
+        snprintf(why, len, "superblock slot %u (offset 0x%x): block size, size or uuid "
+                 "differ from the current superblock's (a superblock of another pool?)",
+                 s, s * CB_PAGE);
+    return 0;
+}
+
+/* A device's external origin: still the file that was attached? */
+static void check_external(struct cb_checker *c, const struct cb_devrec *d,
+                           const struct cb_external *x)
+{
+    char why[200];
+    if (!x->path)
+        errorf(c, "device '%s' names external origin that does not exist", d->name);
+    else if (x->changed)
+        errorf(c, "device '%s': %s; reads through it are refused", d->name, x->why);
+    else if (!x->io)
+        say(c, "warning: device '%s': external origin '%s' cannot be read", d->name, x->path);
+    else if (cb_store_external_changed(x, why, sizeof why))
+        errorf(c, "device '%s': %s (while the pool was open); reopening refuses reads "
+               "through it", d->name, why);
+    else if (!x->stamped)
+        say(c, "warning: device '%s': external origin '%s' was attached without a record "
+            "of its identity (by an older version, or a block device): changes to it "
+            "cannot be detected", d->name, x->path);
+}
+
+/* Both superblock slots.  The slot the pool does not stand on is the one
+ * the next commit writes, so repair is a commit: it rewrites that slot
+ * from the current state and never touches the slot the pool stands on
+ * until the new one is durable (a power cut leaves the current one). */
+/* Superblock slot s (one step of the slots' check, check.h). */
+int cb_check_slot(struct cb_checker *c, unsigned s, int repair)
+{
+    struct cb_store *p = c->p;
+    CB_MUST_WRITE(p);
+    char *why = c->why;
+    int rc = slot_problem(c, s, why, sizeof c->why);
+    if (rc)
+        return rc;
+    if (!why[0]) {
+        if (p->sb_damage[s][0] && repair) {
+            c->r->repaired++;
+            say(c, "repaired: %s, when the pool was opened from the other slot (had it "
+                "held a newer commit, that commit is lost): rewritten from the current "
+                "superblock by a commit since", p->sb_damage[s]);
+            p->sb_damage[s][0] = 0; /* told */
+        } else if (p->sb_damage[s][0])
+            say(c, "warning: %s, when the pool was opened from the other slot (had it held "
+                "a newer commit, that commit is lost); a commit has rewritten it since", p->sb_damage[s]);
+        return 0;
+    }
+    if (s == p->generation % 2 || !repair) {
+        errorf(c, "%s", why);
+        return 0;
+    }
+    /* the next commit writes exactly this slot */
+    c->from = p->generation;
+    return CB_CHECK_COMMIT;
+}
+
+/* After the commit cb_check_slot asked for: is slot s good now? */
+int cb_check_rewritten(struct cb_checker *c, unsigned s)
+{
+    struct cb_store *p = c->p;
+    CB_MUST_WRITE(p);
+    char again[320];
+    int rc = slot_problem(c, s, again, sizeof again);
+    if (rc)
+        return rc;
+    if (again[0]) {
+        errorf(c, "%s (rewriting it failed: %s)", c->why, again);
+        return 0;
+    }
+    c->r->repaired++;
+    say(c, "repaired: %s: rewritten from generation %llu (now generation %llu)", c->why,
+        (unsigned long long)c->from, (unsigned long long)p->generation);
+    return 0;
+}
+
+static int count(struct cb_checker *c, uint64_t b)
 {
     struct cb_store *p = c->p;
     if (b >= p->nblocks) {
@@ -93,7 +230,7 @@ static int count(struct checker *c, uint64_t b)
     return rc;
 }
 
-static int walk(struct checker *c, struct cb_node *n, unsigned level)
+static int walk(struct cb_checker *c, struct cb_node *n, unsigned level)
 {
     struct cb_store *p = c->p;
     if (n->level != level)
@@ -131,7 +268,7 @@ static int walk(struct checker *c, struct cb_node *n, unsigned level)
     return rc;
 }
 
-static void compare_nodes(struct checker *c, struct cb_node *n)
+static void compare_nodes(struct cb_checker *c, struct cb_node *n)
 {
     if (!n || n->mark != 1)
         return;
@@ -154,7 +291,7 @@ static void reset_marks(struct cb_node *n)
             reset_marks(n->u.c[i]);
 }
 
-static void compare_counts(struct checker *c)
+static void compare_counts(struct cb_checker *c)
 {
     struct cb_store *p = c->p;
     for (uint64_t ci = 0; ci < p->sm.nchunks; ci++) {
@@ -203,7 +340,7 @@ int cb_check_free_data(struct cb_store *p, int punch, uint64_t *found, uint64_t 
     return 0;
 }
 
-static int scan_leaks(struct checker *c, int repair)
+static int scan_leaks(struct cb_checker *c, int repair)
 {
     uint64_t punched;
     int rc = cb_check_free_data(c->p, repair, &c->r->leaked_blocks, &punched);
@@ -214,7 +351,7 @@ static int scan_leaks(struct checker *c, int repair)
     return rc;
 }
 
-static void scan_pages(struct checker *c, int repair)
+static void scan_pages(struct cb_checker *c, int repair)
 {
     struct cb_pagemap *pm = &c->p->pm;
     for (uint64_t pg = 2; pg < pm->npages; pg++) {
@@ -236,68 +373,94 @@ static void scan_pages(struct checker *c, int repair)
             (unsigned long long)c->r->leaked_pages, repair ? " (freed)" : "");
 }
 
-int cb_check_run(struct cb_store *p, int repair, cb_check *out, char *buf, size_t len)
+int cb_check_begin(struct cb_store *p, cb_check *out, char *buf, size_t len,
+                   struct cb_checker **out_c)
 {
     CB_MUST_WRITE(p);
     memset(out, 0, sizeof *out);
     if (buf && len)
         buf[0] = 0;
-    int rc;
-    struct checker c = {p, out, buf, len, 0, malloc(CB_PAGE), NULL, p->pm.npages, {NULL, 0}, 0};
-    c.reach = calloc((c.npages + 63) / 64 + 1, sizeof *c.reach);
-    if (!c.pg || !c.reach || cb_tally_init(&c.cnt, p->nblocks)) {
-        rc = CB_ENOMEM;
-        goto out;
+    *out_c = NULL;
+    struct cb_checker *c = calloc(1, sizeof *c);
+    if (!c)
+        return CB_ENOMEM;
+    *c = (struct cb_checker){p, out, buf, len, 0, malloc(CB_PAGE), NULL, p->pm.npages,
+                             {NULL, 0}, 0, 0, {0}};
+    c->reach = calloc((c->npages + 63) / 64 + 1, sizeof *c->reach);
+    if (!c->pg || !c->reach || cb_tally_init(&c->cnt, p->nblocks)) {
+        cb_check_end(c);
+        return CB_ENOMEM;
     }
-    /* superblock slot of the last commit, device table, externals, free log */
-    reach(&c, 0);
-    reach(&c, 1);
-    if ((rc = cb_io_pread(p->meta, c.pg, CB_PAGE, (p->generation % 2) * CB_PAGE)))
-        goto out;
-    if (cb_page_verify(c.pg, CB_PT_SUPER, p->generation % 2, p->generation) != 0)
-        error(&c, "current superblock fails verification (slot, generation)",
-              p->generation % 2, p->generation);
+    /* both superblock slots (cb_check_slot), then the rest (cb_check_rest) */
+    reach(c, 0);
+    reach(c, 1);
+    *out_c = c;
+    return 0;
+}
+
+void cb_check_end(struct cb_checker *c)
+{
+    cb_meta_clear(); /* the details went into the messages */
+    if (!c)
+        return;
+    cb_tally_free(&c->cnt);
+    free(c->reach);
+    free(c->pg);
+    free(c);
+}
+
+int cb_check_rest(struct cb_checker *c, int repair)
+{
+    struct cb_store *p = c->p;
+    CB_MUST_WRITE(p);
+    cb_check *out = c->r;
+    int rc;
+    /* the data file's size, device table, externals, free log */
+    uint64_t dsize;
+    if ((rc = p->data.io->ops->size(p->data.io, &dsize)))
+        return rc;
+    if (dsize < cb_geometry_data_span(&p->geo))
+        errorf(c, "data file '%s/data' is %llu bytes, shorter than the %llu bytes the "
+               "pool's %llu blocks of %u bytes%s need (truncated?)", p->path,
+               (unsigned long long)dsize, (unsigned long long)cb_geometry_data_span(&p->geo),
+               (unsigned long long)p->nblocks, p->block_size,
+               p->csum_on ? " and their checksums" : "");
     for (unsigned k = 0; k < CB_SB_DEVTAB_MAX; k++)
         if (p->devpages[k].page)
-            verify_page(&c, p->devpages[k].page, CB_PT_DEVTAB);
+            verify_page(c, p->devpages[k].page, CB_PT_DEVTAB);
     for (unsigned i = 0; i < CB_MAX_EXTERNALS; i++)
         if (p->ext[i].path && p->ext[i].page)
-            verify_page(&c, p->ext[i].page, CB_PT_EXT);
+            verify_page(c, p->ext[i].page, CB_PT_EXT);
     for (size_t i = 0; i < p->freelog_pages.n; i++)
-        verify_page(&c, p->freelog_pages.v[i], CB_PT_FREELOG);
+        verify_page(c, p->freelog_pages.v[i], CB_PT_FREELOG);
     for (unsigned i = 0; i < p->ndevslots && !rc; i++) {
         struct cb_devrec *d = p->devs[i];
         if (!d)
             continue;
         if (d->depth != cb_map_depth(d->nblocks))
-            error(&c, "device tree depth wrong (id, depth)", d->id, d->depth);
-        if (d->external_id && !p->ext[d->external_id - 1].io)
-            say(&c, "warning: device %s: external origin %s cannot be read", d->name,
-                p->ext[d->external_id - 1].path ? p->ext[d->external_id - 1].path : "?");
+            error(c, "device tree depth wrong (id, depth)", d->id, d->depth);
+        if (d->external_id)
+            check_external(c, d, &p->ext[d->external_id - 1]);
         if (d->root)
-            rc = walk(&c, d->root, d->depth);
+            rc = walk(c, d->root, d->depth);
     }
     for (unsigned i = 0; i < p->ndevslots; i++)
         if (p->devs[i])
-            compare_nodes(&c, p->devs[i]->root);
+            compare_nodes(c, p->devs[i]->root);
     for (unsigned i = 0; i < p->ndevslots; i++)
         if (p->devs[i])
             reset_marks(p->devs[i]->root);
     if (!rc)
-        rc = c.ioerr;
+        rc = c->ioerr;
     if (rc)
-        goto out;
-    compare_counts(&c);
+        return rc;
+    compare_counts(c);
     if (out->errors == 0) {
         /* leaks are only safe to repair in an otherwise consistent pool */
-        rc = scan_leaks(&c, repair);
-        scan_pages(&c, repair);
+        rc = scan_leaks(c, repair);
+        scan_pages(c, repair);
     }
     if (out->errors > 100)
-        say(&c, "... %llu errors in all", (unsigned long long)out->errors);
-out:
-    cb_tally_free(&c.cnt);
-    free(c.reach);
-    free(c.pg);
+        say(c, "... %llu errors in all", (unsigned long long)out->errors);
     return rc;
 }

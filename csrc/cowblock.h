@@ -13,16 +13,39 @@
  *    Codes in [CB_ERR_FIRST, CB_ERR_LAST] are cowblock's own; any other
  *    negative value is -errno from the operating system.  cb_strerror()
  *    names every code.  Results come back through out-parameters.
- *  - Handles are opaque.  A cb_pool owns its cb_dev handles: cb_pool_close()
- *    closes every handle still open, after which those pointers are invalid.
+ *  - Handles are opaque.  See "Lifetimes" below for how long they stay valid.
  *  - Thread safety: every call may be made from any thread, concurrently,
- *    on the same or different handles, except that cb_pool_close() and
- *    cb_dev_close() must not race with other calls on the handles they
- *    destroy.  One reader/writer lock per pool guards the metadata: reads
- *    share it, mutations hold it exclusively; each prototype below says
- *    which it takes ("Lock:"), what it may return ("Errors:") and what it
- *    costs ("Cost:").  No call holds the lock of two pools, and no call
- *    waits for anything but the lock and its own IO.
+ *    on the same or different handles, cb_pool_close() included (see
+ *    "Lifetimes").  Only the calls that give up a pointer -- cb_dev_close()
+ *    and cb_pool_release(), and cb_pool_close() of a pool nobody retained --
+ *    must not race with other calls on the pointer they give up.  One
+ *    reader/writer lock per pool guards the metadata: reads share it,
+ *    mutations hold it exclusively; each prototype below says which it
+ *    takes ("Lock:"), what it may return ("Errors:") and what it costs
+ *    ("Cost:").  No call holds the lock of two pools, and no call waits for
+ *    anything but the lock and its own IO (cb_pool_close: the calls inside).
+ *  - Lifetimes.  A pool is shut down by cb_pool_close(); its memory is freed
+ *    only when nothing refers to it any more.  References to a pool are:
+ *    the one cb_pool_create()/cb_pool_open() hands out (given up by
+ *    cb_pool_close()), one per cb_pool_retain() (given up by
+ *    cb_pool_release()), and one per open cb_dev handle (given up by
+ *    cb_dev_close()).  While a caller holds a reference, the pointer is
+ *    valid and every call on it is safe, before, during or after the close:
+ *      - cb_pool_close() first marks the pool closed: from then on every
+ *        new call on the pool or any of its devices returns CB_ECLOSED at
+ *        once, without touching anything;
+ *      - it then waits for the calls already inside the pool to return
+ *        (they complete normally), commits as a flush would (unless the
+ *        pool is read-only or failed; this is what makes every write that
+ *        returned before the close durable), and releases the files, their
+ *        lock and the pool's memory but the small handle itself;
+ *      - a cb_dev handle stays valid until cb_dev_close(), which may come
+ *        before or after cb_pool_close() (after it, it only frees the handle).
+ *    A binding whose threads may still hold a pool pointer when another
+ *    closes it (a garbage-collected language) takes one cb_pool_retain()
+ *    right after the open and calls cb_pool_release() once no thread can
+ *    reach the pointer any more; a plain C program that closes when nothing
+ *    else runs just calls cb_pool_close() and cb_dev_close().
  *  - Durability: cb_pool_flush() (or cb_dev_flush(), which is the same) is
  *    the durability point.  When it returns 0, everything written before it
  *    survives a crash.  After a crash, every byte reads either as it was at
@@ -53,9 +76,10 @@ extern "C" {
 #define CB_ETOOMANY  (-30691) /* device table or external table full */
 #define CB_EVERSION  (-30690) /* unsupported on-disk format version */
 #define CB_ENOMEM    (-30689) /* out of memory */
-#define CB_EEXTERNAL (-30688) /* external origin file missing/unusable */
+#define CB_EEXTERNAL (-30688) /* external origin file missing, unusable or changed */
 #define CB_ECHECKSUM (-30687) /* data failed its checksum: see cb_bad_offset() */
-#define CB_ERR_LAST  (-30687)
+#define CB_ECLOSED   (-30686) /* pool closed (cb_pool_close), or being closed */
+#define CB_ERR_LAST  (-30686)
 
 /* ---- limits ----------------------------------------------------------- */
 #define CB_NAME_MAX       127          /* bytes of a device name, no NUL */
@@ -173,12 +197,23 @@ const char *cb_strerror(int code);
  * the device that call named, of the first sub-block whose data failed its
  * checksum.  Undefined after any other result. */
 uint64_t cb_bad_offset(void);
+/* After a call on this thread returned CB_ECORRUPT: what was found to be
+ * wrong, as thin_check would say it, e.g.
+ *   "metadata page 1234 (offset 0x4d2000, a mapping leaf): bad checksum
+ *    (in the mapping tree of device 'base')"
+ * or "data file '/p/data' is 1048576 bytes, shorter than ...".  Copies the
+ * text into buf (truncated to len, NUL-terminated), sets *page (if page is
+ * not NULL) to the damaged metadata page (0 when the damage is not one
+ * page's), returns the text's length (0: no detail known) and forgets it,
+ * so a later failure never shows a stale detail. */
+size_t cb_corrupt_detail(char *buf, size_t len, uint64_t *page);
 
 /* ---- pool ---------------------------------------------------------------
- * Every call below but create, open and close fails with CB_EFAILED once the
- * pool is in the failed state, and every call that changes the pool fails
- * with CB_EROFS on a pool opened CB_OPEN_READONLY; neither is repeated in
- * the lists of errors.  "-errno" means an error of the operating system
+ * Every call below but create, open, close, retain and release fails with
+ * CB_ECLOSED once the pool is closed or being closed, with CB_EFAILED once
+ * it is in the failed state, and, if it changes the pool, with CB_EROFS on
+ * a pool opened CB_OPEN_READONLY; none of these is repeated in the lists of
+ * errors.  "-errno" means an error of the operating system
  * (open, pread, pwrite, fdatasync, fallocate, ...); a full file system is
  * CB_ENOSPC.  "Lock: shared" calls run concurrently with each other;
  * "exclusive" ones wait for every other call on the pool and hold off new
@@ -190,12 +225,15 @@ uint64_t cb_bad_offset(void);
  * at least one block).  block_size: a power of two in
  * [CB_MIN_BLOCK_SIZE, CB_MAX_BLOCK_SIZE].  flags: CB_OPEN_DIRECT or
  * CB_OPEN_MMAP, and CB_CREATE_CHECKSUMS.  On success *out is an open pool,
- * owned by the caller until cb_pool_close().
+ * owned by the caller until cb_pool_close().  All or nothing: on an error,
+ * the files it made are removed again, and the directory too if it made it
+ * (nothing that was there before is touched).
  * Errors: CB_EINVAL (NULL or empty path, bad block size, size below one
  *   block or above 2^36 blocks, unknown flags, DIRECT with MMAP), CB_EEXIST
  *   (the pool files exist), CB_ENOSPC, CB_ENOMEM, -errno (mkdir, creating
- *   or sizing the files: -EFBIG where the file system's file size limit is
- *   below the data file's size).
+ *   or sizing the files); -EFBIG: the data file (size bytes, plus the
+ *   checksum table) is larger than the file system or RLIMIT_FSIZE allows
+ *   one file to be.
  * Lock: none (nothing else can see the pool yet).
  * Cost: two metadata pages written and two fdatasyncs; memory one pointer
  *   per 2^14 blocks up front (the space map fills in by chunks as blocks are
@@ -207,25 +245,40 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
  * (a shared flock: any number of read-only openers, no writer),
  * CB_OPEN_DIRECT or CB_OPEN_MMAP.  A writable open takes an exclusive flock,
  * punches out the free blocks that still hold data after an unclean
- * shutdown, and commits once.
+ * shutdown, and commits once.  With CB_OPEN_READONLY both files are opened
+ * O_RDONLY and nothing is written, punched or truncated, not even after an
+ * unclean shutdown: free blocks that still hold data then stay as they are
+ * (cb_pool_check counts them as leaked_blocks) until the next writable open
+ * reclaims them.
  * Errors: CB_EINVAL (flags), CB_ENOENT (no pool at path), CB_EBUSY (another
  *   process holds it: a writer, or readers when opening to write),
  *   CB_ECORRUPT (no valid superblock, a page that fails verification, counts
- *   that overflow, a data file shorter than the geometry), CB_EVERSION (an
- *   unknown format version or incompat feature), CB_ENOMEM, -errno.
+ *   that overflow, a data file shorter than the geometry; cb_corrupt_detail
+ *   says which), CB_EVERSION (an unknown format version or incompat
+ *   feature), CB_ENOMEM, -errno.
  * Lock: none (nothing else can see the pool yet).
  * Cost: every metadata page read once (O(M)), memory O(M) for the trees;
  *   after an unclean shutdown, one SEEK_DATA walk of the data file. */
 int cb_pool_open(const char *path, unsigned flags, cb_pool **out);
-/* Commit (unless read-only or failed) with the pool marked clean, close
- * every device handle, release the pool.  Returns the commit's result; the
- * pool and all its handles are freed either way, and every pointer to them
- * is invalid from then on.
- * Errors: those of cb_pool_flush (the pool is freed regardless).
- * Lock: exclusive; the caller must make sure no other call on the pool or
- *   its handles is in progress or starts (see Thread safety above).
- * Cost: that of a commit, plus punching any kept blocks. */
+/* Shut the pool down (see "Lifetimes" at the top): refuse new calls with
+ * CB_ECLOSED, wait for the calls inside to return, commit (unless
+ * read-only or failed) with the pool marked clean, release files, lock and
+ * memory, and give up the reference the open handed out.  Returns the
+ * commit's result; the pool is closed either way.  NULL is a no-op.
+ * Errors: those of cb_pool_flush (the pool is closed regardless);
+ *   CB_ECLOSED when the pool is closed already (through a retained pointer).
+ * Lock: exclusive, once the calls inside have left.
+ * Cost: the wait, a commit, and punching any kept blocks. */
 int cb_pool_close(cb_pool *pool);
+/* Take / give up a reference that keeps the pool pointer valid (not the
+ * pool open) until the matching cb_pool_release: for bindings whose threads
+ * may still call through the pointer while another closes the pool.
+ * cb_pool_retain needs a reference held already.  Release never closes:
+ * the pool must still be closed by cb_pool_close.  NULL is a no-op.
+ * Lock: none (an atomic count).  Cost: O(1); the last release frees the
+ *   small handle. */
+void cb_pool_retain(cb_pool *pool);
+void cb_pool_release(cb_pool *pool);
 /* Durability point: data, then metadata, then the superblock.  When it
  * returns 0 every write made before it survives a crash.  A failure puts
  * the pool in the failed state (nothing written since the last flush can be
@@ -257,7 +310,10 @@ int cb_pool_stat(cb_pool *pool, cb_stat *out);
 /* A new device of `size` bytes (a multiple of 512, at most
  * CB_MAX_DEV_SIZE), reading as zeros; or, with external_path, reading as
  * that regular file or block device (its external origin, never written;
- * size 0 = the file's size rounded up to 512).
+ * size 0 = the file's size rounded up to 512) where the device has no data
+ * of its own.  A regular file's size, inode and mtime are recorded; an open
+ * that finds it changed refuses reads that need it (CB_EEXTERNAL,
+ * cb_corrupt_detail says what changed).
  * Errors: CB_EINVAL (name, size), CB_EEXIST (the name is taken),
  *   CB_ETOOMANY (CB_MAX_DEVICES devices, or CB_MAX_EXTERNALS origins),
  *   CB_EEXTERNAL (the origin is missing, or not a regular file or block
@@ -302,16 +358,19 @@ int cb_pool_external_path(cb_pool *pool, uint32_t id, char *buf, size_t len);
  * Cost: O(every metadata node + mapped); memory up to 8 bytes per data
  *   block, in chunks allocated only where blocks are in use. */
 int cb_pool_usage(cb_pool *pool, cb_usage *out, size_t n, size_t *count);
-/* Walk and verify all metadata: checksums, structure, reference counts
- * recomputed from the mappings, data blocks in range, and the data file for
- * free blocks still holding data.  With repair, such blocks are punched out
- * and unreachable metadata pages freed (only in a pool with no other error:
- * corruption is reported, never guessed at).  A writable pool is committed
- * first, so the check sees in the file what is in memory.  Returns 0
- * whatever it found (out->errors, out->leaked_*); messages (one per line)
- * go to buf (truncated to len, NUL-terminated).
- * Errors: those of cb_pool_flush (the commit), CB_ENOMEM, -errno when a page
- *   cannot be read (the check cannot conclude).
+/* Walk and verify all metadata: both superblock slots, checksums,
+ * structure, reference counts recomputed from the mappings, data blocks in
+ * range, the data file's size, external origins against what was recorded
+ * when they were attached, and the data file for free blocks still holding
+ * data.  With repair (a writable pool), such blocks are punched out, leaked
+ * metadata pages freed (only in a pool with no other error: corruption is
+ * reported, never guessed at) and a damaged superblock slot rewritten by a
+ * commit (which writes only the slot the pool does not stand on).  A
+ * writable pool is committed first, so the check sees in the file what is
+ * in memory.  Returns 0 whatever it found (out->errors, out->leaked_*);
+ * messages (one per line) go to buf (truncated to len, NUL-terminated).
+ * Errors: those of cb_pool_flush (the commits), CB_ENOMEM, -errno when a
+ *   page cannot be read (the check cannot conclude).
  * Lock: exclusive.  Cost: every committed metadata page read (O(M)), the
  *   trees walked, one SEEK_DATA walk of the data file; memory as for
  *   cb_pool_usage. */
@@ -335,10 +394,10 @@ int cb_pool_dump(cb_pool *pool, char **json, size_t *len);
  * written after the scrub began are not read).  Damaged sub-blocks are
  * reported in bad (at most n; *count gets how many were found, as does
  * progress->bad).  Returns 0 when the scrub ran to the end, whatever it
- * found; -ECANCELED if progress->cancel was set.  The pool must not be
- * closed while it runs.
+ * found; -ECANCELED if progress->cancel was set; CB_ECLOSED if the pool
+ * was closed meanwhile (the close waits for the slice being read).
  * Errors: CB_EINVAL (NULL progress or count, NULL bad with n > 0),
- *   -ECANCELED, CB_ENOMEM.
+ *   -ECANCELED, CB_ECLOSED, CB_ENOMEM.
  * Lock: shared, per step (the walk, then each slice).
  * Cost: every mapped sub-block read once (O(mapped * B)), the trees walked
  *   once; memory as for cb_pool_usage. */
@@ -348,12 +407,16 @@ int cb_pool_scrub(cb_pool *pool, cb_scrub *progress, cb_scrub_bad *bad,
 void cb_free(void *ptr);
 
 /* ---- devices --------------------------------------------------------------
- * A cb_dev is a handle on one device, owned by its pool.  Handles stay
- * valid until cb_dev_close or cb_pool_close.  After the device is deleted
- * (cb_pool_delete), every call on its handles returns CB_ENOENT, whatever
- * is created later under its name; cb_dev_close still frees them.  Every
- * call below also returns CB_EFAILED on a failed pool, and the calls that
- * write CB_EROFS on a read-only pool or device. */
+ * A cb_dev is a handle on one device.  A handle stays valid until
+ * cb_dev_close, whatever happens to its device or its pool meanwhile; it
+ * holds a reference on the pool (see "Lifetimes").  After the device is
+ * deleted (cb_pool_delete), every call on its handles returns CB_ENOENT,
+ * whatever is created later under its name; once the pool is closed (or
+ * being closed), every call returns CB_ECLOSED.  cb_dev_close may be called
+ * before or after cb_pool_close, from any thread, but not while another
+ * call on the same handle runs.  Every call below also returns CB_EFAILED
+ * on a failed pool, and the calls that write CB_EROFS on a read-only pool
+ * or device. */
 
 /* A handle on device `name`.  Errors: CB_EINVAL, CB_ENOENT, CB_ENOMEM.
  * Lock: exclusive (the pool's list of handles).  Cost: O(D). */

@@ -147,12 +147,32 @@ static int shadow(struct cb_mapping *m, struct cb_node **slot, uint16_t level)
     if (!c)
         return CB_ENOMEM;
     c->u = n->u;
+    /* The copy takes one more reference on everything n names.  That fails
+     * only on a corrupt count (at its maximum, or a block out of range):
+     * then every reference taken so far is given back (n holds one on each,
+     * so no count drops to zero), and the tree and the counts are as they
+     * were. */
     int rc = 0;
+    unsigned i;
     if (level == 0) {
-        for (unsigned i = 0; i < CB_LEAF_ENTRIES && !rc; i++)
-            rc = cb_entry_ref(m->sm, &c->u.e[i]);
+        for (i = 0; i < CB_LEAF_ENTRIES; i++) {
+            const struct cb_entry *e = &c->u.e[i];
+            if ((e->flags & CB_E_MAPPED) && (rc = cb_sm_inc(m->sm, e->block)))
+                break;
+            if ((e->flags & CB_E_ORIGIN) && (rc = cb_sm_inc(m->sm, e->origin))) {
+                if (e->flags & CB_E_MAPPED)
+                    cb_sm_dec(m->sm, e->block); /* this entry's first half */
+                break;
+            }
+        }
+        if (rc)
+            while (i-- > 0)
+                cb_entry_unref(m->sm, &c->u.e[i]);
     } else {
-        for (unsigned i = 0; i < CB_NODE_FANOUT; i++)
+        for (i = 0; i < CB_NODE_FANOUT && !rc; i++)
+            if (c->u.c[i] && c->u.c[i]->rc == UINT32_MAX)
+                rc = CB_ECORRUPT; /* checked before any is taken */
+        for (i = 0; i < CB_NODE_FANOUT && !rc; i++)
             if (c->u.c[i])
                 c->u.c[i]->rc++;
     }

@@ -31,7 +31,14 @@
  *   0 u32 id  4 u32 flags  8 u64 size  16 u64 root  24 u32 depth
  *  28 u32 birth_time  32 u32 snap_time  36 u32 origin_id  40 u64 created_ns
  *  48 u32 external_id  52 u32 name_len  64 char name[128]
- * External origin page: 32 u64 size, 40 u32 path_len, 48 char path[]
+ * External origin page: 32 u64 size, 40 u32 path_len, 44 u32 flags,
+ *   48 char path[], 3848 u64 inode, 3856 u64 mtime_ns.  With CB_EXT_STAMPED
+ *   in flags, inode and mtime_ns (and size) are what the file showed when
+ *   it was attached; open refuses reads through an origin that no longer
+ *   matches (its bytes may have changed under the devices that read it)
+ *   and check reports it.  Flags are compat: a reader ignores bits it does
+ *   not know, and a writer that does not know them wrote 0 (unstamped;
+ *   pools from before the stamp read as such).
  * Free log page: 32 u64 next, 40 u32 n, 48 (u64 start, u64 count)[253]:
  *   the data blocks the committing transaction freed, punched out of the
  *   data file once the commit is durable (and again at open, in case the
@@ -50,6 +57,7 @@
 #define CB_PAGE 4096u
 #define CB_HDR 32u
 #define CB_FORMAT_VERSION 1u
+#define CB_MAX_POOL_BLOCKS (1ull << 36) /* data blocks a pool may have */
 /* compat feature bits (superblock offset 48): readers that do not know a
  * bit may ignore it */
 #define CB_COMPAT_CLEAN 1u  /* written by close: no allocation since this commit */
@@ -76,6 +84,9 @@ enum cb_page_type {
 #define CB_SB_DEVTAB_MAX 432u
 #define CB_FREELOG_MAX 253u
 #define CB_EXT_PATH_OFF 48u
+#define CB_EXT_FLAGS_OFF 44u
+#define CB_EXT_STAMP_OFF 3848u /* after the longest path (CB_PATH_MAX) */
+#define CB_EXT_STAMPED 1u      /* inode and mtime_ns recorded */
 
 /* Entry flags */
 #define CB_E_MAPPED 1u  /* block holds the sub-blocks set in bitmap */
@@ -165,8 +176,27 @@ void cb_page_seal(unsigned char *page, uint32_t type, uint64_t blocknr,
                   uint64_t generation, uint32_t time, uint16_t level,
                   uint16_t count);
 /* Check magic, checksum, own address and generation bound.  Returns 0 or
- * CB_ECORRUPT. */
+ * CB_ECORRUPT, with the calling thread's corruption detail set (below). */
 int cb_page_verify(const unsigned char *page, uint32_t type, uint64_t blocknr,
                    uint64_t max_generation);
+
+/* The calling thread's corruption detail: what the code that returned
+ * CB_ECORRUPT found, as text that names the page, its offset in the
+ * metadata file and its kind, e.g.
+ *   "metadata page 1234 (offset 0x4d2000, a mapping leaf): bad checksum"
+ * and, where the damage is not one page's (the data file's size), page 0.
+ * cb_meta_bad sets it (page 0: fmt is the whole text); cb_meta_context
+ * appends " (in ...)" once to say which structure reached the page;
+ * cb_meta_clear forgets it.  Read through cb_corrupt_detail (cowblock.h). */
+void cb_meta_bad(uint64_t page, uint32_t type, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void cb_meta_context(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void cb_meta_clear(void);
+/* Verify superblock page sb read from slot: 0, CB_ECORRUPT or CB_EVERSION
+ * with the thread's corruption detail saying why.  Open and check parse a
+ * slot the same way. */
+int cb_meta_parse_super(const unsigned char *sb, uint64_t slot, uint64_t meta_file_pages);
+/* A page type's name for messages ("mapping leaf"), "page" if unknown. */
+const char *cb_page_type_name(uint32_t type);
 
 #endif

@@ -24,21 +24,28 @@
  *       +---------+-------+---------+---------+
  *                     blockio       file backend (fault-injecting in tests)
  *
- * States of a pool (p->failed; read-only is fixed at open):
+ * States of a pool (p->failed, p->shut; read-only is fixed at open):
  *
  *   create / open ----> OPEN ---- a commit or a sync fails, or a delete ---> FAILED
  *   (under the lock,     |  ^     finds the counts disagreeing with the        |
  *    before anyone       |  |     trees: pool_fail(rc), once, sticky           |
- *    sees the pool)      |  +-- every call: enter .. leave                     |
+ *    sees the pool)      |  +-- every call: pool_enter .. pool_leave           |
  *                        |                                                     |
- *                      close: trim kept blocks, commit CB_TXN_CLEAN          close: no commit
- *                        v                                                     v
- *                      freed <-------------------------------------------------+
+ *                      close: shut = 1 ----------> CLOSING <------------------ close
+ *                                                     |  waits for the lock: the calls
+ *                                                     |  inside leave; trim kept blocks and
+ *                                                     |  commit CB_TXN_CLEAN (not if FAILED
+ *                                                     v  or read-only); the store is freed
+ *                                                  CLOSED --(last reference dropped)--> freed
  *
  *   OPEN      every call works (a read-only pool refuses mutations with
  *             CB_EROFS and never commits).
  *   FAILED    every call but close returns CB_EFAILED: no write goes on
  *             over a half-done transaction.
+ *   CLOSING,  every call returns CB_ECLOSED at once, before and after
+ *   CLOSED    waiting for the lock, touching nothing else; the struct, its
+ *             lock and path stay until the last reference goes (the open's,
+ *             cb_pool_retain's, one per cb_dev: cowblock.h, "Lifetimes").
  * A commit is made with an explicit mode (txn.h): CB_TXN_FLUSH for
  * flush and the bounded-transaction and out-of-space commits, CB_TXN_IN_USE
  * once at open (so that a crash from then on reads as unclean),
@@ -99,6 +106,7 @@ const char *cb_strerror(int code)
     case CB_ENOMEM: return "out of memory";
     case CB_EEXTERNAL: return "external origin file is missing or unreadable";
     case CB_ECHECKSUM: return "data failed its checksum";
+    case CB_ECLOSED: return "pool is closed";
     default:
         if (code < 0 && code > -4096)
             return strerror(-code); /* glibc: static strings for errno values */
@@ -160,10 +168,18 @@ static void unlock(struct cb_pool *p)
  * error the lock is not held.  pool_leave releases it and returns rc. */
 static int pool_enter(struct cb_pool *p, int mode)
 {
+    if (__atomic_load_n(&p->shut, __ATOMIC_ACQUIRE))
+        return CB_ECLOSED;
     if (mode == SHARED)
         lock_read(p);
     else
         lock_write(p);
+    /* closed while this call waited for the lock: the lock orders it after
+     * close's release of everything */
+    if (__atomic_load_n(&p->shut, __ATOMIC_RELAXED)) {
+        unlock(p);
+        return CB_ECLOSED;
+    }
     if (p->failed) {
         unlock(p);
         return CB_EFAILED;
@@ -213,7 +229,10 @@ static int pool_maybe_commit(struct cb_pool *p)
 
 /* ---- lifecycle ------------------------------------------------------------ */
 
-static void pool_free(struct cb_pool *p)
+/* Everything but the struct, its lock and path: what close gives back.
+ * Device handles stay allocated (their owners free them with
+ * cb_dev_close) but lose their records. */
+static void pool_release_resources(struct cb_pool *p)
 {
     while (p->handles) {
         struct cb_dev *h = p->handles;
@@ -222,12 +241,27 @@ static void pool_free(struct cb_pool *p)
             free(h->rec);
         else
             h->rec->handles--;
-        free(h);
+        h->rec = NULL;
+        h->prev = h->next = NULL;
     }
     cb_store_destroy(&p->s);
+}
+
+/* Drop one reference (cowblock.h, "Lifetimes"); the last frees the struct. */
+static void pool_unref(struct cb_pool *p)
+{
+    if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
     pthread_rwlock_destroy(&p->lock);
     free(p->path);
     free(p);
+}
+
+/* A pool nobody else has seen (create and open failing). */
+static void pool_free(struct cb_pool *p)
+{
+    pool_release_resources(p);
+    pool_unref(p);
 }
 
 static int pool_alloc(const char *path, unsigned flags, struct cb_pool **out)
@@ -237,12 +271,14 @@ static int pool_alloc(const char *path, unsigned flags, struct cb_pool **out)
         return CB_ENOMEM;
     cb_store_init(&p->s);
     pthread_rwlock_init(&p->lock, NULL);
+    p->refs = 1;
     p->flags = flags;
     p->path = strdup(path);
     if (!p->path) {
         pool_free(p);
         return CB_ENOMEM;
     }
+    p->s.path = p->path;
     *out = p;
     return 0;
 }
@@ -276,6 +312,21 @@ static int open_files(struct cb_pool *p, unsigned ioflags)
     return rc;
 }
 
+/* Undo what a failed create made: the files it created, and the directory
+ * if it created it (then empty again).  Nothing else is touched. */
+static void remove_created(const char *path, int meta, int data, int dir)
+{
+    char *m = join(path, "meta"), *d = join(path, "data");
+    if (meta && m)
+        unlink(m);
+    if (data && d)
+        unlink(d);
+    free(m);
+    free(d);
+    if (dir)
+        rmdir(path);
+}
+
 int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
                    unsigned flags, cb_pool **out)
 {
@@ -286,12 +337,15 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
         return CB_EINVAL;
     if (size / block_size > (1ull << 36))
         return CB_EINVAL;
-    if (mkdir(path, 0755) != 0 && errno != EEXIST)
+    int made_dir = mkdir(path, 0755) == 0;
+    if (!made_dir && errno != EEXIST)
         return -errno;
     struct cb_pool *p;
     int rc = pool_alloc(path, flags & ~CB_CREATE_CHECKSUMS, &p);
-    if (rc)
+    if (rc) {
+        remove_created(path, 0, 0, made_dir);
         return rc;
+    }
     struct cb_store *s = &p->s;
     lock_write(p); /* nobody else sees p yet: held for the layers' contract */
     s->next_dev_id = 1;
@@ -322,7 +376,10 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
         rc = cb_io_sync(s->data.io);
     unlock(p);
     if (rc) {
+        /* O_CREAT | O_EXCL: a file is open here only if this call made it */
+        int made_meta = s->meta != NULL, made_data = s->data.io != NULL;
         pool_free(p);
+        remove_created(path, made_meta, made_data, made_dir);
         return rc;
     }
     *out = p;
@@ -343,7 +400,7 @@ int cb_pool_open(const char *path, unsigned flags, cb_pool **out)
     if (rc == -ENOENT)
         rc = CB_ENOENT;
     if (!rc)
-        rc = cb_txn_load(&p->s);
+        rc = cb_txn_load(&p->s, (flags & CB_OPEN_READONLY) != 0);
     if (!rc && !(flags & CB_OPEN_READONLY)) {
         /* After an unclean shutdown, blocks the lost transaction had
          * allocated and written hold data but are free: punch them out.
@@ -368,6 +425,11 @@ int cb_pool_close(cb_pool *p)
 {
     if (!p)
         return 0;
+    /* OPEN or FAILED -> CLOSING: new calls are refused from here on, so the
+     * lock below is not starved by readers coming in; it waits for the calls
+     * already inside. */
+    if (__atomic_exchange_n(&p->shut, 1, __ATOMIC_ACQ_REL))
+        return CB_ECLOSED;
     lock_write(p);
     int rc = 0;
     if (!p->failed && !(p->flags & CB_OPEN_READONLY)) {
@@ -376,9 +438,22 @@ int cb_pool_close(cb_pool *p)
         cb_txn_trim_kept(&p->s, 0);
         rc = pool_commit(p, CB_TXN_CLEAN);
     }
+    pool_release_resources(p); /* CLOSING -> CLOSED */
     unlock(p);
-    pool_free(p);
+    pool_unref(p); /* the open's reference */
     return rc;
+}
+
+void cb_pool_retain(cb_pool *p)
+{
+    if (p)
+        __atomic_add_fetch(&p->refs, 1, __ATOMIC_RELAXED);
+}
+
+void cb_pool_release(cb_pool *p)
+{
+    if (p)
+        pool_unref(p);
 }
 
 int cb_pool_flush(cb_pool *p)
@@ -471,7 +546,9 @@ static int add_external(struct cb_pool *p, const char *path, uint64_t *size, uin
                 free_slot = (int)i;
             continue;
         }
-        if (strcmp(s->ext[i].path, real) == 0 && s->ext[i].size == (uint64_t)st.st_size) {
+        char why[200];
+        if (strcmp(s->ext[i].path, real) == 0 && s->ext[i].size == (uint64_t)st.st_size &&
+            s->ext[i].io && !cb_store_external_changed(&s->ext[i], why, sizeof why)) {
             *id = i + 1;
             *size = s->ext[i].size;
             return 0;
@@ -483,6 +560,7 @@ static int add_external(struct cb_pool *p, const char *path, uint64_t *size, uin
     int rc = cb_file_open(real, CB_IO_READONLY, &x->io);
     if (rc)
         return rc == CB_ENOMEM ? rc : CB_EEXTERNAL;
+    cb_store_stamp_external(x, &st); /* what the file is now (meta.h) */
     if (!(x->path = strdup(real))) {
         x->io->ops->close(x->io);
         x->io = NULL;
@@ -677,7 +755,19 @@ int cb_pool_check(cb_pool *p, int repair, cb_check *out, char *buf, size_t len)
     /* check reads back what is committed: commit what is in memory first */
     if ((rc = pool_commit(p, CB_TXN_FLUSH)))
         return pool_leave(p, rc);
-    return pool_leave(p, cb_check_run(&p->s, repair, out, buf, len));
+    struct cb_checker *c;
+    if ((rc = cb_check_begin(&p->s, out, buf, len, &c)))
+        return pool_leave(p, rc);
+    /* a damaged slot the pool does not stand on is what the next commit
+     * writes: check asks for that commit, made here (check.h) */
+    for (unsigned slot = 0; slot < 2 && !rc; slot++)
+        if ((rc = cb_check_slot(c, slot, repair)) == CB_CHECK_COMMIT &&
+            !(rc = pool_commit(p, CB_TXN_IN_USE)))
+            rc = cb_check_rewritten(c, slot);
+    if (!rc)
+        rc = cb_check_rest(c, repair);
+    cb_check_end(c);
+    return pool_leave(p, rc);
 }
 
 int cb_pool_dump(cb_pool *p, char **json, size_t *len)
@@ -757,6 +847,7 @@ int cb_dev_open(cb_pool *p, const char *name, cb_dev **out)
     h->pool = p;
     h->rec = d;
     d->handles++;
+    __atomic_add_fetch(&p->refs, 1, __ATOMIC_RELAXED); /* dropped by cb_dev_close */
     h->next = p->handles;
     if (p->handles)
         p->handles->prev = h;
@@ -771,17 +862,20 @@ void cb_dev_close(cb_dev *h)
         return;
     struct cb_pool *p = h->pool;
     lock_write(p);
-    assert(h->rec->handles > 0);
-    if (h->prev)
-        h->prev->next = h->next;
-    else
-        p->handles = h->next;
-    if (h->next)
-        h->next->prev = h->prev;
-    if (--h->rec->handles == 0 && h->rec->deleted)
-        free(h->rec);
+    if (h->rec) { /* still attached: the pool is not closed */
+        assert(h->rec->handles > 0);
+        if (h->prev)
+            h->prev->next = h->next;
+        else
+            p->handles = h->next;
+        if (h->next)
+            h->next->prev = h->prev;
+        if (--h->rec->handles == 0 && h->rec->deleted)
+            free(h->rec);
+    }
     unlock(p);
     free(h);
+    pool_unref(p);
 }
 
 /* Enter for an operation on a device: live, and writable if asked. */

@@ -19,6 +19,8 @@ struct cb_pool {
      * other writers, and means a reader never sees an entry whose data is
      * not yet written. */
     pthread_rwlock_t lock;
+    unsigned refs;        /* open's + cb_pool_retain's + one per cb_dev (atomic) */
+    int shut;             /* cb_pool_close has begun: CLOSING, then CLOSED (atomic) */
     char *path;
     unsigned flags;       /* CB_OPEN_* as opened: CB_OPEN_READONLY never commits */
     /* State (see the diagram at the top of pool.c): 0 while OPEN; the
@@ -29,7 +31,7 @@ struct cb_pool {
 
 struct cb_dev {
     struct cb_pool *pool;
-    struct cb_devrec *rec;
+    struct cb_devrec *rec;     /* NULL once the pool is closed */
     struct cb_dev *prev, *next;
 };
 

@@ -10,8 +10,10 @@
  */
 #include "store.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 void cb_store_init(struct cb_store *s)
 {
@@ -33,12 +35,12 @@ void cb_store_destroy(struct cb_store *s)
         free(s->devs);
         s->devs = NULL;
     }
+    s->ndevs = s->ndevslots = 0;
     for (unsigned i = 0; i < CB_MAX_EXTERNALS; i++) {
         free(s->ext[i].path);
         if (s->ext[i].io)
             s->ext[i].io->ops->close(s->ext[i].io);
-        s->ext[i].path = NULL;
-        s->ext[i].io = NULL;
+        memset(&s->ext[i], 0, sizeof s->ext[i]);
     }
     cb_sm_destroy(&s->sm);
     cb_pm_destroy(&s->pm);
@@ -78,6 +80,52 @@ void cb_store_devdirty(struct cb_store *s, struct cb_devrec *d)
     CB_MUST_WRITE(s);
     s->devpages[d->slot / CB_DEVTAB_RECS].dirty = 1;
     s->meta_changed = 1;
+}
+
+void cb_store_stamp_external(struct cb_external *x, const struct stat *st)
+{
+    struct stat now;
+    int fd = cb_file_fd(x->io);
+    if (fd >= 0 && fstat(fd, &now) == 0)
+        st = &now; /* the file opened, not what the path named a moment before */
+    x->why[0] = 0;
+    x->stamped = S_ISREG(st->st_mode) ? CB_EXT_STAMPED : 0; /* a device node's say nothing */
+    x->ino = (uint64_t)st->st_ino;
+    x->mtime_ns = (uint64_t)st->st_mtim.tv_sec * 1000000000ull + (uint64_t)st->st_mtim.tv_nsec;
+}
+
+int cb_store_external_changed(const struct cb_external *x, char *why, size_t len)
+{
+    struct stat st;
+    why[0] = 0;
+    if (!x->stamped)
+        return 0;
+    if (stat(x->path, &st) != 0) {
+        snprintf(why, len, "external origin '%.120s' is missing or cannot be read", x->path);
+        return 1;
+    }
+    uint64_t mt = (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec;
+    if ((uint64_t)st.st_size == x->size && (uint64_t)st.st_ino == x->ino && mt == x->mtime_ns)
+        return 0;
+    int n = snprintf(why, len, "external origin '%.100s' changed since it was attached:",
+                     x->path);
+    const char *sep = "";
+    if ((uint64_t)st.st_size != x->size && n >= 0 && (size_t)n < len) {
+        n += snprintf(why + n, len - (size_t)n, " size %llu, was %llu",
+                      (unsigned long long)st.st_size, (unsigned long long)x->size);
+        sep = ";";
+    }
+    if ((uint64_t)st.st_ino != x->ino && n >= 0 && (size_t)n < len) {
+        n += snprintf(why + n, len - (size_t)n, "%s inode %llu, was %llu (replaced)", sep,
+                      (unsigned long long)st.st_ino, (unsigned long long)x->ino);
+        sep = ";";
+    }
+    if (mt != x->mtime_ns && n >= 0 && (size_t)n < len)
+        snprintf(why + n, len - (size_t)n, "%s modified %lld.%09lld, was %lld.%09lld", sep,
+                 (long long)(mt / 1000000000ull), (long long)(mt % 1000000000ull),
+                 (long long)(x->mtime_ns / 1000000000ull),
+                 (long long)(x->mtime_ns % 1000000000ull));
+    return 1;
 }
 
 #ifndef NDEBUG

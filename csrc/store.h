@@ -50,6 +50,10 @@ struct cb_devrec {
 
 struct cb_external {
     uint64_t size;        /* bytes, as recorded at creation */
+    uint32_t stamped;     /* CB_EXT_STAMPED: ino and mtime_ns recorded (meta.h) */
+    uint64_t ino, mtime_ns;
+    int changed;          /* not the file recorded: reads refused (io is NULL) */
+    char why[200];        /* why io is NULL, for messages ("" if it is not) */
     uint64_t page;        /* committed page, 0 if not yet */
     char *path;
     cb_io *io;            /* NULL when the file could not be opened */
@@ -77,6 +81,7 @@ struct cb_store {
     };
     struct cb_datafile data;
     cb_io *meta;
+    const char *path;     /* the pool's directory, for messages (owned by pool.c) */
 
     uint64_t generation;  /* last committed */
     uint64_t next_dev_id;
@@ -91,6 +96,7 @@ struct cb_store {
      *                 open need not look for free blocks holding data */
     int meta_changed;
     int was_clean;
+    char sb_damage[2][200]; /* why each superblock slot failed at load, "" if valid */
     uint64_t keep_max;    /* freed blocks to keep allocated for reuse (cb_pool_set_keep) */
     struct cb_csum csum;
 
@@ -125,6 +131,13 @@ int cb_store_geometry(struct cb_store *s, uint32_t block_size, uint64_t nblocks,
 struct cb_devrec *cb_store_find(struct cb_store *s, const char *name);
 /* Mark a device's table page dirty.  Exclusive lock. */
 void cb_store_devdirty(struct cb_store *s, struct cb_devrec *d);
+/* The identity of external origin x's file (st, or better the open file's):
+ * recorded at attach time and committed with it (meta.h). */
+struct stat;
+void cb_store_stamp_external(struct cb_external *x, const struct stat *st);
+/* 1 (and why, a sentence) if x's file is not the one recorded, 0 if it is
+ * or nothing was recorded. */
+int cb_store_external_changed(const struct cb_external *x, char *why, size_t len);
 
 /* ---- the lock contract (debug builds) ---------------------------------- */
 #ifndef NDEBUG

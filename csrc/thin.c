@@ -167,8 +167,10 @@ static int read_external(struct cb_store *p, const struct cb_devrec *d, uint64_t
                          char *dst, size_t len)
 {
     struct cb_external *x = ext_of(p, d);
-    if (!x->io)
+    if (!x->io) {
+        cb_meta_bad(0, 0, "%s", x->why[0] ? x->why : "external origin cannot be read");
         return CB_EEXTERNAL;
+    }
     if (pos >= x->size) {
         memset(dst, 0, len);
         return 0;

@@ -27,6 +27,7 @@
 
 #include <assert.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -34,7 +35,6 @@
 
 #define DIRTY_LIMIT 16384u          /* nodes (64 MiB of metadata) */
 #define PENDING_LIMIT (1u << 20)    /* freed blocks awaiting a commit */
-#define MAX_POOL_BLOCKS (1ull << 36)
 #define META_RESERVE 64u            /* pages kept allocated past the metadata in use */
 
 /* ---- encoding ------------------------------------------------------------ */
@@ -285,7 +285,10 @@ static int commit_meta(struct cb_store *p, uint64_t gen, int clean, struct cb_u6
             size_t len = strlen(x->path);
             cb_put64(pg + 32, x->size);
             cb_put32(pg + 40, (uint32_t)len);
+            cb_put32(pg + CB_EXT_FLAGS_OFF, x->stamped);
             memcpy(pg + CB_EXT_PATH_OFF, x->path, len);
+            cb_put64(pg + CB_EXT_STAMP_OFF, x->ino);
+            cb_put64(pg + CB_EXT_STAMP_OFF + 8, x->mtime_ns);
             cb_page_seal(pg, CB_PT_EXT, x->page, gen, 0, 0, 0);
             rc = write_page(p, pg, x->page);
         }
@@ -449,19 +452,25 @@ struct loader {
     uint64_t sb_time;
     uint64_t meta_pages;
     uint64_t *roots;      /* root page of each device slot, while loading */
+    int readonly;         /* change nothing in the files (cb_txn_load) */
 };
 
 static int read_page(struct loader *L, uint64_t page, uint32_t type)
 {
-    if (page < 2 || page >= L->meta_pages)
+    if (page < 2 || page >= L->meta_pages) {
+        cb_meta_bad(page, type, "named, but outside the %llu pages the superblock records",
+                    (unsigned long long)L->meta_pages);
         return CB_ECORRUPT;
+    }
     int rc = cb_io_pread(L->p->meta, L->pg, CB_PAGE, page * CB_PAGE);
     if (rc)
         return rc;
     if ((rc = cb_page_verify(L->pg, type, page, L->p->generation)))
         return rc;
-    if (cb_pm_test(&L->p->pm, page))
-        return CB_ECORRUPT; /* one page used twice */
+    if (cb_pm_test(&L->p->pm, page)) {
+        cb_meta_bad(page, type, "reached twice (one page used by two structures)");
+        return CB_ECORRUPT;
+    }
     return cb_pm_mark(&L->p->pm, page);
 }
 
@@ -498,16 +507,24 @@ static int load_node(struct loader *L, uint64_t page, unsigned level, struct cb_
         return rc;
     struct cb_node **slot = nm_slot(&L->nodes, page);
     if (*slot) {
-        if ((*slot)->level != level || (*slot)->rc == UINT32_MAX)
+        if ((*slot)->level != level || (*slot)->rc == UINT32_MAX) {
+            cb_meta_bad(page, level ? CB_PT_NODE : CB_PT_LEAF,
+                        "shared at level %u and at level %u", (*slot)->level, level);
             return CB_ECORRUPT;
+        }
         (*slot)->rc++;
         *out = *slot;
         return 0;
     }
     if ((rc = read_page(L, page, level ? CB_PT_NODE : CB_PT_LEAF)))
         return rc;
-    if (cb_get16(L->pg + 28) != level || cb_get32(L->pg + 24) > L->sb_time)
+    if (cb_get16(L->pg + 28) != level || cb_get32(L->pg + 24) > L->sb_time) {
+        cb_meta_bad(page, level ? CB_PT_NODE : CB_PT_LEAF,
+                    "level %u where %u belongs, or time %u past the superblock's %llu",
+                    cb_get16(L->pg + 28), level, cb_get32(L->pg + 24),
+                    (unsigned long long)L->sb_time);
         return CB_ECORRUPT;
+    }
     struct cb_node *n = calloc(1, sizeof *n);
     if (!n)
         return CB_ENOMEM;
@@ -527,8 +544,16 @@ static int load_node(struct loader *L, uint64_t page, unsigned level, struct cb_
             e->bitmap = cb_get64(q + 16);
             e->time = cb_get32(q + 24);
             e->flags = cb_get32(q + 28);
-            if ((rc = check_entry(p, e, L->sb_time)) || (rc = cb_entry_ref(&p->sm, e)))
+            if ((rc = check_entry(p, e, L->sb_time)) || (rc = cb_entry_ref(&p->sm, e))) {
+                if (rc == CB_ECORRUPT)
+                    cb_meta_bad(page, CB_PT_LEAF,
+                                "entry %u is malformed (flags 0x%x, block %llu, origin %llu, "
+                                "bitmap 0x%llx, time %u; the pool has %llu blocks)",
+                                i, e->flags, (unsigned long long)e->block,
+                                (unsigned long long)e->origin, (unsigned long long)e->bitmap,
+                                e->time, (unsigned long long)p->nblocks);
                 return rc;
+            }
         }
         *out = n;
         return 0;
@@ -595,18 +620,28 @@ static int load_devtab(struct loader *L, unsigned ndevtab)
                 d->flags & ~CB_DEV_READONLY || id >= p->next_dev_id ||
                 d->origin_id >= p->next_dev_id || d->birth_time > L->sb_time ||
                 d->snap_time > L->sb_time || d->external_id > CB_MAX_EXTERNALS ||
-                (d->external_id && !p->ext[d->external_id - 1].path) || nlen > CB_NAME_MAX)
+                (d->external_id && !p->ext[d->external_id - 1].path) || nlen > CB_NAME_MAX) {
+                cb_meta_bad(p->devpages[k].page, CB_PT_DEVTAB,
+                            "record %u (device id %u) has a field out of range", j, id);
                 return CB_ECORRUPT;
+            }
             d->nblocks = (d->size + p->block_size - 1) >> p->block_shift;
-            if (d->depth != cb_map_depth(d->nblocks))
+            if (d->depth != cb_map_depth(d->nblocks)) {
+                cb_meta_bad(p->devpages[k].page, CB_PT_DEVTAB,
+                            "record %u (device id %u): tree depth %u, its size needs %u", j,
+                            id, d->depth, cb_map_depth(d->nblocks));
                 return CB_ECORRUPT;
+            }
             memcpy(d->name, q + 64, nlen);
             d->name[nlen] = 0;
-            if (!valid_name(d->name, nlen))
-                return CB_ECORRUPT;
+            int bad = !valid_name(d->name, nlen);
             for (unsigned b = 64 + nlen; b < 192; b++)
-                if (q[b])
-                    return CB_ECORRUPT;
+                bad |= q[b] != 0;
+            if (bad) {
+                cb_meta_bad(p->devpages[k].page, CB_PT_DEVTAB,
+                            "record %u (device id %u) has a malformed name", j, id);
+                return CB_ECORRUPT;
+            }
             /* the tree is loaded once the page buffer is free again */
             L->roots[d->slot] = root;
         }
@@ -615,16 +650,24 @@ static int load_devtab(struct loader *L, unsigned ndevtab)
     for (unsigned i = 0; i < p->ndevslots; i++)
         for (unsigned j = i + 1; p->devs[i] && j < p->ndevslots; j++)
             if (p->devs[j] && (p->devs[i]->id == p->devs[j]->id ||
-                               strcmp(p->devs[i]->name, p->devs[j]->name) == 0))
+                               strcmp(p->devs[i]->name, p->devs[j]->name) == 0)) {
+                cb_meta_bad(p->devpages[j / CB_DEVTAB_RECS].page, CB_PT_DEVTAB,
+                            "device '%s' (id %u) repeats the name or id of '%s' (id %u)",
+                            p->devs[j]->name, p->devs[j]->id, p->devs[i]->name,
+                            p->devs[i]->id);
                 return CB_ECORRUPT;
+            }
     for (unsigned i = 0; i < p->ndevslots; i++) {
         struct cb_devrec *d = p->devs[i];
         if (!d)
             continue;
         uint64_t root = L->roots[i];
         int rc;
-        if (root && (rc = load_node(L, root, d->depth, &d->root)))
+        if (root && (rc = load_node(L, root, d->depth, &d->root))) {
+            if (rc == CB_ECORRUPT)
+                cb_meta_context("the mapping tree of device '%s'", d->name);
             return rc;
+        }
     }
     return 0;
 }
@@ -640,13 +683,20 @@ static int load_externals(struct loader *L, const unsigned char *sb)
         if (rc)
             return rc;
         uint32_t len = cb_get32(L->pg + 40);
-        if (len == 0 || len > CB_PATH_MAX || memchr(L->pg + CB_EXT_PATH_OFF, 0, len))
+        if (len == 0 || len > CB_PATH_MAX || memchr(L->pg + CB_EXT_PATH_OFF, 0, len)) {
+            cb_meta_bad(page, CB_PT_EXT, "malformed path (length %u)", len);
             return CB_ECORRUPT;
+        }
         struct cb_external *x = &p->ext[i];
         x->size = cb_get64(L->pg + 32);
         x->page = page;
-        if (x->size > CB_MAX_DEV_SIZE)
+        x->stamped = cb_get32(L->pg + CB_EXT_FLAGS_OFF) & CB_EXT_STAMPED;
+        x->ino = cb_get64(L->pg + CB_EXT_STAMP_OFF);
+        x->mtime_ns = cb_get64(L->pg + CB_EXT_STAMP_OFF + 8);
+        if (x->size > CB_MAX_DEV_SIZE) {
+            cb_meta_bad(page, CB_PT_EXT, "size %llu out of range", (unsigned long long)x->size);
             return CB_ECORRUPT;
+        }
         if (!(x->path = malloc(len + 1)))
             return CB_ENOMEM;
         memcpy(x->path, L->pg + CB_EXT_PATH_OFF, len);
@@ -658,6 +708,17 @@ static int load_externals(struct loader *L, const unsigned char *sb)
         if (stat(x->path, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) &&
             cb_file_open(x->path, CB_IO_READONLY, &x->io) != 0)
             x->io = NULL;
+        if (!x->io) {
+            snprintf(x->why, sizeof x->why, "external origin '%.120s' is missing or "
+                     "cannot be read", x->path);
+            continue;
+        }
+        /* An origin edited since it was attached changed the bytes of
+         * every device reading it: refuse reads rather than serve them. */
+        if ((x->changed = cb_store_external_changed(x, x->why, sizeof x->why))) {
+            x->io->ops->close(x->io);
+            x->io = NULL;
+        }
     }
     return 0;
 }
@@ -671,6 +732,7 @@ static int load_freelog(struct loader *L)
     uint64_t end = 0; /* runs are sorted and disjoint (pending_runs) */
     for (uint64_t hops = 0; page && !rc; hops++) {
         if (hops >= L->meta_pages) {
+            cb_meta_bad(page, CB_PT_FREELOG, "the free log's chain loops");
             rc = CB_ECORRUPT;
             break;
         }
@@ -679,51 +741,33 @@ static int load_freelog(struct loader *L)
             break;
         uint32_t n = cb_get32(L->pg + 40);
         if (n > CB_FREELOG_MAX) {
+            cb_meta_bad(page, CB_PT_FREELOG, "%u runs, at most %u fit", n, CB_FREELOG_MAX);
             rc = CB_ECORRUPT;
             break;
         }
         for (uint32_t i = 0; i < n && !rc; i++) {
             uint64_t b = cb_get64(L->pg + 48 + 16 * i), c = cb_get64(L->pg + 56 + 16 * i);
-            if (c == 0 || b >= p->nblocks || c > p->nblocks - b || b < end)
+            if (c == 0 || b >= p->nblocks || c > p->nblocks - b || b < end) {
+                cb_meta_bad(page, CB_PT_FREELOG, "run %u (blocks %llu + %llu) out of range or "
+                            "out of order", i, (unsigned long long)b, (unsigned long long)c);
                 rc = CB_ECORRUPT;
+            }
             else if (!(rc = cb_u64vec_push(&runs, b)))
                 rc = cb_u64vec_push(&runs, c);
             end = b + c;
         }
         page = cb_get64(L->pg + 32);
     }
-    if (!rc)
-        punch_runs(p, runs.v, runs.n / 2, 0); /* finishes an interrupted commit */
+    /* Finishes an interrupted commit.  Never on a read-only pool, which
+     * changes nothing in its files: the blocks stay allocated until the
+     * next writable open punches them (check counts them as leaked). */
+    if (!rc && !L->readonly)
+        punch_runs(p, runs.v, runs.n / 2, 0);
     cb_u64vec_free(&runs);
     return rc;
 }
 
-static int parse_super(const unsigned char *sb, uint64_t slot, uint64_t meta_file_pages)
-{
-    if (cb_page_verify(sb, CB_PT_SUPER, slot, UINT64_MAX))
-        return CB_ECORRUPT;
-    /* a commit writes generation g into slot g % 2: anything else would
-     * make the next commit overwrite the superblock it started from */
-    uint64_t gen = cb_get64(sb + 16);
-    if (gen % 2 != slot || gen >= (1ull << 62))
-        return CB_ECORRUPT;
-    if (memcmp(sb + 32, "cowblock", 8))
-        return CB_ECORRUPT;
-    if (cb_get32(sb + 40) != CB_FORMAT_VERSION || (cb_get32(sb + 44) & ~CB_INCOMPAT_KNOWN))
-        return CB_EVERSION;
-    uint32_t bs = cb_get32(sb + 52);
-    uint64_t nblocks = cb_get64(sb + 56);
-    uint64_t mpages = cb_get64(sb + 80);
-    if (bs < CB_MIN_BLOCK_SIZE || bs > CB_MAX_BLOCK_SIZE || (bs & (bs - 1)) ||
-        nblocks == 0 || nblocks > MAX_POOL_BLOCKS || mpages < 2 ||
-        mpages > meta_file_pages || cb_get64(sb + 64) > UINT32_MAX ||
-        cb_get32(sb + 96) > CB_SB_DEVTAB_MAX || cb_get64(sb + 72) > UINT32_MAX ||
-        cb_get64(sb + 72) == 0)
-        return CB_ECORRUPT;
-    return 0; /* the data file's size is checked once the geometry is known */
-}
-
-int cb_txn_load(struct cb_store *p)
+int cb_txn_load(struct cb_store *p, int readonly)
 {
     CB_MUST_WRITE(p);
     uint64_t msize, dsize;
@@ -733,20 +777,26 @@ int cb_txn_load(struct cb_store *p)
         return rc;
     uint64_t mfpages = msize / CB_PAGE;
     unsigned char *sb[2] = {malloc(CB_PAGE), malloc(CB_PAGE)};
-    struct loader L = {p, {NULL, NULL, 0, 0}, malloc(CB_PAGE), 0, 0, NULL};
+    struct loader L = {p, {NULL, NULL, 0, 0}, malloc(CB_PAGE), 0, 0, NULL, readonly};
     if (!sb[0] || !sb[1] || !L.pg) {
         rc = CB_ENOMEM;
         goto out;
     }
     int ok[2];
+    cb_meta_clear();
     for (int s = 0; s < 2; s++) {
+        p->sb_damage[s][0] = 0;
         if (mfpages < 2) {
             ok[s] = CB_ECORRUPT;
+            snprintf(p->sb_damage[s], sizeof p->sb_damage[s],
+                     "the metadata file is %llu bytes, too short for both superblocks",
+                     (unsigned long long)msize);
             continue;
         }
         if ((rc = cb_io_pread(p->meta, sb[s], CB_PAGE, (uint64_t)s * CB_PAGE)))
             goto out;
-        ok[s] = parse_super(sb[s], (uint64_t)s, mfpages);
+        if ((ok[s] = cb_meta_parse_super(sb[s], (uint64_t)s, mfpages)))
+            cb_corrupt_detail(p->sb_damage[s], sizeof p->sb_damage[s], NULL);
     }
     int best = -1;
     for (int s = 0; s < 2; s++)
@@ -754,9 +804,17 @@ int cb_txn_load(struct cb_store *p)
             best = s;
     if (best < 0) {
         rc = (ok[0] == CB_EVERSION || ok[1] == CB_EVERSION) ? CB_EVERSION : CB_ECORRUPT;
+        cb_meta_bad(0, 0, "no valid superblock: %s; %s", p->sb_damage[0],
+                    p->sb_damage[1]);
         goto out;
     }
     const unsigned char *s = sb[best];
+    /* the slot a new pool's first commit has not yet written is all zeros */
+    int other = 1 - best, blank = 1;
+    for (unsigned i = 0; i < CB_PAGE && blank; i++)
+        blank = sb[other][i] == 0;
+    if (blank && cb_get64(s + 16) == 1)
+        p->sb_damage[other][0] = 0;
     p->generation = cb_get64(s + 16);
     p->map.now = (uint32_t)cb_get64(s + 64);
     p->next_dev_id = cb_get64(s + 72);
@@ -771,7 +829,13 @@ int cb_txn_load(struct cb_store *p)
         (rc = cb_sm_init(&p->sm, p->nblocks)) || (rc = cb_pm_init(&p->pm, L.meta_pages)))
         goto out;
     if (dsize < cb_geometry_data_span(&p->geo)) {
-        rc = CB_ECORRUPT; /* data file truncated */
+        /* not metadata damage: the data file lost its tail */
+        cb_meta_bad(0, 0, "data file '%s/data' is %llu bytes, shorter than the %llu bytes "
+                    "the pool's %llu blocks of %u bytes%s need (truncated?)", p->path,
+                    (unsigned long long)dsize, (unsigned long long)cb_geometry_data_span(&p->geo),
+                    (unsigned long long)p->nblocks, p->block_size,
+                    p->csum_on ? " and their checksums" : "");
+        rc = CB_ECORRUPT;
         goto out;
     }
     if (p->csum_on && (rc = cb_csum_init(&p->csum, p->data.io, p->nblocks * (uint64_t)p->block_size,

@@ -31,10 +31,13 @@ int cb_txn_commit(struct cb_store *s, int mode);
 int cb_txn_due(const struct cb_store *s);
 /* Load the committed state from s->meta and s->data.io (opened by the
  * caller): the superblock slot with the highest valid generation, every
- * page verified, reference counts rebuilt from the trees.  CB_ECORRUPT,
- * CB_EVERSION, CB_ENOMEM or an IO error; on error the store holds what was
- * loaded so far, for cb_store_destroy.  Cost: every metadata page once. */
-int cb_txn_load(struct cb_store *s);
+ * page verified, reference counts rebuilt from the trees; unless readonly,
+ * the blocks the last commit's free log names are punched again (finishing
+ * an interrupted commit).  With readonly nothing in the files changes.
+ * CB_ECORRUPT (with the thread's corruption detail, meta.h), CB_EVERSION,
+ * CB_ENOMEM or an IO error; on error the store holds what was loaded so
+ * far, for cb_store_destroy.  Cost: every metadata page once. */
+int cb_txn_load(struct cb_store *s, int readonly);
 /* Write the first superblock of a new pool (generation 1, no devices). */
 int cb_txn_format(struct cb_store *s);
 /* Punch kept blocks until at most max are kept. */

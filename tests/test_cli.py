@@ -262,3 +262,56 @@ def test_python_dash_m_entry_point(tmp_path):
     res = subprocess.run([sys.executable, "-m", "cowblock", "--json", "pool", "info"],
                          capture_output=True, text=True, env=env)
     assert json.loads(res.stdout)["size"] == 10 * 2**30
+
+
+def _damage_other_superblock_slot(path):
+    with cowblock.Pool.open(path, readonly=True) as pool:
+        other = 1 - pool.stats()["generation"] % 2
+    with open(os.path.join(path, "meta"), "r+b") as fh:
+        fh.seek(other * 4096 + 1000)
+        fh.write(b"garbage!")
+    return other
+
+
+def test_pool_check_repair_rewrites_a_damaged_superblock_slot(capsys, pool_dir):
+    other = _damage_other_superblock_slot(pool_dir)
+    code, out, _ = run(capsys, "pool", "check", pool_dir)
+    assert code == 2 and f"error: superblock slot {other} (offset {hex(other * 4096)}): " \
+        "bad checksum" in out and "corrupted" in out
+    code, out, _ = run(capsys, "pool", "check", "--repair", pool_dir)
+    assert code == 0, out
+    assert f"repaired: superblock slot {other} " in out and "no errors found" in out
+    code, out, _ = run(capsys, "pool", "check", pool_dir)
+    assert code == 0 and out.strip().endswith("no errors found")
+
+
+def test_pool_check_repair_gives_leaked_blocks_back(capsys, pool_dir):
+    with open(os.path.join(pool_dir, "data"), "r+b") as fh:  # data in a free block
+        fh.seek(100 * 65536)
+        fh.write(b"L" * 65536)
+    code, out, _ = run(capsys, "pool", "check", pool_dir)
+    assert code == 3 and "--repair gives it back" in out
+    code, out, _ = run(capsys, "pool", "check", "--repair", pool_dir)
+    assert code == 0 and "punched out" in out
+    assert run(capsys, "pool", "check", pool_dir)[0] == 0
+
+
+def test_pool_check_reports_a_broken_model_file(capsys, pool_dir, raw):
+    assert run(capsys, "--pool", pool_dir, "image", "import", "base", raw)[0] == 0
+    path = os.path.join(pool_dir, "model.json")
+    with open(path, "w") as fh:
+        fh.write('{"format": "cowblock-model", "version": 1, "images": {')
+    code, out, _ = run(capsys, "pool", "check", pool_dir)
+    assert code == 2 and f"error: {path}: not valid JSON" in out
+    data = run(capsys, "--json", "pool", "check", pool_dir)
+    assert data[0] == 2 and not json.loads(data[1])["ok"]
+
+
+def test_pool_check_reports_an_edited_external_base(capsys, pool_dir, raw):
+    assert run(capsys, "--pool", pool_dir, "image", "import", "base", raw, "--external")[0] == 0
+    assert run(capsys, "pool", "check", pool_dir)[0] == 0
+    with open(raw, "r+b") as fh:
+        fh.write(b"edited")
+    os.utime(raw, ns=(0, 0))
+    code, out, _ = run(capsys, "pool", "check", pool_dir)
+    assert code == 2 and f"external origin '{raw}' changed since it was attached" in out

@@ -427,3 +427,62 @@ def test_names_are_validated(store, raw):
         store.image("nope")
     with pytest.raises(cowblock.NotFoundError):
         store.layer("ffff")
+
+
+def test_check_finds_nothing_in_a_consistent_model(store, pool, raw, tmp_path):
+    from cowblock import model
+    img = store.import_image("base", raw)
+    c = store.create_container("web", img)
+    c.attach(store.create_volume("logs", MiB))
+    store.import_image("ext", raw, external=True)
+    assert model.check(pool) == []
+    # what pool check needs comes from the model: its namespace and files
+    assert store.snapshotter.namespace == model.NAMESPACE
+    assert store.snapshotter.device_prefix == model.DEVICE_PREFIX
+    assert os.path.exists(os.path.join(str(pool.path), model.STATE_FILE))
+
+
+@pytest.mark.parametrize("text, why", [
+    ("garbage", "not valid JSON"),
+    ('{"format": "other", "version": 1}', "not a cowblock-model file"),
+    ('{"format": "cowblock-model", "version": 9}', "unsupported cowblock-model version 9"),
+    ('{"format": "cowblock-model", "version": 1, "images": []}', "table 'images' is missing"),
+])
+def test_check_reports_a_broken_model_file(store, pool, text, why):
+    from cowblock import model
+    path = os.path.join(str(pool.path), "model.json")
+    with open(path, "w") as fh:
+        fh.write(text)
+    problems = model.check(pool)
+    assert problems and all(path in p for p in problems)
+    assert any(why in p for p in problems), problems
+
+
+def test_check_reports_records_naming_what_does_not_exist(store, pool, raw):
+    import json
+
+    from cowblock import model
+    img = store.import_image("base", raw)
+    store.create_container("web", img)
+    path = os.path.join(str(pool.path), "model.json")
+    with open(path) as fh:
+        doc = json.load(fh)
+    doc["images"]["ghost"] = {"top": "0" * 64, "created": 0, "updated": 0}
+    doc["containers"]["web"]["attached"] = [["volume", "nope"]]
+    with open(path, "w") as fh:
+        json.dump(doc, fh)
+    pool.delete(store.container("web").device.name)  # behind the model's back
+    problems = "\n".join(model.check(pool))
+    assert "image 'ghost': its top layer does not exist" in problems
+    assert "container 'web': attachment ['volume', 'nope'] does not exist" in problems
+    assert "(namespace model) has no device in the pool" in problems
+
+
+def test_check_covers_every_snapshotter_namespace(pool):
+    from cowblock import model
+    from cowblock.snapshotter import Snapshotter
+    sn = Snapshotter(pool, "k8s")
+    sn.prepare("a", size=MiB)
+    assert model.check(pool) == []
+    pool.delete(sn.stat("a").device)
+    assert any("namespace k8s" in p for p in model.check(pool))
