@@ -4,8 +4,8 @@ Noun-verb subcommands::
 
     cowblock pool create|info|check|scrub|stats|dump PATH
     cowblock device ls|create|snapshot|rm|info|import|export
-    cowblock image ls|import|rm|history
-    cowblock container create|ls|commit|reset|rm|attach|detach
+    cowblock image ls|import|export|rm|history
+    cowblock container create|ls|commit|export|reset|rm|attach|detach
     cowblock volume create|ls|rm
     cowblock bind create|ls|rm
     cowblock df [-v]
@@ -25,15 +25,18 @@ found.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import re
+import stat
 import sys
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-from .errors import CorruptError, CowblockError, InvalidArgumentError
-from .units import format_exact, format_size, parse_size
+from .errors import CorruptError, CowblockError, ExistsError, InvalidArgumentError
+from .units import format_exact, format_size, parse_size, size_range
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -45,6 +48,8 @@ EXIT_SCRUB_DAMAGE = 2
 _EPILOG = """\
 The pool is given by --pool PATH or the COWBLOCK_POOL environment variable.
 Sizes accept binary suffixes: 512K, 1.5M, 10G (= 10 GiB), 4KiB.
+Export targets: a new file, an existing file or block device (--force), or -
+(standard output). Import sources: a raw file or a block device.
 
 exit codes: 0 ok, 1 error, 2 usage error;
   pool check: 0 consistent, 2 corrupted, 3 leaked blocks only
@@ -60,11 +65,42 @@ class UsageError(Exception):
 # Output helpers
 
 
-def _size_arg(text: str) -> int:
-    try:
-        return parse_size(text)
-    except InvalidArgumentError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+# cb_pool_create refuses a pool of more blocks (csrc/pool.c); the header has
+# no constant for it yet.
+_MAX_POOL_BLOCKS = 1 << 36
+
+
+def _sizes(what: str, minimum: int | None = None, maximum: int | None = None,
+           multiple: int | None = None, power_of_two: bool = False):
+    """An argparse type for a size called ``what``: every error names the
+    value and the range allowed."""
+    def parse(text: str) -> int:
+        try:
+            value = parse_size(text, minimum=minimum, maximum=maximum,
+                               multiple=multiple, what=what)
+        except InvalidArgumentError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if power_of_two and value & (value - 1):
+            raise argparse.ArgumentTypeError(
+                f"{what} {text!r} is not a power of two: "
+                f"{size_range(minimum, maximum)}, a power of two")
+        return value
+    return parse
+
+
+def _device_sizes():
+    from .pool import MAX_DEVICE_SIZE
+    return _sizes("size", 512, MAX_DEVICE_SIZE, multiple=512)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a word starting with ``-`` and a digit is a
+    value (``--size -5G``), so that it is refused as a negative size rather
+    than taken for an unknown option. No option of ours starts so."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
 
 def _when(t: float | None) -> str:
@@ -138,11 +174,38 @@ def _store(args, write: bool) -> Iterator[Any]:
 # pool
 
 
+def _file_size_limit() -> str:
+    """`` (this process may write files of at most N: ulimit -f)``, or ''."""
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    except (ImportError, OSError, ValueError):
+        return ""
+    if soft == resource.RLIM_INFINITY:
+        return ""
+    return f" (this process may write files of at most {format_exact(soft)}: see ulimit -f)"
+
+
 def cmd_pool_create(args) -> int:
     from . import Pool
+    from .errors import IOFailedError
     path = _pool_path(args, args.path)
-    with Pool.create(path, size=args.size, block_size=args.block_size,
-                     checksums=args.checksums) as pool:
+    bs = args.block_size
+    try:  # its range depends on the block size: checked here, not by argparse
+        size = parse_size(args.size, minimum=bs, maximum=_MAX_POOL_BLOCKS * bs, what="pool size")
+    except InvalidArgumentError as exc:
+        raise UsageError(f"{exc} with {format_size(bs)} blocks") from None
+    try:
+        pool = Pool.create(path, size=size, block_size=bs, checksums=args.checksums)
+    except (IOFailedError, InvalidArgumentError) as exc:
+        if getattr(exc, "code", None) != -errno.EFBIG:   # the core's code for EFBIG
+            raise
+        err = IOFailedError(f"cannot create a pool of {format_exact(size)} in {path!r}: the "
+                            f"file system there cannot hold a data file that large (File too "
+                            f"large){_file_size_limit()}; give a smaller --size")
+        err.errno = errno.EFBIG
+        raise err from None
+    with pool:
         info = {"path": str(pool.path), "size": pool.size, "block_size": pool.block_size,
                 "checksums": pool.checksums}
     _say(args, f"created pool {path}: size {format_exact(info['size'])}, "
@@ -230,14 +293,14 @@ def cmd_pool_check(args) -> int:
     return EXIT_CHECK_LEAKS if leaks else EXIT_OK
 
 
-def _progress_bar(enabled: bool):
+def _progress_bar(enabled: bool, desc: str = "scrub"):
     """A progress(done, total) callback drawing a bar on stderr, and a
     function that closes it; both do nothing unless enabled."""
     if not enabled:
         return None, lambda: None
     from tqdm import tqdm
     bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024,
-               desc="scrub", file=sys.stderr, leave=False)
+               desc=desc, file=sys.stderr, leave=False)
 
     def progress(done: int, total: int) -> None:
         if total and bar.total != total:
@@ -247,12 +310,18 @@ def _progress_bar(enabled: bool):
     return progress, bar.close
 
 
+def _progress_for(args, desc: str):
+    """The progress bar of a command with --progress/--no-progress: on when
+    stderr is a terminal (and not --json), or when asked for."""
+    show = not args.json and not args.no_progress and sys.stderr.isatty()
+    return _progress_bar(show or args.progress, desc)
+
+
 def cmd_pool_scrub(args) -> int:
     path = _pool_path(args, args.path)
     if args.rate is not None and args.rate <= 0:
         raise UsageError("--rate must be positive")
-    show = not args.json and not args.no_progress and sys.stderr.isatty()
-    progress, close_bar = _progress_bar(show or args.progress)
+    progress, close_bar = _progress_for(args, "scrub")
     try:
         with _pool(args, False, args.path) as pool:
             report = pool.scrub(progress=progress, rate=args.rate)
@@ -350,8 +419,8 @@ def _device_rows(pool) -> list[dict]:
     from .model import device_usages
     usage = device_usages(pool)
     rows = []
-    for name in pool.devices():
-        info = pool.info(name)
+    for info in pool.infos():
+        name = info.name
         u = usage.get(name)
         rows.append({"name": name, "size": info.size, "readonly": bool(info.readonly),
                      "origin": info.origin, "external": info.external,
@@ -376,6 +445,8 @@ def cmd_device_create(args) -> int:
         raise UsageError("give the device's SIZE (it may be left out only with --external)")
     with _pool(args, True) as pool:
         if args.external:
+            from .imagefile import check_raw_file
+            check_raw_file(args.external)
             dev = pool.create_device(args.name, args.size, external=os.path.abspath(args.external))
         else:
             dev = pool.create_device(args.name, args.size)
@@ -440,9 +511,14 @@ def _transfer_obj(res) -> dict:
 
 def cmd_device_import(args) -> int:
     from .imagefile import import_raw
-    with _pool(args, True) as pool:
-        res = import_raw(pool, args.file, name=args.name, size=args.size)
-        pool.flush()
+    progress, close_bar = _progress_for(args, "import")
+    try:
+        with _pool(args, True) as pool:
+            res = import_raw(pool, args.file, name=args.name, size=args.size,
+                             progress=progress)
+            pool.flush()
+    finally:
+        close_bar()
     obj = {"name": args.name, **_transfer_obj(res)}
     _say(args, f"imported {args.file} into device {args.name}: copied {format_exact(res.copied)}, "
                f"skipped {format_exact(res.holes)} of holes and {format_exact(res.zeros)} "
@@ -450,14 +526,45 @@ def cmd_device_import(args) -> int:
     return EXIT_OK
 
 
+def _export(args, what: str, export) -> int:
+    """Run ``export(target, overwrite=, progress=)`` for ``args.file``
+    (``-``: standard output) and report it; ``what`` names the source."""
+    target: str | int = args.file
+    if args.file == "-":
+        if sys.stdout.isatty():
+            raise UsageError("standard output is a terminal: redirect it to a file or "
+                             "a pipe to export a disk image there")
+        sys.stdout.flush()
+        target = sys.stdout.fileno()
+    progress, close_bar = _progress_for(args, "export")
+    try:
+        res = export(target, overwrite=args.force, progress=progress)
+    except ExistsError as exc:
+        if getattr(exc, "path", None) != args.file:
+            raise
+        raise ExistsError(f"{args.file!r} {exc.reason}: use --force to write over it") from None
+    finally:
+        close_bar()
+    obj = {"name": args.name, "file": args.file, **_transfer_obj(res)}
+    if isinstance(target, int) or stat.S_ISBLK(os.stat(args.file).st_mode):
+        text = (f"exported {what} to {'standard output' if args.file == '-' else args.file}: "
+                f"wrote {format_exact(res.size)} (every byte)")
+    else:
+        text = (f"exported {what} to {args.file} ({format_exact(res.size)}): "
+                f"wrote {format_exact(res.copied)}, left {format_exact(res.skipped)} as holes")
+    if args.file == "-":  # standard output carries the image: report on stderr
+        print(json.dumps(obj, sort_keys=True) if args.json else text, file=sys.stderr)
+    else:
+        _say(args, text, obj)
+    return EXIT_OK
+
+
 def cmd_device_export(args) -> int:
     from .imagefile import export_raw
     with _pool(args, False) as pool:
-        res = export_raw(pool.device(args.name), args.file, overwrite=args.force)
-    obj = {"name": args.name, "file": args.file, **_transfer_obj(res)}
-    _say(args, f"exported device {args.name} to {args.file} ({format_exact(res.size)}): "
-               f"wrote {format_exact(res.copied)}, left {format_exact(res.skipped)} as holes", obj)
-    return EXIT_OK
+        dev = pool.device(args.name)
+        return _export(args, f"device {args.name}",
+                       lambda target, **kw: export_raw(dev, target, **kw))
 
 
 # --------------------------------------------------------------------------
@@ -475,8 +582,13 @@ def cmd_image_ls(args) -> int:
 
 
 def cmd_image_import(args) -> int:
+    progress, close_bar = _progress_for(args, "import")
     with _store(args, True) as store:
-        img = store.import_image(args.name, args.file, external=args.external, size=args.size)
+        try:
+            img = store.import_image(args.name, args.file, external=args.external,
+                                     size=args.size, progress=progress)
+        finally:
+            close_bar()
         top = img.top
         obj = {"name": img.name, "layer": top.id, "size": img.size,
                "external": top.external}
@@ -492,6 +604,11 @@ def cmd_image_import(args) -> int:
                 f"of zero blocks")
     _say(args, text, obj)
     return EXIT_OK
+
+
+def cmd_image_export(args) -> int:
+    with _store(args, False) as store:
+        return _export(args, f"image {args.name}", store.image(args.name).export)
 
 
 def cmd_image_rm(args) -> int:
@@ -551,6 +668,11 @@ def cmd_container_commit(args) -> int:
     _say(args, f"committed container {args.name} as image {args.image} "
                f"(layer {obj['layer'][:12]})", obj)
     return EXIT_OK
+
+
+def cmd_container_export(args) -> int:
+    with _store(args, False) as store:
+        return _export(args, f"container {args.name}", store.container(args.name).export)
 
 
 def cmd_container_reset(args) -> int:
@@ -757,13 +879,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``cowblock`` command."""
     # Global options are accepted before the noun and after the verb; the
     # leaf copies use SUPPRESS so they do not overwrite the top-level ones.
-    leaf = argparse.ArgumentParser(add_help=False)
+    leaf = _Parser(add_help=False)
     leaf.add_argument("--pool", metavar="PATH", default=argparse.SUPPRESS,
                       help="the pool directory (default: $COWBLOCK_POOL)")
     leaf.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                       help="print JSON (sizes as integer bytes)")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cowblock", description="Copy-on-write thin-provisioned block devices.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", metavar="PATH", default=None,
@@ -781,23 +903,44 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    def progress_options(p):
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--progress", action="store_true",
+                       help="progress bar on stderr even when it is not a terminal")
+
+    def export_verb(group, func, what: str):
+        p = verb(group, "export", func,
+                 f"write {what} to a sparse raw file, a block device or - (stdout)")
+        p.add_argument("name")
+        p.add_argument("file", metavar="TARGET",
+                       help="a new file; an existing file or block device with --force; "
+                            "- for standard output")
+        p.add_argument("--force", action="store_true",
+                       help="write over an existing file or block device")
+        progress_options(p)
+        return p
+
+    device_size = _device_sizes()
+
     g = noun("pool", "create and inspect pools")
     p = verb(g, "create", cmd_pool_create, "create a pool in a new directory")
     p.add_argument("path", nargs="?", metavar="PATH")
-    p.add_argument("--size", type=_size_arg, default=_size_arg("10G"),
-                   help="data capacity (default 10G; the data file is sparse)")
-    p.add_argument("--block-size", type=_size_arg, default=_size_arg("64K"),
+    from ._lowlevel import lib
+    lo, hi = lib.CB_MIN_BLOCK_SIZE, lib.CB_MAX_BLOCK_SIZE
+    p.add_argument("--size", default="10G",
+                   help="data capacity (default 10G; the data file is sparse; at most "
+                        "2**36 blocks)")
+    p.add_argument("--block-size", type=_sizes("block size", lo, hi, power_of_two=True),
+                   default=64 * 1024,
                    help="block size, a power of two from 4K to 1M (default 64K)")
     p.add_argument("--checksums", action="store_true",
                    help="keep a CRC-32C of every data sub-block, verified on every read")
     p = verb(g, "scrub", cmd_pool_scrub,
              "read back and verify every block in use (exit 0 intact, 2 damaged)")
     p.add_argument("path", nargs="?", metavar="PATH")
-    p.add_argument("--rate", type=_size_arg, metavar="SIZE",
+    p.add_argument("--rate", type=_sizes("rate", 1, 2**64 - 1), metavar="SIZE",
                    help="read at most SIZE bytes per second (e.g. 100M)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--progress", action="store_true",
-                   help="progress bar on stderr even when it is not a terminal")
+    progress_options(p)
     p = verb(g, "check", cmd_pool_check,
              "check consistency (exit 0 ok, 2 corrupted, 3 leaks)")
     p.add_argument("path", nargs="?", metavar="PATH")
@@ -814,7 +957,7 @@ def build_parser() -> argparse.ArgumentParser:
     verb(g, "ls", cmd_device_ls, "list devices with their space")
     p = verb(g, "create", cmd_device_create, "create a thin device (reads as zeros)")
     p.add_argument("name")
-    p.add_argument("size", type=_size_arg, nargs="?",
+    p.add_argument("size", type=device_size, nargs="?",
                    help="virtual size (default with --external: the file's size)")
     p.add_argument("--external", metavar="FILE",
                    help="read unwritten blocks from this raw file, used in place")
@@ -826,23 +969,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+", metavar="NAME")
     p = verb(g, "info", cmd_device_info, "show one device")
     p.add_argument("name")
-    p = verb(g, "import", cmd_device_import, "create a device from a raw image file (data only)")
+    p = verb(g, "import", cmd_device_import,
+             "create a device from a raw image file or a block device (data only)")
     p.add_argument("name")
     p.add_argument("file")
-    p.add_argument("--size", type=_size_arg, help="device size (default: the file's)")
-    p = verb(g, "export", cmd_device_export, "write a device to a sparse raw file")
-    p.add_argument("name")
-    p.add_argument("file")
-    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.add_argument("--size", type=device_size, help="device size (default: the file's)")
+    progress_options(p)
+    export_verb(g, cmd_device_export, "a device")
 
     g = noun("image", "images: named chains of read-only layers")
     verb(g, "ls", cmd_image_ls, "list images")
-    p = verb(g, "import", cmd_image_import, "create an image from a raw image file")
+    p = verb(g, "import", cmd_image_import,
+             "create an image from a raw image file or a block device")
     p.add_argument("name")
     p.add_argument("file")
     p.add_argument("--external", action="store_true",
                    help="use the file in place as the read-only base (no copy)")
-    p.add_argument("--size", type=_size_arg, help="image size (default: the file's)")
+    p.add_argument("--size", type=_device_sizes(),
+                   help="image size (default: the file's)")
+    progress_options(p)
+    export_verb(g, cmd_image_export, "an image's content")
     p = verb(g, "rm", cmd_image_rm, "remove images and the layers nothing else uses")
     p.add_argument("names", nargs="+", metavar="NAME")
     p = verb(g, "history", cmd_image_history, "show an image's layers, top first")
@@ -857,6 +1003,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("image", help="name of the new image")
     p.add_argument("-m", "--message", help="comment of the new layer")
+    export_verb(g, cmd_container_export, "a container's content")
     p = verb(g, "reset", cmd_container_reset, "drop a container's changes")
     p.add_argument("name")
     p = verb(g, "rm", cmd_container_rm, "remove containers, giving their space back")
@@ -871,7 +1018,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = noun("volume", "volumes: devices outside every chain")
     p = verb(g, "create", cmd_volume_create, "create a volume")
     p.add_argument("name")
-    p.add_argument("size", type=_size_arg)
+    p.add_argument("size", type=_device_sizes())
     verb(g, "ls", cmd_volume_ls, "list volumes")
     p = verb(g, "rm", cmd_volume_rm, "remove volumes")
     p.add_argument("names", nargs="+", metavar="NAME")

@@ -35,8 +35,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .errors import (BusyError, CorruptError, ExistsError, InvalidArgumentError,
-                     NotFoundError, ReadOnlyError)
-from .imagefile import RawImageFile, TransferResult, import_raw
+                     NotFoundError, PoolFullError, ReadOnlyError)
+from .imagefile import (RawImageFile, TransferResult, check_raw_file, export_raw, import_raw,
+                        open_source)
 from .snapshotter import Snapshotter, StateFile, Usage
 
 __all__ = ["Store", "Image", "Layer", "Container", "Volume", "Bind", "check"]
@@ -74,9 +75,9 @@ def _changed_bytes(dev) -> int | None:
 
 
 def device_usages(pool) -> dict:
-    """``{device name: DeviceUsage}`` for every device of ``pool``, from each
-    device's own exact accounting."""
-    return {name: pool.device(name).usage() for name in pool.devices()}
+    """``{device name: DeviceUsage}`` for every device of ``pool``, exact, from
+    one walk of the pool's metadata (not one call per device)."""
+    return dict(pool.usage().devices)
 
 
 def _state_file(pool) -> StateFile:
@@ -342,6 +343,11 @@ class Image(_Named):
         """The layers, top first (``docker history`` order)."""
         return self.layers[::-1]
 
+    def export(self, path, *, overwrite: bool = False, progress=None) -> TransferResult:
+        """Write the image's content to a raw image at ``path`` (see
+        :func:`cowblock.imagefile.export_raw` for what ``path`` may be)."""
+        return export_raw(self.device, path, overwrite=overwrite, progress=progress)
+
     def containers(self) -> list["Container"]:
         """Containers created from this image."""
         return [c for c in self.store.containers() if c._rec["image"] == self.name]
@@ -406,6 +412,11 @@ class Container(_Named, _Backed):
         container keeps running on its own layer, as with ``docker commit``.
         """
         return self.store._commit_container(self.name, image_name, comment)
+
+    def export(self, path, *, overwrite: bool = False, progress=None) -> TransferResult:
+        """Write the container's current content to a raw image at ``path``
+        (see :func:`cowblock.imagefile.export_raw` for what ``path`` may be)."""
+        return export_raw(self.device, path, overwrite=overwrite, progress=progress)
 
     def reset(self) -> None:
         """Drop every change: the writable layer becomes a fresh snapshot of
@@ -587,7 +598,8 @@ class Store:
         return rec
 
     def import_image(self, name: str, path: str | os.PathLike, *, external: bool = False,
-                     size: int | None = None, comment: str | None = None) -> Image:
+                     size: int | None = None, comment: str | None = None,
+                     progress=None) -> Image:
         """Create image ``name`` with one base layer made from raw file ``path``.
 
         By default the file's data is copied into the layer (holes and
@@ -595,6 +607,10 @@ class Store:
         ``external=True`` nothing is copied: the layer reads unwritten blocks
         from the file in place, which must then not change while the layer
         exists. ``size`` defaults to the file's size rounded up to 512.
+        ``path`` may be a block device when its data is copied; container
+        formats (qcow2, VMDK, ...) are refused (see
+        :func:`cowblock.imagefile.open_source`). ``progress(done, total)`` is
+        called as the file is read.
         """
         _check_name(name, "image")
         path = os.path.abspath(os.fspath(path))
@@ -602,9 +618,12 @@ class Store:
             self._writable()
             if name in self._doc()["images"]:
                 raise ExistsError(f"image {name!r} already exists")
-            if not os.path.isfile(path):
-                raise NotFoundError(f"raw image file {path!r} does not exist")
-            fsize = os.path.getsize(path)
+            fd, fsize = open_source(path)
+            os.close(fd)
+            if external and not os.path.isfile(path):
+                raise InvalidArgumentError(
+                    f"{path!r} is not a regular file: an external base is read in place "
+                    f"and must be one; a block device can be imported by copying its data")
             if size is None:
                 size = max(512, -(-fsize // 512) * 512)
             lid = _new_id()
@@ -617,7 +636,11 @@ class Store:
                     self.snapshotter.prepare(staging, size=size, external=path)
                 else:
                     dev = self.snapshotter.prepare(staging, size=size)
-                    res = import_raw(dev, path)
+                    try:
+                        res = import_raw(dev, path, progress=progress)
+                    except PoolFullError as exc:
+                        raise PoolFullError(f"import of {path!r} as image {name!r}: "
+                                            f"{getattr(exc, 'detail', exc)}") from None
                     imported = {"size": res.size, "copied": res.copied,
                                 "holes": res.holes, "zeros": res.zeros}
                     changed = dev.usage().mapped
@@ -877,6 +900,11 @@ class Store:
             if name in self._doc()["binds"]:
                 raise ExistsError(f"bind {name!r} already exists")
             b = Bind(self, name, path, bool(readonly))
+            try:
+                check_raw_file(path)
+            except BaseException:
+                b.close()
+                raise
             doc = self._doc()
             doc["binds"][name] = {"path": path, "readonly": bool(readonly), "created": time.time()}
             self._save(doc)
@@ -927,6 +955,12 @@ class Store:
             if b is not None:
                 b.close()
 
+    def _device_size(self, name: str) -> int | None:
+        try:
+            return self.pool.device(name).size
+        except NotFoundError:
+            return None
+
     def _attached_names(self, kind: str, name: str):
         return [(c, r) for c, r in sorted(self._doc()["containers"].items())
                 if [kind, name] in r["attached"]]
@@ -965,7 +999,8 @@ class Store:
         model object).
         """
         doc = self._doc()
-        devs = device_usages(self.pool)
+        walk = self.pool.usage()  # one walk for every device, not one per device
+        devs = walk.devices
         snaps = {i.name: i for i in self.snapshotter.walk()}
 
         def space(key: str) -> dict:
@@ -996,13 +1031,15 @@ class Store:
                            "created": img.created,
                            "containers": sorted(c for c, r in doc["containers"].items()
                                                 if r["image"] == img.name)})
+        attached_to: dict = {}  # (kind, name) -> containers, in one pass over them
         containers = []
         for name, rec in sorted(doc["containers"].items()):
+            for kind, target in rec["attached"]:
+                users = attached_to.setdefault((kind, target), [])
+                if name not in users[-1:]:
+                    users.append(name)
             info = snaps.get(rec["key"])
-            try:
-                changed = _changed_bytes(self.pool.device(info.device)) if info else None
-            except Exception:
-                changed = None
+            changed = walk.changed.get(info.device) if info else None
             containers.append({"name": name, "image": rec["image"], "layer": rec["layer"],
                                "created": rec["created"], "changed": changed,
                                "attached": [f"{k}:{n}" for k, n in rec["attached"]],
@@ -1010,7 +1047,7 @@ class Store:
         volumes = []
         for name, rec in sorted(doc["volumes"].items()):
             volumes.append({"name": name, "created": rec["created"],
-                            "attached_to": [c for c, _ in self._attached_names("volume", name)],
+                            "attached_to": attached_to.get(("volume", name), []),
                             **space(rec["key"])})
         binds = []
         for name, rec in sorted(doc["binds"].items()):
@@ -1021,17 +1058,19 @@ class Store:
                 size = on_disk = None
             binds.append({"name": name, "path": rec["path"], "readonly": rec["readonly"],
                           "size": size, "on_disk": on_disk,
-                          "attached_to": [c for c, _ in self._attached_names("bind", name)]})
+                          "attached_to": attached_to.get(("bind", name), [])})
         model_devices = {s["device"] for s in layer_space.values()}
         model_devices |= {c["device"] for c in containers} | {v["device"] for v in volumes}
         other = []
-        for dev_name, u in sorted(devs.items()):
-            if dev_name in model_devices:
-                continue
-            try:
-                size = self.pool.device(dev_name).size
-            except Exception:
-                size = None
+        strays = [n for n in sorted(devs) if n not in model_devices]
+        if len(strays) * 4 > len(devs):
+            # many: one listing of the pool costs less than a handle each
+            sizes = {i.name: i.size for i in self.pool.infos()}
+        else:
+            sizes = {n: self._device_size(n) for n in strays}
+        for dev_name in strays:
+            u = devs[dev_name]
+            size = sizes.get(dev_name)
             other.append({"device": dev_name, "size": size, "mapped": u.mapped,
                           "exclusive": u.exclusive, "shared": u.shared})
         pool = {"path": str(self.pool.path), "size": self.pool.size, "used": self.pool.used,

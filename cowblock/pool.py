@@ -93,12 +93,19 @@ class DeviceUsage:
 
 @dataclasses.dataclass(frozen=True)
 class PoolUsage:
-    """Space of a whole pool, in bytes, with each device's share."""
+    """Space of a whole pool, in bytes, with each device's share.
+
+    ``devices`` maps each device's name to its :class:`DeviceUsage`;
+    ``changed`` maps it to the bytes of the blocks it changed since it was
+    made (what :meth:`Device.changed_blocks` lists, the last block counted
+    up to the device's end), from the same walk.
+    """
 
     size: int
     used: int
     block_size: int
     devices: dict
+    changed: dict = dataclasses.field(default_factory=dict)
 
     @property
     def free(self):
@@ -492,6 +499,12 @@ class Pool:
                             out.size, out.flags, out.external_id, out.created_ns)
         return self._info(raw_info, {i.id: i for i in self._infos()})
 
+    def infos(self):
+        """A :class:`DeviceInfo` for every device, sorted by name, from one listing."""
+        raw = self._infos()
+        by_id = {i.id: i for i in raw}
+        return [self._info(i, by_id) for i in sorted(raw, key=lambda i: i.name)]
+
     def _info(self, i, by_id):
         origin = by_id.get(i.origin_id) if i.origin_id else None
         external = None
@@ -512,10 +525,12 @@ class Pool:
         )
 
     def usage(self):
-        """Exact space accounting for the pool and every device (one walk of all metadata)."""
+        """Exact space accounting for the pool and every device (one walk of all metadata,
+        under the pool's exclusive lock): the way to report many devices, where
+        :meth:`Device.usage` per device would walk shared trees once per device."""
         h = self._handle()
         count = ffi.new("size_t *")
-        n = 64
+        n = self._stat().ndevices + 16  # one walk, unless devices are made meanwhile
         while True:  # devices may come and go: size the array until it fits
             arr = ffi.new("cb_usage[]", n)
             rc = lib.cb_pool_usage(h, arr, n, count)
@@ -525,12 +540,14 @@ class Pool:
                 break
             n = count[0]
         bs = self._block_size
-        devices = {}
+        devices, changed = {}, {}
         for k in range(count[0]):
             u = arr[k]
-            devices[ffi.string(u.name).decode("utf-8")] = DeviceUsage(
-                u.mapped * bs, u.exclusive * bs, u.shared * bs)
-        return PoolUsage(size=self._size, used=self.used, block_size=bs, devices=devices)
+            name = ffi.string(u.name).decode("utf-8")
+            devices[name] = DeviceUsage(u.mapped * bs, u.exclusive * bs, u.shared * bs)
+            changed[name] = u.changed_bytes
+        return PoolUsage(size=self._size, used=self.used, block_size=bs, devices=devices,
+                         changed=changed)
 
     def stats(self):
         """Counters since open and on-disk figures, as a dict of ints."""
@@ -938,7 +955,8 @@ class Device:
     # -- what it holds -----------------------------------------------------------
 
     def usage(self):
-        """:class:`DeviceUsage` of this device."""
+        """:class:`DeviceUsage` of this device, from a walk of its own tree only
+        (cost grows with this device's metadata, not with the pool's)."""
         out = ffi.new("cb_usage *")
         rc = lib.cb_dev_usage(self._handle(), out)
         if rc:

@@ -51,6 +51,7 @@ typedef struct cb_usage {
     char name[...];
     uint32_t id;
     uint64_t mapped, exclusive, shared;
+    uint64_t changed_bytes;
 } cb_usage;
 
 typedef struct cb_check {

@@ -140,13 +140,18 @@ typedef struct cb_devinfo {
     uint32_t snap_time;       /* snapshot clock at its last snapshot */
 } cb_devinfo;
 
-/* Space used by one device, in blocks.  mapped = exclusive + shared. */
+/* Space used by one device: counts of data blocks, but changed_bytes.
+ * mapped = exclusive + shared.  A partly copied-up block counts twice: the
+ * new block and the origin block its absent sub-blocks are read from.
+ * Blocks of an external origin file are not data blocks and count nowhere. */
 typedef struct cb_usage {
     char name[CB_NAME_MAX + 1];
     uint32_t id;
     uint64_t mapped;     /* distinct data blocks it reads from */
     uint64_t exclusive;  /* ... that no other device reads from */
     uint64_t shared;     /* ... that some other device reads from too */
+    uint64_t changed_bytes; /* bytes of the virtual blocks cb_dev_changed marks,
+                             * the last block counted up to the device's end */
 } cb_usage;
 
 /* Result of cb_pool_check: counts of problems found. */
@@ -352,11 +357,16 @@ int cb_pool_info(cb_pool *pool, const char *name, cb_devinfo *out);
  * Lock: shared.  Cost: O(1). */
 int cb_pool_external_path(cb_pool *pool, uint32_t id, char *buf, size_t len);
 /* Per-device space, exact, in one walk of all metadata: fills at most n
- * entries and sets *count to the number of devices.
+ * entries (in device-table order) and sets *count to the number of devices.
  * Errors: CB_ENOMEM.
- * Lock: exclusive (the walk uses scratch fields of the shared tree nodes).
- * Cost: O(every metadata node + mapped); memory up to 8 bytes per data
- *   block, in chunks allocated only where blocks are in use. */
+ * Lock: exclusive (the walk keeps scratch counts in the nodes), so IO waits
+ *   for the whole walk.
+ * Cost: every distinct tree node of the pool once, shared nodes once
+ *   whatever the number of devices sharing them, plus one counter per data
+ *   block in the 16384-block chunks that some device names; each device's
+ *   changed_bytes adds a walk of the nodes it changed.  To report every
+ *   device, call this once rather than cb_dev_usage per device: n snapshots
+ *   of one tree cost that tree once here, n times there. */
 int cb_pool_usage(cb_pool *pool, cb_usage *out, size_t n, size_t *count);
 /* Walk and verify all metadata: both superblock slots, checksums,
  * structure, reference counts recomputed from the mappings, data blocks in
@@ -479,10 +489,13 @@ int cb_dev_changed(cb_dev *dev, uint8_t *bits, size_t nbytes);
  * Lock: shared.  Cost: O(mapped blocks of the device), holes skipped a node
  *   at a time; with an external origin, O(blocks the origin covers). */
 int cb_dev_extents(cb_dev *dev, uint64_t *pairs, size_t n, size_t *count);
-/* This device's space (cb_usage), exact.
- * Errors: CB_ENOENT, CB_ENOMEM.
- * Lock: exclusive.  Cost: that of cb_pool_usage (one walk of every device:
- *   sharing is only known against all of them). */
+/* One device's entry of cb_pool_usage, the same figures, found from its own
+ * tree alone: a block is exclusive when its reference count is 1 and every
+ * node on the path to it has one reference.
+ * Errors: CB_EINVAL (out is NULL), CB_ENOENT (deleted).
+ * Lock: shared, so it runs beside reads.
+ * Cost: the nodes this device reaches (shared ones included), whatever the
+ *   number of other devices; no allocation. */
 int cb_dev_usage(cb_dev *dev, cb_usage *out);
 
 #ifdef __cplusplus

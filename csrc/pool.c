@@ -1045,18 +1045,8 @@ int cb_dev_extents(cb_dev *h, uint64_t *pairs, size_t n, size_t *count)
 
 int cb_dev_usage(cb_dev *h, cb_usage *out)
 {
-    int rc = dev_enter(h, EXCLUSIVE);
-    if (rc)
-        return rc;
-    struct cb_pool *p = h->pool;
-    size_t count, n = p->s.ndevs;
-    cb_usage *all = calloc(n ? n : 1, sizeof *all);
-    if (!all)
-        return pool_leave(p, CB_ENOMEM);
-    rc = cb_thin_usage(&p->s, all, n, &count);
-    for (size_t i = 0; i < count && i < n && !rc; i++)
-        if (all[i].id == h->rec->id)
-            *out = all[i];
-    free(all);
-    return pool_leave(p, rc);
+    if (!out)
+        return CB_EINVAL;
+    int rc = dev_enter(h, SHARED);
+    return rc ? rc : pool_leave(h->pool, cb_thin_dev_usage(&h->pool->s, h->rec, out));
 }

@@ -815,6 +815,42 @@ static uint64_t exclusive_walk(const struct cb_node *n, const struct cb_tally *c
     return k;
 }
 
+/* Blocks changed_walk would mark, counted; *last is set if the device's
+ * last block is one of them. */
+static uint64_t changed_count(const struct cb_node *n, unsigned level, uint64_t base,
+                              uint32_t birth, uint64_t nblocks, int *last)
+{
+    if (!n || n->time < birth || base >= nblocks)
+        return 0;
+    uint64_t k = 0;
+    if (level == 0) {
+        for (unsigned i = 0; i < CB_LEAF_ENTRIES && base + i < nblocks; i++) {
+            const struct cb_entry *e = &n->u.e[i];
+            if (e->time >= birth && e->time != 0) {
+                k++;
+                if (base + i == nblocks - 1)
+                    *last = 1;
+            }
+        }
+        return k;
+    }
+    uint64_t span = cb_map_span(level);
+    for (unsigned i = 0; i < CB_NODE_FANOUT; i++)
+        k += changed_count(n->u.c[i], level - 1, base + i * span, birth, nblocks, last);
+    return k;
+}
+
+/* Bytes of the blocks d changed since it was created, the last block
+ * counted up to the device's end (as cb_dev_changed reports them). */
+static uint64_t changed_bytes(const struct cb_store *p, const struct cb_devrec *d)
+{
+    int last = 0;
+    uint64_t k = changed_count(d->root, d->depth, 0, d->birth_time, d->nblocks, &last);
+    uint64_t bytes = k << p->block_shift;
+    uint64_t tail = d->size & (p->block_size - 1);
+    return last && tail ? bytes - (p->block_size - tail) : bytes;
+}
+
 int cb_thin_usage(struct cb_store *p, cb_usage *out, size_t n, size_t *count)
 {
     CB_MUST_WRITE(p); /* the walk uses the nodes' scratch fields */
@@ -862,6 +898,7 @@ int cb_thin_usage(struct cb_store *p, cb_usage *out, size_t n, size_t *count)
             out[k].id = d->id;
             memcpy(out[k].name, d->name, sizeof out[k].name);
             out[k].exclusive = exclusive_walk(d->root, &c);
+            out[k].changed_bytes = changed_bytes(p, d);
         }
         k++;
     }
@@ -901,4 +938,59 @@ done:
     free(s.v);
     cb_tally_free(&c);
     return rc;
+}
+
+/* One device's usage from its own tree.  A data block the device names is
+ * exclusive when every node on the path to the entry has rc == 1 (no other
+ * device root or interior slot points at it, so no other device reaches
+ * the leaf) and the block's reference count is 1 (no other leaf names it,
+ * as block or as origin: mapping.c invariant 3).  Given exact counts this
+ * is what cb_thin_usage finds for the device.  Only reads: nodes are not
+ * marked, so callers may hold the lock shared. */
+static int dev_usage_walk(const struct cb_store *p, const struct cb_node *n, int private_path,
+                          cb_usage *u)
+{
+    private_path = private_path && n->rc == 1;
+    if (n->level == 0) {
+        for (unsigned i = 0; i < CB_LEAF_ENTRIES; i++) {
+            const struct cb_entry *e = &n->u.e[i];
+            uint64_t b[2];
+            unsigned k = 0;
+            if (e->flags & CB_E_MAPPED)
+                b[k++] = e->block;
+            if (e->flags & CB_E_ORIGIN)
+                b[k++] = e->origin; /* copy-up: the old block still read from */
+            for (unsigned j = 0; j < k; j++) {
+                if (b[j] >= p->nblocks)
+                    return CB_ECORRUPT;
+                u->mapped++;
+                if (private_path && cb_sm_rc(&p->sm, b[j]) == 1)
+                    u->exclusive++;
+            }
+        }
+        return 0;
+    }
+    for (unsigned i = 0; i < CB_NODE_FANOUT; i++) {
+        const struct cb_node *c = n->u.c[i];
+        int rc = c ? dev_usage_walk(p, c, private_path, u) : 0;
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int cb_thin_dev_usage(struct cb_store *p, const struct cb_devrec *d, cb_usage *out)
+{
+    CB_MUST_READ(p);
+    cb_usage u;
+    memset(&u, 0, sizeof u);
+    u.id = d->id;
+    memcpy(u.name, d->name, sizeof u.name);
+    int rc = d->root ? dev_usage_walk(p, d->root, 1, &u) : 0;
+    if (rc)
+        return rc;
+    u.shared = u.mapped - u.exclusive;
+    u.changed_bytes = changed_bytes(p, d);
+    *out = u;
+    return 0;
 }

@@ -47,5 +47,8 @@ int cb_thin_extents(struct cb_store *p, struct cb_devrec *d, uint64_t *pairs,
                     size_t n, size_t *count);
 /* Usage of every device (out[i] for the i-th device in slot order). */
 int cb_thin_usage(struct cb_store *p, cb_usage *out, size_t n, size_t *count);
+/* Usage of one device, walking only its own tree (read-only: the shared
+ * lock is enough); equal to its entry in cb_thin_usage. */
+int cb_thin_dev_usage(struct cb_store *p, const struct cb_devrec *d, cb_usage *out);
 
 #endif

@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import types
@@ -315,3 +316,162 @@ def test_pool_check_reports_an_edited_external_base(capsys, pool_dir, raw):
     os.utime(raw, ns=(0, 0))
     code, out, _ = run(capsys, "pool", "check", pool_dir)
     assert code == 2 and f"external origin '{raw}' changed since it was attached" in out
+
+
+# --------------------------------------------------------------------------- sizes
+
+@pytest.mark.parametrize("argv, value", [
+    (["pool", "create", "{tmp}/p", "--size", "99999999999999999999G"], "99999999999999999999G"),
+    (["pool", "create", "{tmp}/p", "--size", "8P"], "8P"),
+    (["pool", "create", "{tmp}/p", "--size", "-5G"], "-5G"),
+    (["pool", "create", "{tmp}/p", "--size", "1K"], "1K"),
+    (["pool", "create", "{tmp}/p", "--block-size", "3K"], "3K"),
+    (["pool", "create", "{tmp}/p", "--block-size", "12K"], "12K"),
+    (["pool", "create", "{tmp}/p", "--block-size", "-64K"], "-64K"),
+    (["--pool", "{tmp}/p", "device", "create", "d", "99999999999999999999G"],
+     "99999999999999999999G"),
+    (["--pool", "{tmp}/p", "device", "create", "d", "-5G"], "-5G"),
+    (["--pool", "{tmp}/p", "device", "create", "d", "100P"], "100P"),
+    (["--pool", "{tmp}/p", "device", "create", "d", "1000"], "1000"),
+    (["--pool", "{tmp}/p", "volume", "create", "v", "-1M"], "-1M"),
+    (["--pool", "{tmp}/p", "device", "import", "d", "x.raw", "--size", "-1M"], "-1M"),
+    (["--pool", "{tmp}/p", "pool", "scrub", "--rate", "-100M"], "-100M"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_size_errors_name_the_value_and_the_range(capsys, tmp_path, argv, value):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert repr(value) in err and "expected one argument" not in err
+    assert "must be" in err and (" to " in err or "at least" in err), err
+    assert not os.path.exists(tmp_path / "p")
+
+
+def test_pool_size_range_follows_the_block_size(capsys, tmp_path):
+    code, _, err = run(capsys, "pool", "create", str(tmp_path / "p"), "--size", "8P")
+    assert code == 2 and "4.0 PiB (4503599627370496 B)" in err and "64.0 KiB blocks" in err
+    code, _, err = run(capsys, "pool", "create", str(tmp_path / "p"), "--size", "300T",
+                       "--block-size", "4K")
+    assert code == 2 and "'300T'" in err and "256.0 TiB" in err and "4.0 KiB blocks" in err
+
+
+def test_file_too_large_names_the_size(tmp_path):
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 30, resource.RLIM_INFINITY))
+
+    res = subprocess.run([sys.executable, "-m", "cowblock", "pool", "create",
+                          str(tmp_path / "p"), "--size", "4G"],
+                         capture_output=True, text=True, preexec_fn=limit)
+    assert res.returncode == 1 and "Traceback" not in res.stderr and "[Errno" not in res.stderr
+    assert "4.0 GiB (4294967296 B)" in res.stderr and "too large" in res.stderr
+    assert "at most 1.0 GiB" in res.stderr and "smaller --size" in res.stderr
+
+
+# --------------------------------------------------------------------------- export targets
+
+def test_export_without_force_names_the_flag(capsys, pool_dir, raw, tmp_path):
+    p = ("--pool", pool_dir)
+    assert run(capsys, *p, "device", "import", "img", raw)[0] == 0
+    out = tmp_path / "o.raw"
+    out.write_bytes(b"keep")
+    code, _, err = run(capsys, *p, "device", "export", "img", str(out))
+    assert code == 1 and "--force" in err and "overwrite" not in err
+    assert out.read_bytes() == b"keep"
+
+
+def test_export_force_never_removes_a_node_or_fifo(capsys, pool_dir, raw, tmp_path):
+    p = ("--pool", pool_dir)
+    assert run(capsys, *p, "device", "import", "img", raw)[0] == 0
+    targets = {}
+    try:
+        os.mknod(tmp_path / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        targets["character device"] = tmp_path / "null"
+    except PermissionError:
+        pass
+    os.mkfifo(tmp_path / "fifo")
+    targets["FIFO"] = tmp_path / "fifo"   # last: opening it for writing would block
+    for kind, path in targets.items():
+        mode = os.lstat(path).st_mode
+        for force in ((), ("--force",)):
+            code, _, err = run(capsys, *p, "device", "export", "img", str(path), *force)
+            assert code == 1 and kind in err, err
+            assert os.lstat(path).st_mode == mode     # still there, still what it was
+
+
+def test_export_to_stdout_streams_into_a_pipe(pool_dir, raw):
+    env = dict(os.environ, COWBLOCK_POOL=pool_dir)
+    cmd = [sys.executable, "-m", "cowblock"]
+    subprocess.run(cmd + ["device", "import", "img", raw], check=True, env=env,
+                   capture_output=True)
+    res = subprocess.run(cmd + ["device", "export", "img", "-"], env=env, capture_output=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == open(raw, "rb").read()        # the bytes, in order, holes as zeros
+    assert b"standard output" in res.stderr           # the report goes to stderr
+
+
+def test_image_and_container_export_by_name(capsys, pool_dir, raw, tmp_path):
+    p = ("--pool", pool_dir)
+    assert run(capsys, *p, "image", "import", "app", raw)[0] == 0
+    out = tmp_path / "app.raw"
+    code, text, _ = run(capsys, *p, "image", "export", "app", str(out))
+    assert code == 0 and "image app" in text
+    assert out.read_bytes() == open(raw, "rb").read()
+    assert run(capsys, *p, "container", "create", "web", "app")[0] == 0
+    with cowblock.Pool.open(pool_dir) as pool:
+        from cowblock.model import Store
+        with Store(pool) as store:
+            store.container("web").device.write(0, b"W" * 4096)
+    res = run_json(capsys, *p, "container", "export", "web", str(tmp_path / "web.raw"))
+    assert res["size"] == 4 * MiB
+    data = (tmp_path / "web.raw").read_bytes()
+    assert data[:4096] == b"W" * 4096 and data[4096:] == open(raw, "rb").read()[4096:]
+    code, _, err = run(capsys, *p, "image", "export", "nope", str(tmp_path / "n.raw"))
+    assert code == 1 and "image 'nope' not found" in err
+    assert not (tmp_path / "n.raw").exists()
+
+
+# --------------------------------------------------------------------------- import messages
+
+def test_import_says_what_a_source_is(capsys, pool_dir, tmp_path):
+    p = ("--pool", pool_dir)
+    for verb in ("image", "device"):
+        code, _, err = run(capsys, *p, verb, "import", "x", str(tmp_path))
+        assert code == 1 and "is a directory" in err and "does not exist" not in err
+    qcow = tmp_path / "disk.qcow2"
+    qcow.write_bytes(b"QFI\xfb\x00\x00\x00\x03" + bytes(1 << 16))
+    q = str(qcow)
+    for argv in (("image", "import", "x", q), ("image", "import", "x", q, "--external"),
+                 ("device", "import", "x", q), ("device", "create", "x", "--external", q),
+                 ("bind", "create", "x", q)):
+        code, _, err = run(capsys, *p, *argv)
+        assert code == 1 and "qcow2" in err and "qemu-img convert -f qcow2 -O raw" in err, argv
+    assert run_json(capsys, *p, "device", "ls") == []
+    assert run_json(capsys, *p, "bind", "ls") == []
+
+
+def test_pool_full_names_the_image_not_the_internal_device(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("COWBLOCK_POOL", raising=False)
+    pool = str(tmp_path / "small")
+    assert run(capsys, "pool", "create", pool, "--size", "1M")[0] == 0
+    big = tmp_path / "big.raw"
+    big.write_bytes(os.urandom(4 * MiB))
+    code, _, err = run(capsys, "--pool", pool, "image", "import", "app", str(big))
+    assert code == 1 and "image 'app'" in err and "m-" not in err.split("image 'app'")[1]
+    assert "import_" not in err and "the pool is full" in err and "of 1.0 MiB" in err
+
+
+# --------------------------------------------------------------------------- progress
+
+def test_progress_bars_for_import_and_export(capsys, pool_dir, raw, tmp_path):
+    p = ("--pool", pool_dir)
+    code, _, err = run(capsys, *p, "image", "import", "a", raw)   # stderr is not a terminal
+    assert code == 0 and err == ""
+    code, _, err = run(capsys, *p, "image", "import", "b", raw, "--progress")
+    assert code == 0 and "import" in err
+    code, _, err = run(capsys, *p, "device", "import", "c", raw, "--progress")
+    assert code == 0 and "import" in err
+    code, _, err = run(capsys, *p, "device", "export", "c", str(tmp_path / "c.raw"), "--progress")
+    assert code == 0 and "export" in err
+    code, _, err = run(capsys, *p, "image", "export", "a", str(tmp_path / "a.raw"))
+    assert code == 0 and err == ""

@@ -189,6 +189,7 @@ def probe(path, windows, writable, exercise):
                     dev.write(max(0, dev.size - 3 * BS), b"\xcd" * BS)
                     dev.discard(0, min(dev.size, 2 * BS))
                     dev.read(0, min(dev.size, 4 * BS))
+                    dev.usage()  # its own tree's walk
                 _try("io", io, log)
             if names:
                 _try("snapshot", lambda: pool.snapshot(names[0], "fuzz-snap"), log)

@@ -80,6 +80,7 @@ def _assert_sticky(pool, model):
             "read": lambda: dev.read(0, 100), "write": lambda: dev.write(0, b"x" * 100),
             "discard": lambda: dev.discard(0, 4096), "dev.flush": dev.flush,
             "extents": dev.extents, "changed_blocks": dev.changed_blocks,
+            "dev.usage": dev.usage,
         })
     for what, call in calls.items():
         try:

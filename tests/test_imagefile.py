@@ -1,8 +1,13 @@
 """cowblock.imagefile: import only data, export sparse files, raw files in place."""
 
+import contextlib
 import errno
 import hashlib
 import os
+import shutil
+import stat
+import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -239,3 +244,301 @@ def test_punch_hole_zeroes_the_range(tmp_path):
         assert os.pread(fd, 1, 65536) == b"\x01"
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------- export targets
+
+
+@contextlib.contextmanager
+def loop_device(backing):
+    """A loop device over file ``backing``; skips when loop devices cannot be
+    set up here, and always detaches."""
+    if shutil.which("losetup") is None:
+        pytest.skip("losetup is not installed")
+    res = subprocess.run(["losetup", "-f", "--show", str(backing)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot set up a loop device: {res.stderr.strip()}")
+    node = res.stdout.strip()
+    try:
+        yield node
+    finally:
+        subprocess.run(["losetup", "-d", node], check=True)
+
+
+def _special_files(tmp_path):
+    """{kind: path} of special files; the FIFO last, since code that opens
+    one for writing blocks until a reader comes."""
+    out = {}
+    try:
+        os.mknod(tmp_path / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        out["character device"] = tmp_path / "null"
+    except PermissionError:
+        pass  # not root: the other kinds still run
+    out["directory"] = tmp_path / "dir"
+    out["directory"].mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    out["FIFO"] = tmp_path / "fifo"
+    return out
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_export_refuses_special_files_and_removes_nothing(pool, tmp_path, overwrite):
+    dev = pool.create_device("d", MiB)
+    dev.write(0, b"data")
+    names = set(os.listdir(tmp_path))
+    for kind, path in _special_files(tmp_path).items():
+        before = os.lstat(path)
+        with pytest.raises(cowblock.InvalidArgumentError, match=kind):
+            export_raw(dev, path, overwrite=overwrite)
+        after = os.lstat(path)   # still there, the same node
+        assert (after.st_ino, after.st_mode, after.st_rdev) == \
+            (before.st_ino, before.st_mode, before.st_rdev), kind
+        names.add(path.name)
+    assert set(os.listdir(tmp_path)) == names     # nothing made, nothing removed
+
+
+def test_export_to_a_block_device(pool, tmp_path):
+    dev = pool.create_device("d", 2 * MiB)
+    data = rand(300_000, 7)
+    dev.write(4096, data)
+    backing = tmp_path / "backing"
+    with open(backing, "wb") as fh:
+        fh.write(b"\xaa" * (3 * MiB))       # old content, to be overwritten (zeros too)
+    small = tmp_path / "small"
+    with open(small, "wb") as fh:
+        fh.write(b"\xbb" * MiB)
+    with loop_device(backing) as node, loop_device(small) as tiny:
+        assert stat.S_ISBLK(os.stat(node).st_mode)
+        with pytest.raises(cowblock.ExistsError, match="block device"):
+            export_raw(dev, node)
+        with pytest.raises(cowblock.InvalidArgumentError, match="less than"):
+            export_raw(dev, tiny, overwrite=True)
+        assert os.path.exists(tiny) and stat.S_ISBLK(os.stat(tiny).st_mode)
+        seen = []
+        res = export_raw(dev, node, overwrite=True, progress=lambda d, t: seen.append((d, t)))
+        assert res.size == 2 * MiB and res.holes == 0
+        assert seen[-1] == (2 * MiB, 2 * MiB)
+        with open(node, "rb") as fh:
+            got = fh.read(3 * MiB)
+        assert stat.S_ISBLK(os.stat(node).st_mode)
+    assert got[:2 * MiB] == dev.read(0, 2 * MiB)  # zeros written where the device has none
+    assert got[2 * MiB:] == b"\xaa" * MiB         # past the exported size: untouched, not truncated
+    with open(small, "rb") as fh:
+        assert fh.read() == b"\xbb" * MiB         # the refused one: nothing written
+
+
+def test_export_to_a_stream_writes_every_byte_in_order(pool):
+    dev = pool.create_device("d", 9 * MiB)     # more than one chunk, mostly unmapped
+    dev.write(5 * MiB - 10, rand(20, 8))
+    r, w = os.pipe()
+    got = bytearray()
+
+    def reader():
+        while True:
+            b = os.read(r, 1 << 20)
+            if not b:
+                break
+            got.extend(b)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        res = export_raw(dev, w)
+    finally:
+        os.close(w)
+        t.join()
+        os.close(r)
+    assert bytes(got) == dev.read(0, dev.size)
+    assert res.size == 9 * MiB
+
+
+def test_failed_overwrite_keeps_the_old_file(pool, tmp_path):
+    out = tmp_path / "out.raw"
+    out.write_bytes(b"old content")
+    os.chmod(out, 0o600)
+
+    class Failing:
+        size = 8 * MiB
+
+        def extents(self):
+            return [(0, 8 * MiB)]
+
+        def readinto(self, offset, buf):
+            if offset >= 4 * MiB:
+                raise OSError(5, "read failed")
+            buf[:] = b"\x01" * len(buf)
+
+    with pytest.raises(OSError, match="read failed"):
+        export_raw(Failing(), out, overwrite=True)
+    assert out.read_bytes() == b"old content"
+    assert [n for n in os.listdir(tmp_path) if "out.raw" in n] == ["out.raw"]  # no temporary left
+    dev = pool.create_device("d", MiB)
+    dev.write(0, b"new")
+    export_raw(dev, out, overwrite=True)
+    assert out.read_bytes()[:3] == b"new" and os.path.getsize(out) == MiB
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+
+
+def test_failed_export_removes_only_the_file_it_made(tmp_path):
+    class Failing:
+        size = MiB
+
+        def extents(self):
+            return [(0, MiB)]
+
+        def readinto(self, offset, buf):
+            raise OSError(5, "read failed")
+
+    with pytest.raises(OSError):
+        export_raw(Failing(), tmp_path / "new.raw")
+    assert not (tmp_path / "new.raw").exists()
+
+
+def test_export_exists_message_names_the_argument(pool, tmp_path):
+    out = tmp_path / "o.raw"
+    out.write_bytes(b"x")
+    with pytest.raises(cowblock.ExistsError, match="overwrite=True"):
+        export_raw(pool.create_device("d", MiB), out)
+
+
+# --------------------------------------------------------------------------- import sources
+
+# The first bytes of each container format (from its specification), padded.
+CONTAINERS = {
+    "qcow2": b"QFI\xfb\x00\x00\x00\x03",
+    "QED": b"QED\x00",
+    "VMDK": b"KDMV\x01\x00\x00\x00",
+    "VHDX": b"vhdxfile",
+    "VDI": b"<<< Oracle VM VirtualBox Disk Image >>>\n".ljust(0x40, b"\0") + b"\x7f\x10\xda\xbe",
+    "VHD": b"conectix",
+    "Parallels": b"WithoutFreeSpace",
+    "gzip": b"\x1f\x8b\x08\x00",
+    "xz": b"\xfd7zXZ\x00",
+    "zstd": b"\x28\xb5\x2f\xfd",
+    "bzip2": b"BZh91AY&SY",
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(CONTAINERS))
+def test_import_refuses_container_formats(pool, tmp_path, fmt):
+    path = make_sparse(tmp_path / "disk.img", MiB, {0: CONTAINERS[fmt]})
+    with pytest.raises(cowblock.InvalidArgumentError, match=fmt) as info:
+        import_raw(pool, path, name="x")
+    if fmt in ("gzip", "xz", "zstd", "bzip2"):
+        assert "decompress it first" in str(info.value)
+    else:
+        assert "qemu-img convert -f " in str(info.value) and "-O raw" in str(info.value)
+    assert pool.devices() == []
+
+
+def test_import_refuses_a_real_qcow2(pool, tmp_path):
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img is not installed")
+    path = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
+    with pytest.raises(cowblock.InvalidArgumentError,
+                       match="qcow2.*qemu-img convert -f qcow2 -O raw"):
+        import_raw(pool, path, name="x")
+
+
+def test_raw_data_that_merely_starts_like_text_is_imported(pool, tmp_path):
+    path = make_sparse(tmp_path / "disk.img", MiB, {0: b"BZh is not bzip2 here"})
+    assert import_raw(pool, path, name="x").device.read(0, 3) == b"BZh"
+
+
+def test_import_names_what_a_non_file_is(pool, tmp_path):
+    for kind, path in _special_files(tmp_path).items():
+        with pytest.raises(cowblock.InvalidArgumentError, match=f"is a {kind}") as info:
+            import_raw(pool, path, name="x")
+        assert "does not exist" not in str(info.value)
+    assert pool.devices() == []
+
+
+def test_import_from_a_block_device_reads_it_as_raw_data(pool, tmp_path):
+    backing = make_sparse(tmp_path / "backing", 2 * MiB, {MiB: rand(5000, 9)})
+    with loop_device(backing) as node:
+        res = import_raw(pool, node, name="x")
+        assert res.size == 2 * MiB
+        assert res.device.read(0, 2 * MiB) == expected_content(2 * MiB, {MiB: rand(5000, 9)})
+
+
+# --------------------------------------------------------------------------- import into a device
+
+def test_import_into_a_snapshot_keeps_what_is_unchanged_shared(pool, tmp_path):
+    base = pool.create_device("base", 16 * MiB)
+    content = bytearray(rand(16 * MiB, 10))
+    content[8 * MiB:9 * MiB] = bytes(MiB)        # a zero stretch in the base
+    base.write(0, bytes(content))
+    snap = pool.snapshot("base", "c")
+    changed = 0
+    for i in range(6):                           # six scattered blocks change
+        off = (2 * i + 1) * MiB + 3 * BS
+        content[off:off + BS] = rand(BS, 20 + i)
+        changed += BS
+    content[12 * MiB:12 * MiB + 2 * BS] = bytes(2 * BS)   # two blocks become zero
+    content[8 * MiB + 4096:8 * MiB + 8192] = b"\x05" * 4096  # zeros become data
+    changed += BS
+    path = tmp_path / "changed.raw"
+    path.write_bytes(bytes(content))
+    res = import_raw(snap, path)
+    pool.flush()
+    assert snap.read(0, 16 * MiB) == bytes(content)
+    assert base.read(12 * MiB, 8) != bytes(8)            # the base is untouched
+    u = snap.usage()
+    assert u.exclusive == changed                        # before: about 16 MiB
+    # the block written in part keeps its origin for the rest: still shared
+    assert u.shared == 16 * MiB - 6 * BS - 2 * BS
+    assert res.discarded == 2 * BS
+    assert res.copied == 6 * BS + 4096
+    assert res.unchanged >= 16 * MiB - MiB - 9 * BS
+    assert res.size == res.copied + res.holes + res.zeros + res.unchanged
+
+
+def test_import_into_a_device_discards_past_the_end_and_in_holes(pool, tmp_path):
+    dev = pool.create_device("d", 16 * MiB)
+    dev.write(0, b"\xff" * (4 * MiB))
+    dev.write(12 * MiB, b"\xee" * 4096)
+    path = make_sparse(tmp_path / "img.raw", 8 * MiB, {3 * MiB: b"\xff" * BS})
+    res = import_raw(dev, path)
+    assert dev.read(0, 16 * MiB) == expected_content(16 * MiB, {3 * MiB: b"\xff" * BS})
+    assert dev.usage().mapped == BS
+    assert res.copied == 0 and res.unchanged == BS
+
+
+# --------------------------------------------------------------------------- out of space
+
+def test_pool_full_message_says_the_pool_and_gives_numbers(tmp_path):
+    path = make_sparse(tmp_path / "big.raw", 4 * MiB, {0: rand(4 * MiB, 11)})
+    with cowblock.Pool.create(tmp_path / "p", size=MiB, block_size=BS) as pool:
+        with pytest.raises(cowblock.PoolFullError) as info:
+            import_raw(pool, path, name="big")
+        msg = str(info.value)
+        assert "the pool is full" in msg and f"of {cowblock.units.format_exact(MiB)} used" in msg
+        assert "device 'big'" in msg and "file system" not in msg
+        assert pool.devices() == []
+
+
+@contextlib.contextmanager
+def small_file_system(tmp_path, size):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_file_system_full_message_says_the_file_system(tmp_path):
+    path = make_sparse(tmp_path / "big.raw", 16 * MiB, {0: rand(16 * MiB, 12)})
+    with small_file_system(tmp_path, 8 * MiB) as mnt:
+        with cowblock.Pool.create(mnt / "p", size=64 * MiB, block_size=BS) as pool:
+            with pytest.raises(cowblock.PoolFullError) as info:
+                import_raw(pool, path, name="big")
+            msg = str(info.value)
+            assert "file system" in msg and "pool is full" not in msg
+            assert "free" in msg and f"of {cowblock.units.format_exact(64 * MiB)} used" in msg

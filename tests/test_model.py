@@ -405,6 +405,7 @@ def test_df_matches_the_pool_accounting(store, pool, raw, tmp_path):
     (cont,) = df["containers"]
     u = c.device.usage()
     assert (cont["exclusive"], cont["shared"], cont["mapped"]) == (u.exclusive, u.shared, u.mapped)
+    assert cont["exclusive"] == 2 * BS  # its two blocks; not only equal to itself
     assert cont["changed"] == 2 * BS
     assert df["images"][0]["layers"] == 1 and df["images"][0]["containers"] == ["c"]
     assert df["volumes"][0]["exclusive"] == BS

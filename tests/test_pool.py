@@ -210,11 +210,57 @@ def test_listings_are_stable(pool):
             del junk, junk2
 
 
+def _own_handle(pool, name):
+    """A Device over a cb_dev handle of its own: Pool.device() hands out one cached Device per
+    name, so a second handle of the same device is opened through the binding."""
+    from cowblock._lowlevel import ffi, lib
+
+    out = ffi.new("cb_dev **")
+    assert lib.cb_dev_open(pool._handle(), name.encode(), out) == 0
+    return cowblock.pool.Device(pool, out[0], name)
+
+
+def _close_handle(dev):
+    from cowblock._lowlevel import lib
+
+    h, dev._h = dev._h, None  # so that the Device does not close it again
+    lib.cb_dev_close(h)
+
+
+def test_device_objects_are_cached(pool):
+    a = pool.create_device("a", MiB)
+    assert pool.device("a") is a
+
+
 def test_device_handles_share_state(pool):
+    """Two cb_dev handles of one device see one device: each one's writes and discards through
+    the other, closing one leaves the other working, and a delete fails both (even once the
+    name is taken again), with no use of freed memory (the ASan run checks that)."""
     a1 = pool.create_device("a", MiB)
-    a2 = pool.device("a")
+    a2 = _own_handle(pool, "a")
+    a3 = _own_handle(pool, "a")
+    assert len({a1._h, a2._h, a3._h}) == 3, "not distinct C handles"
     a1.write(4096, b"seen by both")
     assert a2.read(4096, 12) == b"seen by both"
+    a2.write(B + 100, b"and back")
+    assert a1.read(B + 100, 8) == b"and back"
+    a2.discard(0, B)
+    assert a1.read(4096, 12) == bytes(12)
+    assert a1.usage() == a2.usage() == cowblock.DeviceUsage(B, B, 0)
+    _close_handle(a2)
+    a1.write(0, b"still")
+    assert a3.read(0, 5) == b"still"
+    pool.delete("a")
+    for dev in (a1, a3):
+        with pytest.raises(cowblock.NotFoundError):
+            dev.read(0, 1)
+    b = pool.create_device("a", MiB)  # the name again: a new device
+    assert b.read(0, 5) == bytes(5)
+    with pytest.raises(cowblock.NotFoundError):
+        a3.write(0, b"x")
+    _close_handle(a3)
+    with pytest.raises(cowblock.NotFoundError):
+        a1.read(0, 1)
 
 
 # --------------------------------------------------------------------------- snapshots and delete

@@ -228,6 +228,7 @@ class PoolMachine(RuleBasedStateMachine):
         assert set(u.devices) == set(self.model)
         for name, du in u.devices.items():
             assert du.mapped == du.exclusive + du.shared
+            assert self.pool.device(name).usage() == du  # its own tree's walk agrees
             assert 0 <= du.exclusive and 0 <= du.shared
             assert du.exclusive <= used
         assert sum(du.exclusive for du in u.devices.values()) <= used
