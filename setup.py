@@ -24,5 +24,5 @@ class build_py_with_record(build_py):
             f.write(buildid.record_text(os.path.join(HERE, "csrc")))
 
 
-setup(cffi_modules=["csrc/build_ffi.py:ffibuilder"],
+setup(cffi_modules=["csrc/build_ffi.py:ffibuilder", "csrc/fuse/build_fuse.py:ffibuilder"],
       cmdclass={"build_py": build_py_with_record})

@@ -4,6 +4,7 @@ Noun-verb subcommands::
 
     cowblock pool create|info|check|scrub|stats|dump PATH
     cowblock device ls|create|snapshot|rm|info|import|export
+    cowblock device map|unmap|mapped|mkfs
     cowblock image ls|import|export|rm|history
     cowblock container create|ls|commit|export|reset|rm|attach|detach
     cowblock volume create|ls|rm
@@ -35,7 +36,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-from .errors import CorruptError, CowblockError, ExistsError, InvalidArgumentError
+from .errors import BusyError, CorruptError, CowblockError, ExistsError, InvalidArgumentError
 from .units import format_exact, format_size, parse_size, size_range
 
 EXIT_OK = 0
@@ -158,6 +159,10 @@ def _pool_path(args, positional: str | None = None) -> str:
 
 @contextmanager
 def _pool(args, write: bool, positional: str | None = None) -> Iterator[Any]:
+    held = getattr(args, "held_pool", None)
+    if held is not None:  # run by a server on the pool it holds (run_held)
+        yield held
+        return
     from . import Pool
     with Pool.open(_pool_path(args, positional), readonly=not write) as pool:
         yield pool
@@ -565,6 +570,42 @@ def cmd_device_export(args) -> int:
         dev = pool.device(args.name)
         return _export(args, f"device {args.name}",
                        lambda target, **kw: export_raw(dev, target, **kw))
+
+
+def cmd_device_map(args) -> int:
+    from .mapping import map_device
+    m = map_device(os.path.abspath(_pool_path(args)), args.name, readonly=args.readonly)
+    if args.json:
+        _emit_json({"name": args.name, "path": m["path"], "readonly": m["readonly"]})
+    else:
+        print(m["path"])
+    return EXIT_OK
+
+
+def cmd_device_unmap(args) -> int:
+    from .mapping import unmap_device
+    r = unmap_device(os.path.abspath(_pool_path(args)), args.target)
+    _say(args, f"unmapped {r['name']} ({r['path']})", {"name": r["name"], "path": r["path"]})
+    return EXIT_OK
+
+
+def cmd_device_mapped(args) -> int:
+    from .mapping import mapped_devices
+    rows = [{"name": m["name"], "path": m["loop"], "readonly": m["readonly"], "file": m["file"]}
+            for m in mapped_devices(os.path.abspath(_pool_path(args)))]
+    return _listing(args, rows, ["NAME", "DEVICE", "MODE", "FILE"],
+                    lambda r: (r["name"], r["path"], "ro" if r["readonly"] else "rw", r["file"]))
+
+
+def cmd_device_mkfs(args) -> int:
+    from .mapping import mkfs_device
+    with _pool(args, True) as pool:
+        res = mkfs_device(pool.device(args.name), args.type, label=args.label)
+        pool.flush()
+    _say(args, f"made an empty {args.type} file system on device {args.name} "
+               f"({format_exact(res.copied)} of metadata written)",
+         {"name": args.name, "type": args.type, "written": res.copied})
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------
@@ -977,6 +1018,19 @@ def build_parser() -> argparse.ArgumentParser:
     progress_options(p)
     export_verb(g, cmd_device_export, "a device")
 
+    p = verb(g, "map", cmd_device_map,
+             "map a device as a kernel block device (prints /dev/loopN; root)")
+    p.add_argument("name")
+    p.add_argument("--readonly", action="store_true", help="map it read-only")
+    p = verb(g, "unmap", cmd_device_unmap, "unmap a mapped device")
+    p.add_argument("target", metavar="NAME|PATH", help="the device's name or its /dev/loopN")
+    verb(g, "mapped", cmd_device_mapped, "list mapped devices")
+    p = verb(g, "mkfs", cmd_device_mkfs, "make an empty file system on a device")
+    p.add_argument("name")
+    p.add_argument("--type", choices=("ext4", "xfs"), default="ext4",
+                   help="file system type (default ext4)")
+    p.add_argument("--label", help="file system label")
+
     g = noun("image", "images: named chains of read-only layers")
     verb(g, "ls", cmd_image_ls, "list images")
     p = verb(g, "import", cmd_image_import,
@@ -1062,12 +1116,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    return _run_command(parser, args, argv)
+
+
+def _run_command(parser, args, argv: list[str] | None) -> int:
+    """Run a parsed command line, turning errors into messages and exit
+    codes.  ``argv`` is what to send to the server holding the pool when the
+    pool is busy (None: never forward)."""
     try:
         return args.func(args)
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"cowblock: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BusyError as exc:
+        if argv is not None:
+            code = _through_server(args, argv)
+            if code is not None:
+                return code
+        print(f"cowblock: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except CowblockError as exc:
         print(f"cowblock: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -1083,3 +1151,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cowblock: interrupted", file=sys.stderr)
         return 130
+
+
+# --------------------------------------------------------------------------
+# Commands run by a server that holds the pool (cowblock.daemon)
+
+# Command lines a server does not run for a client: making a pool, the
+# mapping requests (the map daemon has requests of its own for them: run
+# from inside it they would wait on themselves), the demo and benchmarks.
+_NOT_IN_SERVER = {("pool", "create"), ("device", "map"), ("device", "unmap"),
+                  ("device", "mapped"), ("demo", None), ("bench", None)}
+
+
+def _through_server(args, argv: list[str]) -> int | None:
+    """Send the command to the server holding the pool; None when none answers."""
+    from .daemon import client
+    if (args.noun, getattr(args, "verb", None)) in _NOT_IN_SERVER:
+        return None
+    try:
+        path = _pool_path(args, getattr(args, "path", None))
+    except UsageError:
+        return None
+    return client.forward(os.path.abspath(path), argv, pool_arg=path)
+
+
+def run_held(argv: Sequence[str], pool, *, pool_arg: str | None = None, refuse=None,
+             server: str = "server") -> int:
+    """Run a ``cowblock`` command line on ``pool``, which this process holds
+    open (the control socket's ``run``); output goes to ``sys.stdout`` and
+    ``sys.stderr``, the exit code is returned.  ``pool_arg`` is the pool as
+    the client named it (for the messages); ``refuse(args)`` may return a
+    reason not to run the command."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    key = (args.noun, getattr(args, "verb", None))
+    why = None
+    if key in _NOT_IN_SERVER:
+        why = f"'{' '.join(k for k in key if k)}' is not run through the {server} server"
+    elif getattr(args, "repair", False):
+        why = f"the pool cannot be repaired while the {server} server holds it"
+    elif getattr(args, "file", None) == "-":
+        why = (f"exports to standard output are not run through the {server} server: "
+               f"export to a file")
+    elif refuse is not None:
+        why = refuse(args)
+    if why:
+        print(f"cowblock: error: {why}", file=sys.stderr)
+        return EXIT_ERROR
+    if not args.pool and getattr(args, "path", None) is None:
+        args.pool = pool_arg or str(pool.path)
+    args.held_pool = pool
+    return _run_command(parser, args, None)

@@ -658,6 +658,28 @@ class Store:
             self._save(doc)
             return Image(self, name)
 
+    def create_image(self, name: str, size: int, *, fs: str = "ext4",
+                     label: str | None = None, comment: str | None = None) -> Image:
+        """Create image ``name`` whose base layer is an empty ``fs`` file
+        system ("ext4" or "xfs") of ``size`` bytes, ready to be mounted
+        once mapped (``cowblock device map``) and to take containers.
+
+        The file system is made on a sparse scratch file and imported like
+        :meth:`import_image` (only its metadata takes space); needs the
+        mkfs tool (e2fsprogs, xfsprogs), not root.
+        """
+        import tempfile
+        from .mapping.mkfs import mkfs_file
+        _check_name(name, "image")
+        with self._lock:
+            if name in self._doc()["images"]:
+                raise ExistsError(f"image {name!r} already exists")
+        with tempfile.TemporaryDirectory(prefix="cowblock-mkfs-") as tmp:
+            path = os.path.join(tmp, f"{fs}.img")
+            mkfs_file(path, size, fs, label)
+            return self.import_image(name, path, size=size,
+                                     comment=comment if comment is not None else f"empty {fs}")
+
     def _add_layer(self, image_name: str, changes, comment: str) -> Layer:
         with self._lock:
             self._writable()
