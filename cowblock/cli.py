@@ -3,13 +3,15 @@
 Noun-verb subcommands::
 
     cowblock pool create|info|check|scrub|stats|dump PATH
-    cowblock device ls|create|snapshot|rm|info|import|export
+    cowblock device ls|create|snapshot|rm|info|import|export|send|receive
     cowblock device map|unmap|mapped|mkfs
-    cowblock image ls|import|export|rm|history
+    cowblock image ls|import|export|send|receive|rm|history
+    cowblock stream merge FIRST SECOND
     cowblock container create|ls|commit|export|reset|rm|attach|detach
     cowblock volume create|ls|rm
     cowblock bind create|ls|rm
     cowblock df [-v]
+    cowblock serve [--socket PATH] [--tcp HOST:PORT] [--readonly]
     cowblock demo [DIR]
     cowblock bench ...
 
@@ -572,6 +574,94 @@ def cmd_device_export(args) -> int:
                        lambda target, **kw: export_raw(dev, target, **kw))
 
 
+def _stream_summary(what: str, res: dict) -> str:
+    kind = "incremental" if res.get("incremental") else "full"
+    return (f"{what} ({kind} stream): {res['records']} record(s), "
+            f"{format_exact(res['data_bytes'])} of data, {format_exact(res['zero_bytes'])} "
+            f"of zeros, {format_exact(res['stream_bytes'])} of stream")
+
+
+@contextmanager
+def _stream_out(path: str | None) -> Iterator[Any]:
+    """The file a stream goes to: ``path``, or standard output (not a terminal)."""
+    if path is None or path == "-":
+        if sys.stdout.isatty():
+            raise UsageError("standard output is a terminal: redirect it to a file or a pipe, "
+                             "or use -o FILE, to send a stream")
+        sys.stdout.flush()
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+    else:
+        with open(path, "wb") as f:
+            yield f
+
+
+def cmd_device_send(args) -> int:
+    from .sendrecv import send
+    if args.resume and args.base:
+        raise UsageError("--resume continues the stream its token names: no --from with it")
+    progress, close_bar = _progress_for(args, "send")
+    try:
+        with _stream_out(args.output) as out:
+            # a read-only device is sent from a read-only open; a writable one
+            # needs a snapshot, so a writable open
+            with _pool(args, False) as pool:
+                ro = pool.info(args.name).readonly
+                if ro:
+                    res = send(pool.device(args.name), out, args.base, resume=args.resume,
+                               progress=progress or False)
+            if not ro:
+                with _pool(args, True) as pool:
+                    res = send(pool.device(args.name), out, args.base, resume=args.resume,
+                               progress=progress or False)
+    finally:
+        close_bar()
+    text = _stream_summary(f"sent device {args.name}"
+                           + (f" from {args.base}" if args.base else ""), res)
+    print(json.dumps(res, sort_keys=True) if args.json else text, file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_device_receive(args) -> int:
+    from .sendrecv import ReceiveInterrupted, abort_receive, receive, resume_token
+    if args.show_token or args.abort:
+        with _pool(args, args.abort) as pool:
+            if args.abort:
+                found = abort_receive(pool, args.name)
+                _say(args, f"dropped the interrupted receive of {args.name}" if found else
+                     f"no interrupted receive of {args.name} was kept",
+                     {"name": args.name, "dropped": found})
+                return EXIT_OK
+            token = resume_token(pool, args.name)
+        if token is None:
+            raise CowblockError(f"no interrupted receive of {args.name} is kept")
+        print(token)
+        return EXIT_OK
+    if args.input is None or args.input == "-":
+        if sys.stdin.isatty():
+            raise UsageError("standard input is a terminal: pipe a stream in, or use -i FILE")
+        src, total = sys.stdin.buffer, 0
+    else:
+        src = open(args.input, "rb")
+        total = os.fstat(src.fileno()).st_size
+    progress, close_bar = _progress_for(args, "receive")
+    try:
+        with _pool(args, True) as pool:
+            try:
+                dev = receive(pool, args.name, src, args.base, resumable=args.resumable,
+                              resume=args.resume, progress=progress or False, total=total)
+            except ReceiveInterrupted as exc:
+                close_bar()
+                print(f"cowblock: error: {exc}", file=sys.stderr)
+                print(exc.token)
+                return EXIT_ERROR
+            size = dev.size
+    finally:
+        close_bar()
+        if src is not sys.stdin.buffer:
+            src.close()
+    _say(args, f"received device {args.name} ({format_exact(size)})",
+         {"name": args.name, "size": size})
 def cmd_device_map(args) -> int:
     from .mapping import map_device
     m = map_device(os.path.abspath(_pool_path(args)), args.name, readonly=args.readonly)
@@ -650,6 +740,46 @@ def cmd_image_import(args) -> int:
 def cmd_image_export(args) -> int:
     with _store(args, False) as store:
         return _export(args, f"image {args.name}", store.image(args.name).export)
+
+
+def cmd_stream_merge(args) -> int:
+    from .stream import merge
+    with open(args.first, "rb") as a, open(args.second, "rb") as b, \
+            _stream_out(args.output) as out:
+        st = merge(a, b, out)
+    text = (f"merged {args.first} and {args.second}: {st.records} record(s), "
+            f"{format_exact(st.data_bytes)} of data, {format_exact(st.zero_bytes)} of zeros")
+    obj = {"records": st.records, "data_bytes": st.data_bytes, "zero_bytes": st.zero_bytes}
+    print(json.dumps(obj, sort_keys=True) if args.json else text, file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_image_send(args) -> int:
+    with _stream_out(args.output) as out, _store(args, False) as store:
+        res = store.send_image(args.name, out, args.base)
+    text = (f"sent image {args.name}" + (f" from {args.base}" if args.base else "")
+            + f": {res['layers']} layer(s), {format_exact(res['data_bytes'])} of data, "
+              f"{format_exact(res['stream_bytes'])} of stream")
+    print(json.dumps(res, sort_keys=True) if args.json else text, file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_image_receive(args) -> int:
+    if args.input is None or args.input == "-":
+        if sys.stdin.isatty():
+            raise UsageError("standard input is a terminal: pipe an image stream in, or use -i FILE")
+        src = sys.stdin.buffer
+    else:
+        src = open(args.input, "rb")
+    try:
+        with _store(args, True) as store:
+            img = store.receive_image(src, args.name)
+            obj = {"name": img.name, "layers": [layer.id for layer in img.layers]}
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()
+    _say(args, f"received image {obj['name']} ({len(obj['layers'])} layer(s))", obj)
+    return EXIT_OK
 
 
 def cmd_image_rm(args) -> int:
@@ -887,6 +1017,37 @@ def print_df(df: dict, verbose: bool = False, out=None) -> None:
 
 
 # --------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args) -> int:
+    import logging
+
+    from . import Pool
+    from .nbd import listen
+    from .nbd import server as nbd
+
+    logging.basicConfig(stream=sys.stderr, format="cowblock serve: %(message)s",
+                        level=logging.INFO if args.verbose else logging.WARNING)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if args.tls_cert and not args.tcp:
+        raise UsageError("TLS is for --tcp (the Unix socket is local)")
+    if args.max_connections < 1:
+        raise UsageError(f"--max-connections must be at least 1, not {args.max_connections}")
+    tcp = listen.parse_tcp(args.tcp) if args.tcp else None
+    tls = listen.tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    if args.exit_with_parent:
+        listen.exit_with_parent()
+    path = _pool_path(args)
+    unix = args.socket or os.path.join(path, nbd.DEFAULT_SOCKET)
+    limits = nbd.Limits(max_connections=args.max_connections)
+    with Pool.open(path, readonly=args.readonly) as pool:
+        nbd.serve(pool, unix, tcp, readonly=args.readonly, limits=limits, tls=tls)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
 # demo and bench
 
 
@@ -1017,6 +1178,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=device_size, help="device size (default: the file's)")
     progress_options(p)
     export_verb(g, cmd_device_export, "a device")
+    p = verb(g, "send", cmd_device_send,
+             "write a device as a stream (whole, or what changed since --from BASE)")
+    p.add_argument("name")
+    p.add_argument("--from", dest="base", metavar="BASE",
+                   help="send only what differs from BASE, a read-only device the "
+                        "receiver has received before")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+    p.add_argument("--resume", metavar="TOKEN",
+                   help="write the rest of the stream an interrupted receive stopped in")
+    progress_options(p)
+    p = verb(g, "receive", cmd_device_receive,
+             "make a device from a stream (verified in full before it appears)")
+    p.add_argument("name")
+    p.add_argument("--from", dest="base", metavar="BASE",
+                   help="the base an incremental stream is applied on (default: the device "
+                        "received from the stream's base)")
+    p.add_argument("-i", "--input", metavar="FILE", help="read from FILE (default: stdin)")
+    p.add_argument("--resumable", action="store_true",
+                   help="if interrupted, keep what was received and print a resume token")
+    p.add_argument("--resume", metavar="TOKEN", help="continue an interrupted receive")
+    p.add_argument("--show-token", action="store_true",
+                   help="print the resume token of an interrupted receive of NAME")
+    p.add_argument("--abort", action="store_true",
+                   help="drop what an interrupted receive of NAME kept")
+    progress_options(p)
 
     p = verb(g, "map", cmd_device_map,
              "map a device as a kernel block device (prints /dev/loopN; root)")
@@ -1043,10 +1229,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image size (default: the file's)")
     progress_options(p)
     export_verb(g, cmd_image_export, "an image's content")
+    p = verb(g, "send", cmd_image_send,
+             "write an image's layers as a stream (those of --from IMAGE left out)")
+    p.add_argument("name")
+    p.add_argument("--from", dest="base", metavar="IMAGE",
+                   help="an image the receiver has: its layers are not sent")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+    p = verb(g, "receive", cmd_image_receive,
+             "make an image from an image stream (layers it has already are kept)")
+    p.add_argument("name", nargs="?", help="the image's name (default: as sent)")
+    p.add_argument("-i", "--input", metavar="FILE", help="read from FILE (default: stdin)")
     p = verb(g, "rm", cmd_image_rm, "remove images and the layers nothing else uses")
     p.add_argument("names", nargs="+", metavar="NAME")
     p = verb(g, "history", cmd_image_history, "show an image's layers, top first")
     p.add_argument("name")
+
+    g = noun("stream", "send/receive streams")
+    p = verb(g, "merge", cmd_stream_merge,
+             "merge two consecutive streams (the second relative to the first's result) into one")
+    p.add_argument("first")
+    p.add_argument("second")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
 
     g = noun("container", "containers: writable layers on images")
     p = verb(g, "create", cmd_container_create, "create a container from an image")
@@ -1090,6 +1293,26 @@ def build_parser() -> argparse.ArgumentParser:
                          parents=[leaf])
     p.add_argument("-v", "--verbose", action="store_true", help="one line per object")
     p.set_defaults(func=cmd_df)
+
+    p = nouns.add_parser("serve", help="serve every device over NBD (foreground)",
+                         description="Serve every device of the pool over NBD, each as an "
+                         "export under its own name, until SIGTERM or SIGINT; ready once "
+                         "the socket exists.", parents=[leaf])
+    p.add_argument("--socket", metavar="PATH",
+                   help="Unix socket to listen on (default: nbd.sock in the pool directory)")
+    p.add_argument("--tcp", metavar="HOST:PORT",
+                   help="also listen on TCP, e.g. 127.0.0.1:10809 (port 0: any free port)")
+    p.add_argument("--readonly", action="store_true",
+                   help="open the pool read-only and export every device read-only")
+    p.add_argument("--tls-cert", metavar="PEM", help="TLS certificate (with --tcp; TLS "
+                   "becomes required on TCP)")
+    p.add_argument("--tls-key", metavar="PEM", help="TLS private key")
+    p.add_argument("--max-connections", type=int, default=512, metavar="N",
+                   help="clients served at once (default 512); more are told to retry")
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="stop (as on SIGTERM) when the parent process exits")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    p.set_defaults(func=cmd_serve)
 
     p = nouns.add_parser("demo", help="run the guided demo in a temporary (or given) directory",
                          parents=[leaf])
@@ -1159,8 +1382,13 @@ def _run_command(parser, args, argv: list[str] | None) -> int:
 # Command lines a server does not run for a client: making a pool, the
 # mapping requests (the map daemon has requests of its own for them: run
 # from inside it they would wait on themselves), the demo and benchmarks.
-_NOT_IN_SERVER = {("pool", "create"), ("device", "map"), ("device", "unmap"),
+_NOT_IN_SERVER = {("pool", "create"), ("stream", "merge"),
+                  ("device", "map"), ("device", "unmap"),
                   ("device", "mapped"), ("demo", None), ("bench", None)}
+
+
+_STREAM_COMMANDS = {("device", "send"), ("device", "receive"), ("image", "send"),
+                    ("image", "receive")}
 
 
 def _through_server(args, argv: list[str]) -> int | None:
@@ -1196,6 +1424,11 @@ def run_held(argv: Sequence[str], pool, *, pool_arg: str | None = None, refuse=N
     elif getattr(args, "file", None) == "-":
         why = (f"exports to standard output are not run through the {server} server: "
                f"export to a file")
+    elif key in _STREAM_COMMANDS and not (getattr(args, "show_token", False)
+                                          or getattr(args, "abort", False)) and (
+            getattr(args, "output", 0) in (None, "-") or getattr(args, "input", 0) in (None, "-")):
+        why = (f"streams on standard input or output are not run through the {server} "
+               f"server: use -o FILE or -i FILE")
     elif refuse is not None:
         why = refuse(args)
     if why:

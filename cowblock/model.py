@@ -24,9 +24,11 @@ snapshots behind, which :meth:`Store.prune` removes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
+import struct
 import threading
 import time
 from collections.abc import Mapping
@@ -173,6 +175,49 @@ def check(pool) -> list[str]:
         elif not os.path.exists(rec["path"]):
             bad(f"bind {name!r}", f"its file {rec['path']!r} does not exist")
     return problems
+
+
+IMAGE_STREAM_MAGIC = b"\x89CBIMGS\n"
+IMAGE_STREAM_FORMAT = "cowblock-image-stream"
+
+
+def _crc32c(data: bytes) -> int:
+    from .stream import crc32c
+    return crc32c(data)
+
+
+def _read_exact(src, n: int, what: str) -> bytes:
+    out = b""
+    while len(out) < n:
+        b = src.read(n - len(out))
+        if not b:
+            raise CorruptError(f"image stream: truncated inside {what}")
+        out += b
+    return out
+
+
+def _read_manifest(src) -> dict:
+    """The manifest at the start of an image stream, checked."""
+    if _read_exact(src, len(IMAGE_STREAM_MAGIC), "the magic") != IMAGE_STREAM_MAGIC:
+        raise CorruptError("not a cowblock image stream (bad magic)")
+    (n,) = struct.unpack("<I", _read_exact(src, 4, "the manifest length"))
+    if n > 16 << 20:
+        raise CorruptError(f"image stream: manifest of {n} bytes is over the limit")
+    body = _read_exact(src, n, "the manifest")
+    (crc,) = struct.unpack("<I", _read_exact(src, 4, "the manifest checksum"))
+    if crc != _crc32c(body):
+        raise CorruptError("image stream: the manifest is damaged (bad checksum)")
+    try:
+        m = json.loads(body)
+        if m.get("format") != IMAGE_STREAM_FORMAT or m.get("version") != 1:
+            raise ValueError("not version 1 of the image stream format")
+        for e in m["layers"]:
+            for k in ("id", "parent", "comment", "created", "size", "sent", "origin", "device"):
+                e[k]
+        m["image"], m["top"], m["created"]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptError(f"image stream: the manifest is not valid: {exc!r}") from None
+    return m
 
 
 def _new_id() -> str:
@@ -1009,6 +1054,153 @@ class Store:
                         progress = True
             self.snapshotter.cleanup()
             return removed
+
+    # ---- moving images between pools (streams) ----------------------------
+
+    def _layer_identities(self, layer: Layer) -> dict:
+        """What a manifest says of a layer: the identity of its content
+        wherever it was made (kept across receives), and of its device here
+        (what its device stream names)."""
+        from .sendrecv import identity_of
+        here = identity_of(layer.device).as_dict()
+        return {"origin": layer._rec.get("origin") or here, "device": here}
+
+    def send_image(self, name: str, out, base: str | None = None) -> dict:
+        """Write image ``name`` to ``out`` as an image stream: a manifest of
+        the image and of every layer of its chain (id, parent, comment,
+        times, identities), then one device stream per layer sent, base
+        first -- full for a base layer, else incremental against its parent.
+        ``base``: an image the receiver has; the layers of its chain are
+        left out (they must be the bottom of this image's chain).  Returns
+        what was sent."""
+        from .sendrecv import send as send_device
+        img = self.image(name)
+        chain = img.layers
+        have = {layer.id for layer in self.image(base).layers} if base is not None else set()
+        kept = [layer.id in have for layer in chain]
+        if kept != sorted(kept, reverse=True):
+            raise InvalidArgumentError(
+                f"image {base!r} is not a base of image {name!r}: its layers are not the "
+                f"bottom of {name!r}'s chain")
+        entries = []
+        for layer, left_out in zip(chain, kept):
+            rec = layer._rec
+            entries.append({"id": layer.id, "parent": rec["parent"], "comment": rec.get("comment", ""),
+                            "created": rec["created"], "changed": rec.get("changed"),
+                            "imported": rec.get("imported"), "size": layer.size,
+                            "sent": not left_out, **self._layer_identities(layer)})
+        irec = img._rec
+        manifest = {"format": IMAGE_STREAM_FORMAT, "version": 1, "image": name,
+                    "created": irec["created"], "top": img.top.id, "layers": entries}
+        body = json.dumps(manifest, sort_keys=True).encode()
+        out.write(IMAGE_STREAM_MAGIC + struct.pack("<I", len(body)) + body
+                  + struct.pack("<I", _crc32c(body)))
+        totals = {"layers": 0, "data_bytes": 0, "stream_bytes": len(body) + 16}
+        for layer, left_out in zip(chain, kept):
+            if left_out:
+                continue
+            parent = layer.parent
+            res = send_device(layer.device, out, parent.device if parent else None, progress=False)
+            totals["layers"] += 1
+            totals["data_bytes"] += res["data_bytes"]
+            totals["stream_bytes"] += res["stream_bytes"]
+        return totals
+
+    def receive_image(self, src, name: str | None = None) -> Image:
+        """Make an image from an image stream read from ``src`` (see
+        :meth:`send_image`), named as in the stream or ``name``.  Layers the
+        stream leaves out must be here already (same id and content
+        identity); a layer sent that is here already is checked and not
+        made again.  Each new layer is a snapshot of its parent with its
+        stream applied, so the chain shares blocks as the source's does.
+        Nothing is recorded until every stream has been verified; on any
+        error the layers made so far are removed again."""
+        from . import stream as S
+        from .sendrecv import apply_stream, sub_block_size
+        manifest = _read_manifest(src)
+        name = _check_name(name or manifest["image"], "image")
+        entries = manifest["layers"]
+        with self._lock:
+            self._writable()
+            doc = self._doc()
+            if name in doc["images"]:
+                raise ExistsError(f"image {name!r} already exists")
+            local = doc["layers"]
+            prev = None
+            for e in entries:
+                if e["parent"] != prev:
+                    raise CorruptError(f"image stream: layer {e['id'][:12]}'s parent is "
+                                       f"{str(e['parent'])[:12]}, not the layer before it")
+                prev = e["id"]
+                here = local.get(e["id"])
+                if here is not None and (here.get("origin") or self._layer_identities(
+                        Layer(self, e["id"]))["origin"]) != e["origin"]:
+                    raise InvalidArgumentError(
+                        f"layer {e['id'][:12]} here is not the layer of that id in the stream "
+                        f"(its content has another origin)")
+                if here is None and not e["sent"]:
+                    raise NotFoundError(
+                        f"the image stream of {manifest['image']!r} leaves out layer "
+                        f"{e['id'][:12]}, which this pool does not have: receive its base "
+                        f"image first, or send without --from")
+            if not entries or entries[-1]["id"] != manifest["top"]:
+                raise CorruptError("image stream: the last layer is not the image's top")
+            made: list[str] = []
+            staging = None
+            try:
+                for k, e in enumerate(entries):
+                    if not e["sent"]:
+                        continue
+                    reader = S.StreamReader(src, more_follows=True)
+                    h = reader.header
+                    parent = entries[k - 1] if k else None
+                    want_base = S.Identity.from_dict(parent["device"]) if parent else None
+                    if (h.block_size != self.pool.block_size
+                            or h.sub_block_size != sub_block_size(self.pool.block_size)):
+                        raise S.StreamError(f"layer {e['id'][:12]}: the stream is for a block "
+                                            f"size of {h.block_size} bytes; this pool's is "
+                                            f"{self.pool.block_size}")
+                    if (h.source != S.Identity.from_dict(e["device"]) or h.base != want_base
+                            or h.size != e["size"]):
+                        raise S.StreamError(f"layer {e['id'][:12]}: its device stream is not the "
+                                            f"one the manifest names")
+                    if e["id"] in local:  # here already: check the stream, keep ours
+                        for _ in reader:
+                            pass
+                        continue
+                    lid = e["id"]
+                    staging = f"receive/{lid}"
+                    if parent is None:
+                        dev = self.snapshotter.prepare(staging, size=e["size"])
+                    else:
+                        dev = self.snapshotter.prepare(staging, f"layer/{parent['id']}")
+                    apply_stream(reader, dev)
+                    dev.flush()
+                    self.snapshotter.commit(f"layer/{lid}", staging, {"cowblock.layer": lid})
+                    staging = None
+                    made.append(lid)
+                    doc = self._doc()
+                    rec = self._new_layer_record(doc, lid, e["parent"], e["comment"],
+                                                 changed=e["changed"], imported=e["imported"],
+                                                 origin=e["origin"], received=time.time())
+                    rec["created"] = e["created"]
+                    self._save(doc)
+                if src.read(1):
+                    raise S.StreamError("image stream: bytes after the last layer's stream")
+                doc = self._doc()
+                doc["images"][name] = {"top": manifest["top"], "created": manifest["created"],
+                                       "updated": time.time()}
+                self._save(doc)
+            except BaseException:
+                if staging is not None and staging in self.snapshotter:
+                    self.snapshotter.remove(staging)
+                for lid in reversed(made):  # records first, then their snapshots
+                    doc = self._doc()
+                    doc["layers"].pop(lid, None)
+                    self._save(doc)
+                    self.snapshotter.remove(f"layer/{lid}")
+                raise
+            return Image(self, name)
 
     def df(self) -> dict:
         """Space used, like ``docker system df -v``: every figure in bytes,

@@ -382,6 +382,21 @@ class Pool:
     def readonly(self):
         return self._readonly
 
+    @property
+    def uuid(self):
+        """The pool's identity: 16 bytes chosen at creation, kept for its life."""
+        out = ffi.new("uint8_t[16]")
+        rc = lib.cb_pool_uuid(self._handle(), out)
+        if rc:
+            raise_for(rc, f"uuid of pool {self._path!r}")
+        return bytes(ffi.buffer(out, 16))
+
+    def receive(self, name, fileobj, base=None, **kw):
+        """Make device ``name`` from a stream read from ``fileobj`` (see
+        :func:`cowblock.sendrecv.receive` for ``base``, resuming, progress)."""
+        from .sendrecv import receive
+        return receive(self, name, fileobj, base, **kw)
+
     def _stat(self):
         st = ffi.new("cb_stat *")
         rc = lib.cb_pool_stat(self._handle(), st)
@@ -687,6 +702,7 @@ _read = lib.cb_dev_read
 _write = lib.cb_dev_write
 _from_buffer = ffi.from_buffer
 _EINVAL = lib.CB_EINVAL
+_DELTA = np.dtype([("block", np.uint64), ("data", np.uint64), ("zero", np.uint64)])
 _U64 = np.dtype(np.uint64)  # the native one: numpy's builtin dtypes are singletons
 # Big reads: the core fills every byte on success, so no need to clear first.
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
@@ -993,6 +1009,70 @@ class Device:
             start = pairs[2 * k] * bs
             out.append((start, min(pairs[2 * k + 1] * bs, size - start)))
         return out
+
+    def extents_range(self, offset, length, limit=64):
+        """Where data may be in bytes [offset, offset + length), found a part at a time.
+
+        Returns ``(runs, end)``: at most ``limit`` (offset, length) byte ranges
+        that may hold data, clipped to the range, in order, and the offset
+        ``end`` up to which they are complete: everything in [offset, end)
+        outside them reads as zeros.  ``end`` is ``offset + length`` when the
+        whole range is described, less when the walk stopped after ``limit``
+        runs.  The cost grows with what is mapped in [offset, end), not with
+        the device size (what an NBD block status request needs).
+        """
+        offset, length = self._range(offset, length, "extents")
+        limit = _int(limit, "limit")
+        if limit < 0:
+            raise _bad(f"limit must not be negative, not {limit}")
+        stop = offset + length
+        if length == 0:
+            return [], offset
+        bs = self._bs
+        first = offset // bs
+        nblocks = -(-stop // bs) - first
+        pairs = ffi.new("uint64_t[]", 2 * max(limit, 1))
+        count = ffi.new("size_t *")
+        nxt = ffi.new("uint64_t *")
+        rc = lib.cb_dev_extents_range(self._handle(), first, nblocks, pairs, limit, count, nxt)
+        if rc:
+            raise_for(rc, f"extents of {self._name!r}")
+        runs = []
+        for k in range(count[0]):
+            start = max(pairs[2 * k] * bs, offset)
+            end = min((pairs[2 * k] + pairs[2 * k + 1]) * bs, stop)
+            runs.append((start, end - start))
+        return runs, max(min(nxt[0] * bs, stop), offset)
+    def delta(self, base=None, start=0, max_blocks=4096):
+        """Blocks from ``start`` on where this device reads otherwise than
+        ``base`` (a Device of this pool, or None for all zeros), from the
+        mappings alone (cb_dev_delta): a structured array of (block, data,
+        zero) sub-block bitmaps, at most ``max_blocks`` long, and the block
+        to continue from (the block count when done)."""
+        n = max(1, _int(max_blocks, "max_blocks"))
+        out = ffi.new("cb_delta[]", n)
+        count, nxt = ffi.new("size_t *"), ffi.new("uint64_t *")
+        bh = ffi.NULL if base is None else base._handle()
+        rc = lib.cb_dev_delta(self._handle(), bh, _int(start, "start"), out, n, count, nxt)
+        if rc:
+            against = "zeros" if base is None else repr(base.name)
+            raise_for(rc, f"delta of {self._name!r} against {against}")
+        arr = np.frombuffer(ffi.buffer(out, count[0] * ffi.sizeof("cb_delta")), dtype=_DELTA)
+        return arr.copy(), nxt[0]
+
+    def _stamp(self):
+        """The core's cb_devinfo of this device (id, created_ns, birth_time, flags...)."""
+        info = ffi.new("cb_devinfo *")
+        rc = lib.cb_dev_info(self._handle(), info)
+        if rc:
+            raise_for(rc, f"describe device {self._name!r}")
+        return info
+
+    def send(self, fileobj, base=None, **kw):
+        """Write this device, whole or as the difference from ``base``, as a
+        stream to ``fileobj`` (see :func:`cowblock.sendrecv.send`)."""
+        from .sendrecv import send
+        return send(self, fileobj, base, **kw)
 
     def open(self, mode="rb"):
         """This device as a file: an ``io.RawIOBase`` ("rb" or "r+b")."""

@@ -54,6 +54,10 @@ typedef struct cb_usage {
     uint64_t changed_bytes;
 } cb_usage;
 
+typedef struct cb_delta {
+    uint64_t block, data, zero;
+} cb_delta;
+
 typedef struct cb_check {
     uint64_t errors, leaked_blocks, leaked_pages, nodes, mapped_entries, repaired;
 } cb_check;
@@ -75,6 +79,7 @@ const char *cb_build_id(void);
 const char *cb_strerror(int code);
 uint64_t cb_bad_offset(void);
 size_t cb_corrupt_detail(char *buf, size_t len, uint64_t *page);
+uint32_t cb_crc32c(uint32_t crc, const void *buf, size_t len);
 
 int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
                    unsigned flags, cb_pool **out);
@@ -85,6 +90,7 @@ void cb_pool_release(cb_pool *pool);
 int cb_pool_flush(cb_pool *pool);
 int cb_pool_set_keep(cb_pool *pool, uint64_t max_blocks);
 int cb_pool_stat(cb_pool *pool, cb_stat *out);
+int cb_pool_uuid(cb_pool *pool, uint8_t out[16]);
 int cb_pool_create_device(cb_pool *pool, const char *name, uint64_t size,
                           const char *external_path);
 int cb_pool_snapshot(cb_pool *pool, const char *source, const char *name,
@@ -111,4 +117,8 @@ int cb_dev_read_blocks(cb_dev *dev, const uint64_t *idx, size_t n, void *buf);
 int cb_dev_write_blocks(cb_dev *dev, const uint64_t *idx, size_t n, const void *buf);
 int cb_dev_changed(cb_dev *dev, uint8_t *bits, size_t nbytes);
 int cb_dev_extents(cb_dev *dev, uint64_t *pairs, size_t n, size_t *count);
+int cb_dev_extents_range(cb_dev *dev, uint64_t first, uint64_t nblocks, uint64_t *pairs,
+                         size_t n, size_t *count, uint64_t *next);
 int cb_dev_usage(cb_dev *dev, cb_usage *out);
+int cb_dev_delta(cb_dev *dev, cb_dev *base, uint64_t start, cb_delta *out, size_t n,
+                 size_t *count, uint64_t *next);

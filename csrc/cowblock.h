@@ -154,6 +154,16 @@ typedef struct cb_usage {
                              * the last block counted up to the device's end */
 } cb_usage;
 
+/* One block of cb_dev_delta: which of its sub-blocks (bit s = sub-block s,
+ * LSB first, as the pool's sub-block size divides the block) read
+ * differently from the base, split by what the device reads there. */
+typedef struct cb_delta {
+    uint64_t block;           /* virtual block */
+    uint64_t data;            /* sub-blocks that differ and read data (or the external origin) */
+    uint64_t zero;            /* sub-blocks that differ and read as zeros; every
+                               * sub-block of a block that reads as zeros as a whole */
+} cb_delta;
+
 /* Result of cb_pool_check: counts of problems found. */
 typedef struct cb_check {
     uint64_t errors;          /* corruption: data would be wrong */
@@ -212,6 +222,10 @@ uint64_t cb_bad_offset(void);
  * page's), returns the text's length (0: no detail known) and forgets it,
  * so a later failure never shows a stale detail. */
 size_t cb_corrupt_detail(char *buf, size_t len, uint64_t *page);
+/* CRC-32C (Castagnoli) of buf, continued from crc (start with 0; the
+ * result of one call may be fed to the next to checksum data in pieces).
+ * The checksum the metadata and data checksums use; any thread, no lock. */
+uint32_t cb_crc32c(uint32_t crc, const void *buf, size_t len);
 
 /* ---- pool ---------------------------------------------------------------
  * Every call below but create, open, close, retain and release fails with
@@ -308,6 +322,10 @@ int cb_pool_flush(cb_pool *pool);
 int cb_pool_set_keep(cb_pool *pool, uint64_t max_blocks);
 /* Pool-wide figures (cb_stat).  Lock: shared.  Cost: O(1). */
 int cb_pool_stat(cb_pool *pool, cb_stat *out);
+/* The pool's identity: 16 random bytes chosen when it was created and kept
+ * for its life (in every superblock).  Errors: CB_EINVAL (out is NULL).
+ * Lock: shared.  Cost: O(1). */
+int cb_pool_uuid(cb_pool *pool, uint8_t out[16]);
 
 /* Device table.  Names are 1..CB_NAME_MAX bytes, no '/' and no NUL.
  * Changes to the table are durable at the next flush, like writes. */
@@ -489,6 +507,39 @@ int cb_dev_changed(cb_dev *dev, uint8_t *bits, size_t nbytes);
  * Lock: shared.  Cost: O(mapped blocks of the device), holes skipped a node
  *   at a time; with an external origin, O(blocks the origin covers). */
 int cb_dev_extents(cb_dev *dev, uint64_t *pairs, size_t n, size_t *count);
+/* The same for the blocks [first, first + nblocks) only, for callers that
+ * ask about a part of a device at a time (an NBD block status request):
+ * fills at most n runs, clipped to the range, in order, and sets *count to
+ * the number filled.  The walk stops where run n + 1 would start and sets
+ * *next to that block (first + nblocks when the range is done): every
+ * block of [first, *next) outside the runs reads as zeros.  n = 0 finds the
+ * next run's start.  CB_EINVAL if the range is not within the device.
+ * Shared lock; cost grows with the mapped entries in [first, *next), not
+ * with the device size. */
+int cb_dev_extents_range(cb_dev *dev, uint64_t first, uint64_t nblocks, uint64_t *pairs,
+                         size_t n, size_t *count, uint64_t *next);
+/* Where dev reads differently from base: the blocks with a sub-block
+ * that reads otherwise in dev than in base (base NULL: a device that reads
+ * as zeros everywhere, so every sub-block that may hold data), in block
+ * order from block `start` on, with the sub-blocks that differ (cb_delta).
+ * Found from the mappings alone, nothing is read from the data file: a
+ * sub-block read from the same data block in both is the same, anything
+ * else (another block, zeros, the external origin) is reported, so a
+ * block written with the bytes it had is reported too.  Sub-blocks past
+ * the device's end are never reported.  Cost: the tree
+ * nodes where the two devices' trees differ -- a subtree both reach
+ * through the same node is skipped unread -- so for a device and a
+ * snapshot of it, or one of its ancestors, it grows with what changed
+ * between them, not with the device size; for devices that share no
+ * nodes, with both trees.  Fills at most n (n >= 1) entries, sets *count
+ * to how many, and *next to the block to pass as start to continue (the
+ * device's block count once there is no more).  Both handles must be of
+ * the same pool and base of the same size and external origin as dev
+ * (CB_EINVAL).  Lock: shared, for this call only: for a consistent result
+ * across calls, neither device may change meanwhile (read-only devices or
+ * snapshots).  CB_ENOENT if either device was deleted. */
+int cb_dev_delta(cb_dev *dev, cb_dev *base, uint64_t start, cb_delta *out, size_t n,
+                 size_t *count, uint64_t *next);
 /* One device's entry of cb_pool_usage, the same figures, found from its own
  * tree alone: a block is exclusive when its reference count is 1 and every
  * node on the path to it has one reference.

@@ -741,6 +741,17 @@ int cb_pool_external_path(cb_pool *p, uint32_t id, char *buf, size_t len)
     return pool_leave(p, strlen(x->path) < len ? 0 : CB_EINVAL);
 }
 
+int cb_pool_uuid(cb_pool *p, uint8_t out[16])
+{
+    if (!out)
+        return CB_EINVAL;
+    int rc = pool_enter(p, SHARED);
+    if (rc)
+        return rc;
+    memcpy(out, p->s.uuid, 16);
+    return pool_leave(p, 0);
+}
+
 int cb_pool_usage(cb_pool *p, cb_usage *out, size_t n, size_t *count)
 {
     int rc = pool_enter(p, EXCLUSIVE); /* the walk uses scratch fields of nodes */
@@ -1040,7 +1051,37 @@ int cb_dev_extents(cb_dev *h, uint64_t *pairs, size_t n, size_t *count)
     if ((!pairs && n) || !count)
         return CB_EINVAL;
     int rc = dev_enter(h, SHARED);
-    return rc ? rc : pool_leave(h->pool, cb_thin_extents(&h->pool->s, h->rec, pairs, n, count));
+    return rc ? rc : pool_leave(h->pool, cb_thin_extents(&h->pool->s, h->rec, 0, UINT64_MAX,
+                                                            pairs, n, count, NULL));
+}
+
+int cb_dev_extents_range(cb_dev *h, uint64_t first, uint64_t nblocks, uint64_t *pairs,
+                         size_t n, size_t *count, uint64_t *next)
+{
+    if ((!pairs && n) || !count || !next)
+        return CB_EINVAL;
+    int rc = dev_enter(h, SHARED);
+    if (rc)
+        return rc;
+    const struct cb_devrec *d = h->rec;
+    if (first > d->nblocks || nblocks > d->nblocks - first)
+        return pool_leave(h->pool, CB_EINVAL);
+    return pool_leave(h->pool, cb_thin_extents(&h->pool->s, h->rec, first, first + nblocks,
+                                                  pairs, n, count, next));
+}
+
+int cb_dev_delta(cb_dev *h, cb_dev *base, uint64_t start, cb_delta *out, size_t n,
+                 size_t *count, uint64_t *next)
+{
+    if (!out || n == 0 || !count || !next || (base && base->pool != h->pool))
+        return CB_EINVAL;
+    int rc = dev_enter(h, SHARED);
+    if (rc)
+        return rc;
+    if (base && base->rec->deleted)
+        return pool_leave(h->pool, CB_ENOENT);
+    return pool_leave(h->pool, cb_thin_delta(&h->pool->s, h->rec, base ? base->rec : NULL,
+                                                start, out, n, count, next));
 }
 
 int cb_dev_usage(cb_dev *h, cb_usage *out)

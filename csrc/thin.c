@@ -714,25 +714,35 @@ static void ext_add(struct extents *x, uint64_t v)
     x->len = 1;
 }
 
-int cb_thin_extents(struct cb_store *p, struct cb_devrec *d, uint64_t *pairs,
-                    size_t n, size_t *count)
+int cb_thin_extents(struct cb_store *p, struct cb_devrec *d, uint64_t first, uint64_t end,
+                    uint64_t *pairs, size_t n, size_t *count, uint64_t *next)
 {
     CB_MUST_READ(p);
     struct extents x = {pairs, n, 0, 0, 0};
-    uint64_t v = 0;
-    while (v < d->nblocks) {
+    uint64_t v = first;
+    if (end > d->nblocks)
+        end = d->nblocks;
+    while (v < end) {
         if (!ext_covers(p, d, v)) {
             uint64_t nv = cb_map_seek(d->root, d->depth, v);
-            if (nv == UINT64_MAX || nv >= d->nblocks)
+            if (nv == UINT64_MAX || nv >= end) {
+                v = end;
                 break;
+            }
             v = nv;
         }
-        if (reads_data(p, d, cb_map_lookup(d->root, d->depth, v), v))
+        if (reads_data(p, d, cb_map_lookup(d->root, d->depth, v), v)) {
+            /* with next: stop where run n + 1 would start */
+            if (next && !(x.len && x.start + x.len == v) && x.count + (x.len != 0) == n)
+                break;
             ext_add(&x, v);
+        }
         v++;
     }
     ext_emit(&x);
     *count = x.count;
+    if (next)
+        *next = v < end ? v : end;
     return 0;
 }
 
@@ -992,5 +1002,134 @@ int cb_thin_dev_usage(struct cb_store *p, const struct cb_devrec *d, cb_usage *o
     u.shared = u.mapped - u.exclusive;
     u.changed_bytes = changed_bytes(p, d);
     *out = u;
+    return 0;
+}
+
+/* ---- delta -------------------------------------------------------------- */
+
+/*
+ * Which sub-blocks of a device read differently from a base device, found
+ * by walking both trees side by side.  A subtree both devices reach through
+ * the same node is identical in both and skipped without being read, so
+ * the cost is the nodes on the paths to the blocks where the two differ:
+ * for a device and its ancestor (or a snapshot of it), O(changed).  Where
+ * the nodes differ, entries are compared sub-block by sub-block by where
+ * each reads from (a data block, the external origin, or zeros): the same
+ * data block and sub-block is the same bytes, anything else is reported.
+ * Nothing is read from the data file.
+ */
+struct delta_walk {
+    struct cb_store *p;
+    const struct cb_devrec *d, *b; /* b may be NULL: an all-zero base */
+    uint64_t start;                /* first block wanted */
+    uint64_t ext_blocks;           /* blocks d reads from an external origin b does not share */
+    cb_delta *out;
+    size_t n, count;
+    uint64_t next;                 /* where to resume once out is full */
+    int full;
+};
+
+#define SRC_ZERO 0u
+#define SRC_EXT 1u
+
+/* Where sub-block s reads from through entry e: SRC_ZERO, SRC_EXT, or a
+ * data block + 2. */
+static uint64_t sub_source(const struct cb_entry *e, unsigned s, int has_ext)
+{
+    if (e && (e->flags & CB_E_MAPPED) && (e->bitmap & BIT(s)))
+        return e->block + 2;
+    if (e && (e->flags & CB_E_ORIGIN))
+        return e->origin + 2;
+    if (e && (e->flags & CB_E_ZERO))
+        return SRC_ZERO;
+    return has_ext ? SRC_EXT : SRC_ZERO;
+}
+
+static void delta_entry(struct delta_walk *w, const struct cb_entry *e,
+                        const struct cb_entry *f, uint64_t v)
+{
+    if (w->full || v < w->start || v >= w->d->nblocks)
+        return;
+    int ext_d = w->d->external_id && (v << w->p->block_shift) < w->p->ext[w->d->external_id - 1].size;
+    int ext_b = w->b && w->b->external_id && ext_d;
+    uint64_t data = 0, zero = 0;
+    unsigned nsub = w->p->nsub; /* sub-blocks of v inside the device */
+    uint64_t left = w->d->size - (v << w->p->block_shift);
+    if (left < w->p->block_size)
+        nsub = (unsigned)((left + w->p->sub_size - 1) / w->p->sub_size);
+    for (unsigned s = 0; s < nsub; s++) {
+        uint64_t x = sub_source(e, s, ext_d), y = sub_source(f, s, ext_b);
+        if (x == y)
+            continue;
+        if (x == SRC_ZERO)
+            zero |= BIT(s);
+        else
+            data |= BIT(s);
+    }
+    if (!data && !zero)
+        return;
+    if (!data) {
+        /* the block reads as zeros in d: report all of it, so that a
+         * receiver discards it whole and holds no block for it either */
+        unsigned s = 0;
+        while (s < nsub && sub_source(e, s, ext_d) == SRC_ZERO)
+            s++;
+        if (s == nsub)
+            zero = nsub == 64 ? UINT64_MAX : BIT(nsub) - 1;
+    }
+    if (w->count == w->n) {
+        w->full = 1;
+        w->next = v;
+        return;
+    }
+    w->out[w->count++] = (cb_delta){v, data, zero};
+}
+
+/* Blocks covered by a node at `level`. */
+static uint64_t node_cover(unsigned level)
+{
+    return level ? cb_map_span(level) * CB_NODE_FANOUT : CB_LEAF_ENTRIES;
+}
+
+static void delta_walk(struct delta_walk *w, const struct cb_node *x, const struct cb_node *y,
+                       unsigned level, uint64_t base)
+{
+    uint64_t end = base + node_cover(level);
+    if (w->full || end <= w->start || base >= w->d->nblocks)
+        return;
+    if (x == y && (x || base >= w->ext_blocks))
+        return; /* the same node (or a hole in both, outside an external origin) */
+    if (!x && !y) {
+        /* a hole in both that d reads from its external origin */
+        uint64_t stop = end < w->ext_blocks ? end : w->ext_blocks;
+        for (uint64_t v = base > w->start ? base : w->start; v < stop && !w->full; v++)
+            delta_entry(w, NULL, NULL, v);
+        return;
+    }
+    if (level == 0) {
+        for (unsigned i = 0; i < CB_LEAF_ENTRIES && !w->full; i++)
+            delta_entry(w, x ? &x->u.e[i] : NULL, y ? &y->u.e[i] : NULL, base + i);
+        return;
+    }
+    uint64_t span = cb_map_span(level);
+    for (unsigned i = 0; i < CB_NODE_FANOUT && !w->full; i++)
+        delta_walk(w, x ? x->u.c[i] : NULL, y ? y->u.c[i] : NULL, level - 1, base + i * span);
+}
+
+int cb_thin_delta(struct cb_store *p, const struct cb_devrec *d, const struct cb_devrec *b,
+                  uint64_t start, cb_delta *out, size_t n, size_t *count, uint64_t *next)
+{
+    CB_MUST_READ(p);
+    if (b && (b->size != d->size || b->external_id != d->external_id))
+        return CB_EINVAL;
+    struct delta_walk w = {p, d, b, start, 0, out, n, 0, d->nblocks, 0};
+    if (!b && d->external_id) {
+        uint64_t xs = p->ext[d->external_id - 1].size;
+        w.ext_blocks = (xs + p->block_size - 1) >> p->block_shift;
+    }
+    if (start < d->nblocks)
+        delta_walk(&w, d->root, b ? b->root : NULL, d->depth, 0);
+    *count = w.count;
+    *next = w.full ? w.next : d->nblocks;
     return 0;
 }

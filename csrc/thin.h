@@ -43,8 +43,17 @@ int cb_thin_discard(struct cb_store *p, struct cb_devrec *d, uint64_t len,
                     uint64_t off);
 int cb_thin_changed(struct cb_store *p, struct cb_devrec *d, uint8_t *bits,
                     size_t nbytes);
-int cb_thin_extents(struct cb_store *p, struct cb_devrec *d, uint64_t *pairs,
-                    size_t n, size_t *count);
+/* Runs of blocks in [first, end) that may hold data.  With next NULL: at
+ * most n pairs filled, *count = all runs.  Otherwise the walk stops where
+ * run n + 1 would start, *count = runs filled, *next = where it stopped. */
+int cb_thin_extents(struct cb_store *p, struct cb_devrec *d, uint64_t first, uint64_t end,
+                    uint64_t *pairs, size_t n, size_t *count, uint64_t *next);
+/* Sub-blocks of d that read differently from b (NULL: an all-zero
+ * device), from block start on, in block order: at most n into out; *next
+ * gets the block to continue from (d's block count once done).  b must
+ * have d's size and external origin (CB_EINVAL).  Read-only. */
+int cb_thin_delta(struct cb_store *p, const struct cb_devrec *d, const struct cb_devrec *b,
+                  uint64_t start, cb_delta *out, size_t n, size_t *count, uint64_t *next);
 /* Usage of every device (out[i] for the i-th device in slot order). */
 int cb_thin_usage(struct cb_store *p, cb_usage *out, size_t n, size_t *count);
 /* Usage of one device, walking only its own tree (read-only: the shared

@@ -15,6 +15,7 @@ import pytest
 import cowblock
 from cowblock.imagefile import (RawImageFile, data_ranges, export_raw, import_raw,
                                 punch_hole)
+from tools import run_tool
 
 BS = 64 * 1024
 MiB = 2**20
@@ -436,7 +437,7 @@ def test_import_refuses_a_real_qcow2(pool, tmp_path):
     if shutil.which("qemu-img") is None:
         pytest.skip("qemu-img is not installed")
     path = tmp_path / "disk.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
+    run_tool(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
     with pytest.raises(cowblock.InvalidArgumentError,
                        match="qcow2.*qemu-img convert -f qcow2 -O raw"):
         import_raw(pool, path, name="x")

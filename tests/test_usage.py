@@ -260,4 +260,4 @@ def _second_handle(pool, name):
     """A cb_dev handle of its own (Pool.device caches one Device per name)."""
     out = ffi.new("cb_dev **")
     assert lib.cb_dev_open(pool._handle(), name.encode(), out) == 0
-    return out[0]
+    return ffi.gc(out[0], lib.cb_dev_close)  # owned as the library owns its own

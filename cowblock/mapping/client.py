@@ -120,11 +120,12 @@ def map_device(pool_dir: str, name: str, readonly: bool = False) -> dict:
                     f"does not answer on its control socket") from exc
 
 
-def _wait_daemon_exit(pool_dir: str, seconds: float) -> bool:
+def _wait_daemon_exit(pool_dir: str, seconds: float, pid: int | None = None) -> bool:
     """Wait for a map daemon on its way out (it still holds the pool); True
-    once it is gone, False when there is none or it stays."""
-    doc = state.load(pool_dir) or {}
-    pid = doc.get("pid")
+    once it is gone, False when there is none or it stays.  ``pid`` is the
+    daemon's, when known; else the recorded one."""
+    if pid is None:
+        pid = (state.load(pool_dir) or {}).get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return False
     deadline = time.monotonic() + seconds
@@ -135,8 +136,18 @@ def _wait_daemon_exit(pool_dir: str, seconds: float) -> bool:
             return True
         except PermissionError:
             return False
+        if _zombie(pid):  # exited, not yet reaped by the process that started it
+            return True
         time.sleep(0.05)
     return False
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _wait_for_server(pool_dir: str, seconds: float) -> bool:
@@ -150,10 +161,19 @@ def _wait_for_server(pool_dir: str, seconds: float) -> bool:
 
 def unmap_device(pool_dir: str, target: str) -> dict:
     """Unmap a device by name or by its ``/dev/loopN`` path."""
+    pool_dir = os.path.abspath(pool_dir)
+    pid = (state.load(pool_dir) or {}).get("pid")   # read first: the daemon removes it on exit
     try:
-        return _ask(os.path.abspath(pool_dir), {"op": "unmap", "target": target})
+        reply = _ask(pool_dir, {"op": "unmap", "target": target})
     except client.NoServer:
         raise errors.NotFoundError(f"{target!r} is not mapped (no map daemon holds the pool)")
+    # The last unmap stops the daemon: return once it has let go of the pool,
+    # so that the caller can open the pool straight away.
+    if reply.get("exiting") and not _wait_daemon_exit(pool_dir, START_TIMEOUT, pid):
+        raise errors.CowblockError(
+            f"unmapped {target!r}, but the map daemon (pid {pid}) did not exit within "
+            f"{START_TIMEOUT:.0f} s; see {os.path.join(pool_dir, state.LOG_NAME)}")
+    return reply
 
 
 def mapped_devices(pool_dir: str) -> list[dict]:
