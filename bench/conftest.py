@@ -13,7 +13,8 @@ import os
 
 import pytest
 
-from cowblock.benchmark import fmt_size, parse_size
+from cowblock.benchmark.util import fmt_size
+from cowblock.units import parse_size
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

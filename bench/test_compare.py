@@ -116,8 +116,9 @@ def test_w5_mmap_side_by_side(tmp_path):
 
 
 def test_cli_parses_sizes():
-    assert benchmark.parse_size("64K") == 65536
-    assert benchmark.parse_size("1G") == 2**30
-    assert benchmark.parse_size("1GiB") == 2**30
+    parse = benchmark.build_parser().parse_args
+    assert parse(["--size", "64K"]).size == 65536
+    assert parse(["--size", "1G"]).size == 2**30
+    assert parse(["--size", "1GiB"]).size == 2**30
     with pytest.raises(SystemExit):
-        benchmark.build_parser().parse_args(["--size", "lots"])
+        parse(["--size", "lots"])

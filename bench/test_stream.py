@@ -26,7 +26,8 @@ import time
 
 import pytest
 
-from cowblock.benchmark import fmt_size, parse_size
+from cowblock.benchmark.util import fmt_size
+from cowblock.units import parse_size
 
 BASE = parse_size(os.environ.get("COWBLOCK_BENCH_STREAM_BASE", "1G"))
 BIG = parse_size(os.environ.get("COWBLOCK_BENCH_STREAM_BIG", "64G"))

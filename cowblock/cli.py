@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 from .errors import BusyError, CorruptError, CowblockError, ExistsError, InvalidArgumentError
+from .table import print_table
 from .units import format_exact, format_size, parse_size, size_range
 
 EXIT_OK = 0
@@ -112,18 +113,6 @@ def _when(t: float | None) -> str:
 
 def _exact(n: int | None) -> str:
     return "-" if n is None else format_exact(n)
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None) -> None:
-    """Print an aligned table; columns whose header starts with a space
-    (size columns) are right-aligned."""
-    out = out or sys.stdout
-    cells = [[str(h).strip() for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    right = [str(h).startswith(" ") for h in headers]
-    for r in cells:
-        parts = [c.rjust(w) if rj else c.ljust(w) for c, w, rj in zip(r, widths, right)]
-        print("  ".join(parts).rstrip(), file=out)
 
 
 def _emit_json(obj: Any) -> None:
@@ -1065,7 +1054,7 @@ def _bench(argv: list[str]) -> int:
         from . import benchmark
     except ImportError as exc:
         if exc.name in ("cowblock.benchmark", f"{__package__}.benchmark"):
-            print("cowblock: error: the benchmark module (cowblock/benchmark.py) "
+            print("cowblock: error: the benchmark module (cowblock/benchmark/) "
                   "is not installed", file=sys.stderr)
             return EXIT_USAGE
         raise
@@ -1127,8 +1116,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = noun("pool", "create and inspect pools")
     p = verb(g, "create", cmd_pool_create, "create a pool in a new directory")
     p.add_argument("path", nargs="?", metavar="PATH")
-    from ._lowlevel import lib
-    lo, hi = lib.CB_MIN_BLOCK_SIZE, lib.CB_MAX_BLOCK_SIZE
+    from ._lowlevel import MAX_BLOCK_SIZE as hi, MIN_BLOCK_SIZE as lo
     p.add_argument("--size", default="10G",
                    help="data capacity (default 10G; the data file is sparse; at most "
                         "2**36 blocks)")

@@ -26,6 +26,7 @@ from typing import TextIO
 import numpy as np
 
 from .errors import CowblockError, ExistsError
+from .table import print_fields, print_table
 from .units import format_exact, format_size
 
 __all__ = ["run", "DemoCheckError"]
@@ -323,9 +324,8 @@ def _print_summary(store, df: dict, pool, stats0: dict, out: TextIO) -> None:
     print("\nSpace by object. changed: blocks it changed over its parent (change bitmap); "
           "exclusive: held by\nthis device alone (given back on removal); shared: also "
           "referenced by another device", file=out)
-    from .cli import print_table
     print_table(["OBJECT", "IMAGES", " VIRTUAL", " CHANGED", " EXCLUSIVE", " SHARED", "NOTE"],
-           rows, out)
+                rows, out)
 
     p = df["pool"]
     logical = sum(d["size"] for d in devices)
@@ -348,9 +348,7 @@ def _print_summary(store, df: dict, pool, stats0: dict, out: TextIO) -> None:
          format_exact(int(stats.get("meta_bytes_on_disk", stats.get("meta_bytes", 0))))),
         ("model and snapshot JSON", format_exact(meta_json)),
     ]
-    w = max(len(k) for k, _ in kv)
-    for k, v in kv:
-        print(f"  {k:<{w}}  {v}", file=out)
+    print_fields(kv, out)
     if int(stats.get("data_bytes_on_disk", p["used"])) < p["used"]:
         print("  (the data file holds less than 'used': a block allocated by a 4 KiB copy-up "
               "has only\n   the sub-blocks written to it; the rest stay holes in the file)",
@@ -365,6 +363,4 @@ def _print_summary(store, df: dict, pool, stats0: dict, out: TextIO) -> None:
         ("bytes copied from origin blocks", format_exact(_delta(stats, stats0, "copyup_bytes"))),
         ("metadata commits", str(_delta(stats, stats0, "commits"))),
     ]
-    w = max(len(k) for k, _ in kv)
-    for k, v in kv:
-        print(f"  {k:<{w}}  {v}", file=out)
+    print_fields(kv, out)

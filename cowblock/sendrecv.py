@@ -29,7 +29,6 @@ import sys
 import time
 
 from . import stream as S
-from ._lowlevel import lib
 from .errors import CowblockError, ExistsError, InvalidArgumentError, NotFoundError, ReadOnlyError
 from .snapshotter import StateFile
 
@@ -169,7 +168,7 @@ def send(dev, out, base=None, *, resume=None, progress=None):
         if base.pool is not pool:
             raise InvalidArgumentError(f"base {base.name!r} is not in the pool of {dev.name!r}")
         binfo = base._stamp()
-        if not binfo.flags & lib.CB_DEV_READONLY and not pool.readonly:
+        if not binfo.readonly and not pool.readonly:
             raise InvalidArgumentError(
                 f"base {base.name!r} is writable: an incremental stream needs a base that "
                 f"cannot change (a read-only snapshot or layer)")
@@ -182,7 +181,7 @@ def send(dev, out, base=None, *, resume=None, progress=None):
                 f"base {base.name!r} and {dev.name!r} read from different external origins")
         if base.name == dev.name:
             raise InvalidArgumentError(f"a device cannot be sent against itself ({dev.name!r})")
-    readonly = bool(info.flags & lib.CB_DEV_READONLY)
+    readonly = info.readonly
     snap = None
     src = dev
     try:

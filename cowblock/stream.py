@@ -26,7 +26,7 @@ import dataclasses
 import struct
 
 from .errors import CowblockError
-from ._lowlevel import lib
+from ._lowlevel import crc32c
 
 __all__ = ["StreamError", "Header", "Data", "Zero", "End", "Resume", "ResumeState",
            "StreamWriter", "StreamReader", "crc32c", "encode_token", "decode_token",
@@ -60,12 +60,6 @@ NAME_MAX = 127
 #: record per block).  A reader refuses any payload above MAX_PAYLOAD.
 MAX_RECORD_DATA = 1 << 20
 MAX_PAYLOAD = (16 << 20) + DATA_FIXED.size
-
-
-def crc32c(data, crc=0):
-    """CRC-32C (Castagnoli) of ``data``, continued from ``crc`` (the core's)."""
-    return lib.cb_crc32c(crc, bytes(data) if not isinstance(data, (bytes, bytearray)) else data,
-                         len(data))
 
 
 class StreamError(CowblockError, ValueError):

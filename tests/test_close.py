@@ -106,7 +106,7 @@ class RawWorker(threading.Thread):
         from cowblock._lowlevel import ffi, lib
 
         self.ffi, self.lib, self.t = ffi, lib, t
-        self.h, self.dh = pool._h, pool.device("a")._h
+        self.h, self.dh = pool._h._p, pool.device("a")._h  # the cb_pool * and cb_dev *
         self.written = {}
         self.calls = 0
         self.errors = []
@@ -180,7 +180,7 @@ def test_calls_after_close_raise_closed_error(tmp_path):
     pool = cowblock.Pool.create(tmp_path / "p", size=1 << 20, block_size=BS)
     dev = pool.create_device("a", 16 * BS)
     dev.write(0, b"x" * BS)
-    h = pool._h  # what a thread that loaded the handle before the close still holds
+    h = pool._h._p  # what a thread that loaded the handle before the close still holds
     dh = dev._h
     pool.close()
     from cowblock._lowlevel import ffi, lib

@@ -212,19 +212,15 @@ def test_listings_are_stable(pool):
 
 def _own_handle(pool, name):
     """A Device over a cb_dev handle of its own: Pool.device() hands out one cached Device per
-    name, so a second handle of the same device is opened through the binding."""
-    from cowblock._lowlevel import ffi, lib
-
-    out = ffi.new("cb_dev **")
-    assert lib.cb_dev_open(pool._handle(), name.encode(), out) == 0
-    return cowblock.pool.Device(pool, out[0], name)
+    name, while constructing a Device opens a second handle of the same device."""
+    return cowblock.pool.Device(pool, name)
 
 
 def _close_handle(dev):
-    from cowblock._lowlevel import lib
+    from cowblock._lowlevel import ffi
 
-    h, dev._h = dev._h, None  # so that the Device does not close it again
-    lib.cb_dev_close(h)
+    h, dev._h = dev._h, None
+    ffi.release(h)  # cb_dev_close now, not when the cdata goes
 
 
 def test_device_objects_are_cached(pool):

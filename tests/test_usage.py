@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import cowblock
 from cowblock import cli
-from cowblock import pool as pool_mod
+from cowblock import _lowlevel
 from cowblock._lowlevel import ffi, lib
 from cowblock.model import Store, _changed_bytes
 
@@ -162,7 +162,7 @@ def test_device_usage_deep_chain_and_copy_up(pool):
 def test_device_usage_of_a_deleted_device_raises(pool):
     dev = pool.create_device("a", MiB)
     dev.write(0, b"x")
-    other = cowblock.pool.Device(pool, _second_handle(pool, "a"), "a")
+    other = cowblock.pool.Device(pool, "a")  # a cb_dev handle of its own
     pool.delete("a")
     with pytest.raises(cowblock.NotFoundError):
         other.usage()
@@ -193,8 +193,8 @@ class _CountingLib:
 
 @pytest.fixture
 def counting(monkeypatch):
-    c = _CountingLib(pool_mod.lib)
-    monkeypatch.setattr(pool_mod, "lib", c)
+    c = _CountingLib(_lowlevel.lib)
+    monkeypatch.setattr(_lowlevel, "lib", c)
     return c
 
 
@@ -251,13 +251,3 @@ def test_device_ls_walks_the_pool_once(pool_path, counting, capsys, monkeypatch)
     assert counting.calls["cb_pool_list"] <= 2  # one listing (sized, then filled)
     assert {r["name"]: (r["mapped"], r["exclusive"], r["shared"]) for r in rows} == {
         n: (u.mapped, u.exclusive, u.shared) for n, u in want.items()}
-
-
-# ---------------------------------------------------------------------------- handles
-
-
-def _second_handle(pool, name):
-    """A cb_dev handle of its own (Pool.device caches one Device per name)."""
-    out = ffi.new("cb_dev **")
-    assert lib.cb_dev_open(pool._handle(), name.encode(), out) == 0
-    return ffi.gc(out[0], lib.cb_dev_close)  # owned as the library owns its own

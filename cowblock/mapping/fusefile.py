@@ -13,7 +13,7 @@ import os
 import threading
 
 from .. import errors
-from .._lowlevel import ffi as core_ffi, lib as core_lib
+from .._lowlevel import function_address, handle_address
 
 try:
     from .._fusefile import ffi, lib
@@ -43,17 +43,11 @@ _SIGS = {"read": "int (*)(void *, void *, uint64_t, uint64_t)",
          "flush": "int (*)(void *)"}
 
 
-def _address(cdata) -> int:
-    """The address of a pointer of the core's cffi module, to hand to ours."""
-    return int(core_ffi.cast("uintptr_t", cdata))
-
-
 def _core_table():
     """The core's byte IO calls as function pointers for the C side."""
     core = ffi.new("cbf_core *")
     for field, sig in _SIGS.items():
-        fn = core_ffi.addressof(core_lib, f"cb_dev_{field}")
-        setattr(core, field, ffi.cast(sig, _address(fn)))
+        setattr(core, field, ffi.cast(sig, function_address(f"cb_dev_{field}")))
     return core
 
 
@@ -108,7 +102,7 @@ class FuseFiles:
             raise errors.ClosedError("the FUSE file system is not running")
         handle = device._handle()  # the cb_dev the C side calls the core with
         with self._lock:
-            rc = lib.cbf_add(self._fs, name.encode(), ffi.cast("void *", _address(handle)),
+            rc = lib.cbf_add(self._fs, name.encode(), ffi.cast("void *", handle_address(handle)),
                              device.size, 1 if readonly or device.readonly else 0)
             if rc == -errno.EEXIST:
                 raise errors.ExistsError(f"a file {name!r} is served already")
