@@ -31,7 +31,6 @@ import argparse
 import errno
 import json
 import os
-import re
 import stat
 import sys
 import time
@@ -40,6 +39,7 @@ from typing import Any, Iterator, Sequence
 
 from .errors import BusyError, CorruptError, CowblockError, ExistsError, InvalidArgumentError
 from .table import print_table
+from .argparsing import Parser
 from .units import format_exact, format_size, parse_size, size_range
 
 EXIT_OK = 0
@@ -95,16 +95,6 @@ def _sizes(what: str, minimum: int | None = None, maximum: int | None = None,
 def _device_sizes():
     from .pool import MAX_DEVICE_SIZE
     return _sizes("size", 512, MAX_DEVICE_SIZE, multiple=512)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, except that a word starting with ``-`` and a digit is a
-    value (``--size -5G``), so that it is refused as a negative size rather
-    than taken for an unknown option. No option of ours starts so."""
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
 
 def _when(t: float | None) -> str:
@@ -939,6 +929,59 @@ def cmd_bind_rm(args) -> int:
 
 
 # --------------------------------------------------------------------------
+# mounting volumes and containers; the containerd snapshotter
+
+
+def _cmd_mount(args, kind: str) -> int:
+    from .mapping.mount import device_of, mount_device
+    pool_dir = os.path.abspath(_pool_path(args))
+    r = mount_device(pool_dir, device_of(pool_dir, kind, args.name), args.dir,
+                     readonly=args.readonly, mkfs_blank=(kind == "volume"))
+    made = " (made an ext4 file system on it first)" if r["made_fs"] else ""
+    _say(args, f"mounted {kind} {args.name} ({r['path']}, {r['type']}) on {r['directory']}{made}",
+         {"name": args.name, **r})
+    return EXIT_OK
+
+
+def _cmd_umount(args, kind: str) -> int:
+    from .mapping.mount import umount_dir
+    r = umount_dir(os.path.abspath(_pool_path(args)), args.dir)
+    _say(args, f"unmounted {r['directory']} and unmapped {r['device']} ({r['path']})", r)
+    return EXIT_OK
+
+
+def cmd_volume_mount(args) -> int:
+    return _cmd_mount(args, "volume")
+
+
+def cmd_volume_umount(args) -> int:
+    return _cmd_umount(args, "volume")
+
+
+def cmd_container_mount(args) -> int:
+    return _cmd_mount(args, "container")
+
+
+def cmd_container_umount(args) -> int:
+    return _cmd_umount(args, "container")
+
+
+def cmd_snapshotter_serve(args) -> int:
+    import logging
+    try:
+        import grpc  # noqa: F401
+        from .containerd._pb import snapshots_pb2  # noqa: F401
+    except ImportError as exc:
+        raise CowblockError(f"the snapshotter needs grpcio and protobuf "
+                            f"(pip install 'cowblock[containerd]'): {exc}") from None
+    from .containerd.server import serve
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                        format=f"%(asctime)s cowblock snapshotter[{os.getpid()}] %(message)s")
+    return serve(os.path.abspath(_pool_path(args)), args.address, fs_type=args.fs,
+                 size=args.size, pid_file=args.pid_file)
+
+
+# --------------------------------------------------------------------------
 # df
 
 
@@ -957,7 +1000,7 @@ def print_df(df: dict, verbose: bool = False, out=None) -> None:
     out = out or sys.stdout
     groups = [("Images", df["images"]), ("Layers", df["layers"]),
               ("Containers", df["containers"]), ("Volumes", df["volumes"]),
-              ("Other devices", df["other"])]
+              ("Snapshots", df.get("snapshots", [])), ("Other devices", df["other"])]
     rows = []
     for label, items in groups:
         virtual = sum(i["size"] or 0 for i in items)
@@ -993,12 +1036,16 @@ def print_df(df: dict, verbose: bool = False, out=None) -> None:
         ("Binds:", ["NAME", "PATH", " SIZE", " ON DISK", "ATTACHED TO"],
          [(b["name"], b["path"], _exact(b["size"]), _exact(b["on_disk"]),
            ",".join(b["attached_to"]) or "-") for b in binds]),
+        ("Snapshots (containerd's and other namespaces):",
+         ["NAMESPACE", "KEY", "KIND", "DEVICE", " CHANGED", " EXCLUSIVE", " SHARED"],
+         [(s["namespace"], s["key"], s["kind"], s["device"], _exact(s["changed"]),
+           _exact(s["exclusive"]), _exact(s["shared"])) for s in df.get("snapshots", [])]),
         ("Other devices:", ["DEVICE", " SIZE", " MAPPED", " EXCLUSIVE", " SHARED"],
          [(o["device"], _exact(o["size"]), _exact(o["mapped"]), _exact(o["exclusive"]),
            _exact(o["shared"])) for o in df["other"]]),
     ]
     for title, headers, rows in sections:
-        if not rows and title == "Other devices:":
+        if not rows and title in ("Other devices:", "Snapshots (containerd's and other namespaces):"):
             continue
         print(file=out)
         print(title, file=out)
@@ -1070,13 +1117,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``cowblock`` command."""
     # Global options are accepted before the noun and after the verb; the
     # leaf copies use SUPPRESS so they do not overwrite the top-level ones.
-    leaf = _Parser(add_help=False)
+    leaf = Parser(add_help=False)
     leaf.add_argument("--pool", metavar="PATH", default=argparse.SUPPRESS,
                       help="the pool directory (default: $COWBLOCK_POOL)")
     leaf.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                       help="print JSON (sizes as integer bytes)")
 
-    parser = _Parser(
+    parser = Parser(
         prog="cowblock", description="Copy-on-write thin-provisioned block devices.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", metavar="PATH", default=None,
@@ -1260,6 +1307,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--volume", metavar="NAME")
         p.add_argument("--bind", metavar="NAME")
 
+    p = verb(g, "mount", cmd_container_mount,
+             "map a container's device and mount its file system on DIR (root)")
+    p.add_argument("name")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--readonly", action="store_true", help="mount it read-only")
+    verb(g, "umount", cmd_container_umount, "unmount DIR and unmap its device").add_argument(
+        "dir", metavar="DIR")
+
     g = noun("volume", "volumes: devices outside every chain")
     p = verb(g, "create", cmd_volume_create, "create a volume")
     p.add_argument("name")
@@ -1267,6 +1322,27 @@ def build_parser() -> argparse.ArgumentParser:
     verb(g, "ls", cmd_volume_ls, "list volumes")
     p = verb(g, "rm", cmd_volume_rm, "remove volumes")
     p.add_argument("names", nargs="+", metavar="NAME")
+
+    p = verb(g, "mount", cmd_volume_mount,
+             "map a volume and mount it on DIR (an ext4 is made on first use; root)")
+    p.add_argument("name")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--readonly", action="store_true", help="mount it read-only")
+    verb(g, "umount", cmd_volume_umount, "unmount DIR and unmap its device").add_argument(
+        "dir", metavar="DIR")
+
+    g = noun("snapshotter", "containerd's snapshotter (pip install 'cowblock[containerd]')")
+    p = verb(g, "serve", cmd_snapshotter_serve,
+             "serve containerd's snapshots API on a Unix socket until SIGTERM")
+    p.add_argument("--address", required=True, metavar="SOCKET",
+                   help="the socket containerd's [proxy_plugins] entry names")
+    p.add_argument("--fs", choices=("ext4", "xfs"), default="ext4",
+                   help="file system of the snapshots (default ext4)")
+    p.add_argument("--size", type=_device_sizes(), default=10 * 2**30,
+                   help="size of every snapshot's file system (default 10G; thin)")
+    p.add_argument("--pid-file", metavar="FILE", help="write the server's pid here")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   default="info", help="log level on stderr (default info)")
 
     g = noun("bind", "binds: raw image files attached as they are")
     p = verb(g, "create", cmd_bind_create, "bind an existing raw image file")
@@ -1372,7 +1448,9 @@ def _run_command(parser, args, argv: list[str] | None) -> int:
 # from inside it they would wait on themselves), the demo and benchmarks.
 _NOT_IN_SERVER = {("pool", "create"), ("stream", "merge"),
                   ("device", "map"), ("device", "unmap"),
-                  ("device", "mapped"), ("demo", None), ("bench", None)}
+                  ("device", "mapped"), ("demo", None), ("bench", None),
+                  ("volume", "mount"), ("volume", "umount"), ("container", "mount"),
+                  ("container", "umount"), ("snapshotter", "serve")}
 
 
 _STREAM_COMMANDS = {("device", "send"), ("device", "receive"), ("image", "send"),

@@ -1209,8 +1209,9 @@ class Store:
         Returns a dict with ``pool`` (size, used, block_size and, when the
         pool reports them, data_bytes_on_disk, meta_bytes and
         meta_bytes_on_disk), ``images``, ``layers``, ``containers``,
-        ``volumes``, ``binds`` and ``other`` (pool devices that belong to no
-        model object).
+        ``volumes``, ``binds``, ``snapshots`` (those of other snapshotter
+        namespaces, e.g. containerd's) and ``other`` (pool devices that
+        belong to none of these).
         """
         doc = self._doc()
         walk = self.pool.usage()  # one walk for every device, not one per device
@@ -1275,6 +1276,8 @@ class Store:
                           "attached_to": attached_to.get(("bind", name), [])})
         model_devices = {s["device"] for s in layer_space.values()}
         model_devices |= {c["device"] for c in containers} | {v["device"] for v in volumes}
+        snapshots = self._namespace_snapshots(walk)
+        model_devices |= {s["device"] for s in snapshots}
         other = []
         strays = [n for n in sorted(devs) if n not in model_devices]
         if len(strays) * 4 > len(devs):
@@ -1294,4 +1297,29 @@ class Store:
             if k in stats:
                 pool[k] = int(stats[k])
         return {"pool": pool, "images": images, "layers": layers, "containers": containers,
-                "volumes": volumes, "binds": binds, "other": other}
+                "volumes": volumes, "binds": binds, "snapshots": snapshots, "other": other}
+
+    def _namespace_snapshots(self, walk) -> list[dict]:
+        """The snapshots of every other snapshotter namespace of the pool
+        (``cowblock snapshotter serve`` keeps containerd's in one), with
+        both figures: ``changed`` (bytes beyond the parent, what containerd
+        reports as usage) and ``exclusive`` (what removing it gives back)."""
+        out = []
+        for ns in _namespaces(self.pool):
+            if ns == NAMESPACE:
+                continue
+            try:
+                sn = Snapshotter(self.pool, ns)
+                infos = list(sn.walk())
+            except (InvalidArgumentError, CorruptError):
+                continue  # reported by check()
+            for info in infos:
+                u = walk.devices.get(info.device)
+                changed = (sn.changed(info.name) if info.kind == "committed"
+                           else walk.changed.get(info.device))
+                out.append({"namespace": ns, "key": info.name, "kind": info.kind,
+                            "parent": info.parent, "device": info.device, "size": info.size,
+                            "changed": changed, "mapped": u.mapped if u else 0,
+                            "exclusive": u.exclusive if u else 0,
+                            "shared": u.shared if u else 0})
+        return out

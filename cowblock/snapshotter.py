@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator
 from .errors import (BusyError, CorruptError, ExistsError, InvalidArgumentError,
                      NotFoundError, ReadOnlyError)
 
-__all__ = ["Snapshotter", "Info", "Usage", "StateFile",
+__all__ = ["Snapshotter", "Info", "Usage", "StateFile", "compile_filter",
            "KIND_ACTIVE", "KIND_VIEW", "KIND_COMMITTED"]
 
 KIND_ACTIVE = "active"
@@ -228,6 +228,19 @@ def _compile_filter(text: str) -> Callable[[Info], bool]:
         return True
 
     return match
+
+
+def compile_filter(text: str) -> Callable[[Info], bool]:
+    """The predicate of one containerd-style filter string, as
+    :meth:`Snapshotter.walk` takes them (InvalidArgumentError when bad)."""
+    return _compile_filter(text)
+
+
+def _changed_bytes(dev) -> int:
+    """Bytes of the blocks ``dev`` changed since it was made (its change
+    bitmap; the last block counted up to the device's end)."""
+    bs = dev.pool.block_size
+    return sum(min(bs, dev.size - b * bs) for b in dev.changed_blocks())
 
 
 # --------------------------------------------------------------------------
@@ -455,12 +468,15 @@ class Snapshotter:
             dev_name = self._new_device_name(doc, name)
             doc["pending"] = [dev_name]
             self._file.save(doc)
+            active = self.pool.device(rec["device"])
+            changed = _changed_bytes(active)
             self.pool.snapshot(rec["device"], dev_name, readonly=True)
             self.pool.flush()
 
             now = time.time()
             snaps[name] = {"device": dev_name, "parent": rec["parent"], "kind": KIND_COMMITTED,
-                           "labels": labels, "created": now, "updated": now, "size": rec["size"]}
+                           "labels": labels, "created": now, "updated": now, "size": rec["size"],
+                           "changed": changed}
             if keep_active:
                 doc["pending"] = []
                 self._file.save(doc)
@@ -521,6 +537,20 @@ class Snapshotter:
             rec = self._record(key)
             u = self.pool.device(rec["device"]).usage()
             return Usage(size=u.exclusive, shared=u.shared, mapped=u.mapped)
+
+    def changed(self, key: str) -> int:
+        """Bytes ``key`` holds beyond its parent: the blocks it changed
+        (containerd's notion of a snapshot's usage, which a layer keeps
+        after children share its blocks).  Active snapshots and views are
+        read from the pool's usage walk; a committed snapshot has the figure
+        of the active one it was committed from."""
+        with self._lock:
+            rec = self._record(key)
+            if rec["kind"] == KIND_COMMITTED:
+                if "changed" in rec:
+                    return rec["changed"]
+                return _changed_bytes(self.pool.device(rec["device"]))  # older records
+            return self.pool.usage().changed.get(rec["device"], 0)
 
     def mounts(self, key: str):
         """Return the device of the active snapshot or view ``key``.

@@ -49,9 +49,24 @@ def file_name(device: str) -> str:
 
 
 class MapDaemon:
-    def __init__(self, pool_dir: str):
+    """Serves mapped devices of one pool and answers its control socket.
+
+    Run alone (``python -m cowblock.mapping.daemon``) it opens the pool
+    itself and exits once idle.  A server that holds the pool already (the
+    containerd snapshotter) hosts one in its own process: it passes its
+    open ``pool`` (borrowed: flushed, never closed here), its ``kind`` for
+    the control socket, ``handlers`` of its own, and ``exit_when_idle=False``
+    so that unmapping the last device does not stop it.
+    """
+
+    def __init__(self, pool_dir: str, *, pool=None, kind: str = "map",
+                 handlers: dict | None = None, exit_when_idle: bool = True):
         self.pool_dir = os.path.abspath(pool_dir)
-        self.pool = None
+        self.pool = pool
+        self._borrowed = pool is not None
+        self.kind = kind
+        self.extra_handlers = dict(handlers or {})
+        self.exit_when_idle = exit_when_idle
         self.fuse = None
         self.server = None
         self.mountpoint = None
@@ -73,7 +88,8 @@ class MapDaemon:
     def start(self) -> None:
         from .. import Pool
         self.started = time.time()
-        self.pool = Pool.open(self.pool_dir)  # BusyError: someone else holds it
+        if self.pool is None:
+            self.pool = Pool.open(self.pool_dir)  # BusyError: someone else holds it
         try:
             state.clean_stale(self.pool_dir, log=log.info)
             self.mountpoint = state.mountpoint_for(self.pool_dir)
@@ -81,8 +97,9 @@ class MapDaemon:
             self._record()  # the mountpoint is known before anything is mounted
             self.fuse = FuseFiles(self.mountpoint).start()
             self.server = ControlServer(
-                self.pool, kind="map", refuse=self.refuse,
-                handlers={"map": self.map, "unmap": self.unmap, "mapped": self.mapped})
+                self.pool, kind=self.kind, refuse=self.refuse,
+                handlers={"map": self.map, "unmap": self.unmap, "mapped": self.mapped,
+                          **self.extra_handlers})
             self.server.start()
             self._record()
         except BaseException:
@@ -123,7 +140,10 @@ class MapDaemon:
                 pass
         if self.pool is not None:
             try:
-                self.pool.close()
+                if self._borrowed:
+                    self.pool.flush()
+                else:
+                    self.pool.close()
             finally:
                 self.pool = None
                 state.remove(self.pool_dir)
@@ -144,8 +164,8 @@ class MapDaemon:
             return self._map(req)
         except BaseException:
             with self._lock:
-                if not self.mappings:  # a daemon that maps nothing does not linger
-                    self.stop()
+                if not self.mappings and self.exit_when_idle:
+                    self.stop()  # a daemon that maps nothing does not linger
             raise
 
     def _map(self, req: dict) -> dict:
@@ -213,9 +233,10 @@ class MapDaemon:
                 raise errors.NotFoundError(f"{target!r} is not mapped")
             m = dict(self.mappings[name])
             self._unmap_one(name)
-            if not self.mappings:
+            exiting = not self.mappings and self.exit_when_idle
+            if exiting:
                 self.stop()
-        return {"name": name, "path": m["loop"], "exiting": not self.mappings}
+        return {"name": name, "path": m["loop"], "exiting": exiting}
 
     def mapped(self, req: dict) -> dict:
         with self._lock:
@@ -228,7 +249,7 @@ class MapDaemon:
         names: list[str] = []
         if noun == "device" and verb in ("rm", "mkfs", "import"):
             names = list(getattr(args, "names", None) or [getattr(args, "name", "")])
-        elif noun in ("container", "image") and verb in ("rm", "reset"):
+        elif noun in ("container", "image", "volume") and verb in ("rm", "reset"):
             from ..model import Store
             store = Store(self.pool)
             try:
@@ -236,6 +257,8 @@ class MapDaemon:
                     try:
                         if noun == "container":
                             names.append(store.container(n).device.name)
+                        elif noun == "volume":
+                            names.append(store.volume(n).device.name)
                         else:
                             names += [layer.device.name for layer in store.image(n).layers]
                     except errors.NotFoundError:
