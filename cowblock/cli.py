@@ -31,7 +31,6 @@ import argparse
 import errno
 import json
 import os
-import re
 import stat
 import sys
 import time
@@ -40,6 +39,7 @@ from typing import Any, Iterator, Sequence
 
 from .errors import BusyError, CorruptError, CowblockError, ExistsError, InvalidArgumentError
 from .table import print_table
+from .argparsing import Parser
 from .units import format_exact, format_size, parse_size, size_range
 
 EXIT_OK = 0
@@ -95,16 +95,6 @@ def _sizes(what: str, minimum: int | None = None, maximum: int | None = None,
 def _device_sizes():
     from .pool import MAX_DEVICE_SIZE
     return _sizes("size", 512, MAX_DEVICE_SIZE, multiple=512)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, except that a word starting with ``-`` and a digit is a
-    value (``--size -5G``), so that it is refused as a negative size rather
-    than taken for an unknown option. No option of ours starts so."""
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
 
 def _when(t: float | None) -> str:
@@ -1145,13 +1135,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``cowblock`` command."""
     # Global options are accepted before the noun and after the verb; the
     # leaf copies use SUPPRESS so they do not overwrite the top-level ones.
-    leaf = _Parser(add_help=False)
+    leaf = Parser(add_help=False)
     leaf.add_argument("--pool", metavar="PATH", default=argparse.SUPPRESS,
                       help="the pool directory or rados:// URL (default: $COWBLOCK_POOL)")
     leaf.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                       help="print JSON (sizes as integer bytes)")
 
-    parser = _Parser(
+    parser = Parser(
         prog="cowblock", description="Copy-on-write thin-provisioned block devices.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", metavar="PATH", default=None,

@@ -92,3 +92,14 @@ def test_round_trip_of_formatted_whole_units():
         human = format_size(n)                      # e.g. "5.0 MiB"
         number, unit = human.split()
         assert parse_size(number + unit) == n
+
+
+@pytest.mark.parametrize("argv", [["--size", "-5G"], ["--block-size", "-64K"]])
+def test_bench_takes_a_negative_size_as_a_value_and_refuses_it(argv, capsys):
+    from cowblock.benchmark import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert "expected one argument" not in err
+    assert repr(argv[1]) in err and "negative" in err

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Optional
 
+from ..argparsing import Parser
 from ..errors import InvalidArgumentError
 from ..units import parse_size
 from . import chains, copyup, goals, memory, percall, report, sequential, snapshots
@@ -26,7 +27,7 @@ def _size(text: str) -> int:
 
 
 def build_parser(prog: str = "cowblock bench") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=prog,
         description="Benchmark cowblock side by side with qcow2 (qemu-img/qemu-io) and a raw "
                     "file on this machine: copy-up (W1, W2), chain reads (W3), snapshot cost "
