@@ -22,7 +22,9 @@
  *    mapping  spacemap   csum    datafile    meta    (trees, counts, checksums,
  *       |         |       |         |         |       punch + sync, format)
  *       +---------+-------+---------+---------+
- *                     blockio       file backend (fault-injecting in tests)
+ *              blockio  blockio_rados   file backend (fault-injecting in tests) |
+ *                                   RADOS backend; backend.c picks one by the
+ *                                   pool's location when pool.c opens its stores
  *
  * States of a pool (p->failed, p->shut; read-only is fixed at open):
  *
