@@ -189,9 +189,8 @@ def export_chain(image, directory, *, overwrite: bool = False) -> dict:
     os.makedirs(directory, exist_ok=True)
     taken = [n for n in [*names, SIDECAR] if os.path.lexists(os.path.join(directory, n))]
     if taken and not overwrite:
-        err = ExistsError(f"{directory!r} already holds {', '.join(taken)}: use --force to "
+        raise ExistsError(f"{directory!r} already holds {', '.join(taken)}: use --force to "
                           f"write over them")
-        raise err
     for n in taken:
         os.unlink(os.path.join(directory, n))
     pool = image.store.pool
@@ -227,7 +226,8 @@ def export_chain(image, directory, *, overwrite: bool = False) -> dict:
                                       "file_bytes": os.stat(path).st_blocks * 512})
         side = {"format": SIDECAR_FORMAT, "version": 1, "image": image.name, "size": size,
                 "block_size": bs, "top": names[-1],
-                "layers": [{"file": names[i], "id": layer.id, "parent": i and chain[i - 1].id or None,
+                "layers": [{"file": names[i], "id": layer.id,
+                            "parent": layer.parent.id if layer.parent else None,
                             "comment": layer.comment, "created": layer.created}
                            for i, layer in enumerate(chain)]}
         tmp = os.path.join(directory, SIDECAR + ".tmp")
