@@ -447,20 +447,22 @@ static int write_block(struct cb_store *p, struct cb_devrec *d, uint64_t v,
         if (!rc && copy)
             rc = copy_subs(p, old.block, nb, copy, v << p->block_shift);
     }
-    if (rc) {
-        give_back(p, nb);
-        return rc;
-    }
-    if (old.flags & CB_E_MAPPED)
-        p->st.copyups++;
     /* References: the new entry holds nb (counted by alloc) and maybe an
      * origin; the old entry's references are dropped. */
     if (ne.bitmap == p->full_bitmap) {
         ne.flags &= ~CB_E_ORIGIN;
         ne.origin = 0;
     }
-    if ((ne.flags & CB_E_ORIGIN) && (rc = cb_sm_inc(&p->sm, ne.origin)))
+    /* The origin's increment fails only on a corrupt count: then nothing is
+     * installed and nb goes back, as when the data write fails. */
+    if (!rc && (ne.flags & CB_E_ORIGIN))
+        rc = cb_sm_inc(&p->sm, ne.origin);
+    if (rc) {
+        give_back(p, nb);
         return rc;
+    }
+    if (old.flags & CB_E_MAPPED)
+        p->st.copyups++;
     *e = ne;
     assert(entry_ok(p, e));
     return cb_entry_unref(&p->sm, &old);
