@@ -1125,6 +1125,24 @@ def cmd_bench(args) -> int:
     return _bench(args.rest)
 
 
+def cmd_pool_unlock(args) -> int:
+    from . import Pool
+    path = _pool_path(args, args.path)
+    if not args.force:
+        raise UsageError("unlock breaks another process's writer lock and fences that "
+                         "writer (its pool fails): pass --force if it is gone or must stop")
+    holder = Pool.unlock(path)
+    _say(args, f"broke the writer lock of {path}, held by {holder}" if holder
+         else f"{path}: no writer lock was held", {"path": path, "holder": holder})
+    return EXIT_OK
+
+
+def _version() -> str:
+    from . import __version__, backends
+    from ._lowlevel import BUILD_ID
+    return f"cowblock {__version__} ({BUILD_ID}; IO backends: {' '.join(backends())})"
+
+
 def _bench(argv: list[str]) -> int:
     try:
         from . import benchmark
@@ -1148,7 +1166,7 @@ def build_parser() -> argparse.ArgumentParser:
     # leaf copies use SUPPRESS so they do not overwrite the top-level ones.
     leaf = Parser(add_help=False)
     leaf.add_argument("--pool", metavar="PATH", default=argparse.SUPPRESS,
-                      help="the pool directory (default: $COWBLOCK_POOL)")
+                      help="the pool directory or rados:// URL (default: $COWBLOCK_POOL)")
     leaf.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                       help="print JSON (sizes as integer bytes)")
 
@@ -1156,9 +1174,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cowblock", description="Copy-on-write thin-provisioned block devices.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", metavar="PATH", default=None,
-                        help="the pool directory (default: $COWBLOCK_POOL)")
+                        help="the pool directory or rados:// URL (default: $COWBLOCK_POOL)")
     parser.add_argument("--json", action="store_true", default=False,
                         help="print JSON (sizes as integer bytes)")
+    parser.add_argument("--version", action="version", version=_version(),
+                        help="show the version, the core's build and its IO backends")
     nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
 
     def noun(name: str, help: str):
@@ -1214,6 +1234,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give leaked space back and rewrite a damaged superblock slot from "
                         "the current one (opens the pool for writing); corruption is only "
                         "reported")
+    p = verb(g, "unlock", cmd_pool_unlock,
+             "break a RADOS pool's writer lock (its holder is blocklisted first)")
+    p.add_argument("path", nargs="?", metavar="PATH")
+    p.add_argument("--force", action="store_true",
+                   help="required: the holder's pool fails and its unflushed writes are lost")
     for name, func, help in (("info", cmd_pool_info, "show size, use and on-disk footprint"),
                              ("stats", cmd_pool_stats, "show the pool's counters"),
                              ("dump", cmd_pool_dump, "print the committed metadata (like thin_dump)")):

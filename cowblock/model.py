@@ -40,7 +40,7 @@ from .errors import (BusyError, CorruptError, ExistsError, InvalidArgumentError,
                      NotFoundError, PoolFullError, ReadOnlyError)
 from .imagefile import (RawImageFile, TransferResult, check_raw_file, export_raw, import_raw,
                         open_source)
-from .snapshotter import Snapshotter, StateFile, Usage
+from .snapshotter import Snapshotter, StateFile, Usage, state_dir
 
 __all__ = ["Store", "Image", "Layer", "Container", "Volume", "Bind", "check"]
 
@@ -83,7 +83,7 @@ def device_usages(pool) -> dict:
 
 
 def _state_file(pool) -> StateFile:
-    return StateFile(os.path.join(str(pool.path), STATE_FILE), "cowblock-model", 1,
+    return StateFile(os.path.join(state_dir(pool), STATE_FILE), "cowblock-model", 1,
                      lambda: {t: {} for t in _TABLES})
 
 
@@ -109,6 +109,8 @@ def check(pool) -> list[str]:
     images, volumes and binds that exist; bind files exist.
     """
     problems: list[str] = []
+    if getattr(pool, "directory", "") is None:
+        return problems  # a pool at a URL keeps no model (snapshotter.state_dir)
     snaps: Snapshotter | None = None
     for ns in _namespaces(pool):
         prefix = DEVICE_PREFIX if ns == NAMESPACE else None
