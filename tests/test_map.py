@@ -423,3 +423,35 @@ def test_sigterm_stops_the_daemon_and_removes_what_it_started(env):
     assert state.load(env.pool) is None
     assert not os.path.exists(os.path.join(env.pool, "control.sock"))
     assert "stopped" in open(os.path.join(env.pool, "map.log")).read()
+
+
+def test_detach_waits_out_a_transient_opener_but_refuses_a_mount(tmp_path):
+    """udev probes a loop device right after an unmount: an exclusive opener that lets go
+    soon must not make detach fail, while a mounted device is refused at once."""
+    import threading
+
+    backing = tmp_path / "b.img"
+    backing.write_bytes(bytes(8 * MiB))
+    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    try:
+        fd = os.open(dev, os.O_RDONLY | os.O_EXCL)
+        threading.Timer(0.5, os.close, (fd,)).start()
+        loopmod.detach(dev)                      # waits for the opener, then detaches
+        assert loopmod.backing_file(dev) is None
+        dev = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        sh("mkfs.ext4", "-q", dev)
+        mnt = tmp_path / "m"
+        mnt.mkdir()
+        sh("mount", dev, str(mnt))
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(cowblock.BusyError, match="in use"):
+                loopmod.detach(dev)
+            assert time.monotonic() - t0 < loopmod.BUSY_WAIT  # a mount is not waited for
+        finally:
+            sh("umount", str(mnt))
+    finally:
+        if loopmod.backing_file(dev) is not None:
+            subprocess.run(["losetup", "-d", dev], check=False)

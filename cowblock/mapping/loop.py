@@ -7,6 +7,7 @@ import glob
 import os
 import shutil
 import subprocess
+import time
 
 from .. import errors
 
@@ -75,10 +76,31 @@ def in_use(loopdev: str) -> bool:
     return bool(holders)
 
 
+def mounted(loopdev: str) -> bool:
+    """True when ``loopdev`` is the source of a mount in this namespace."""
+    try:
+        st = os.stat(loopdev)
+    except FileNotFoundError:
+        return False
+    dev = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[2] == dev for line in f if len(line.split()) > 2)
+
+
+BUSY_WAIT = 3.0  # seconds a transient opener (udev's probe after an unmount) may hold it
+
+
 def detach(loopdev: str) -> None:
-    """Detach ``loopdev``; a device that is still in use is refused."""
-    if in_use(loopdev):
-        raise errors.BusyError(f"{loopdev} is in use (mounted?): unmount it first")
+    """Detach ``loopdev``; a device that is mounted or held is refused.
+
+    Right after an unmount, udev may still have the device open for a moment
+    (it probes it on the change event): an exclusive holder that is not a
+    mount is waited for, briefly, before the device counts as in use."""
+    deadline = time.monotonic() + BUSY_WAIT
+    while in_use(loopdev):
+        if mounted(loopdev) or time.monotonic() > deadline:
+            raise errors.BusyError(f"{loopdev} is in use (mounted?): unmount it first")
+        time.sleep(0.05)
     res = subprocess.run([_losetup(), "--detach", loopdev], capture_output=True, text=True)
     if res.returncode != 0 and backing_file(loopdev) is not None:
         raise errors.CowblockError(f"losetup --detach {loopdev}: {res.stderr.strip() or 'failed'}")
