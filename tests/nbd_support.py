@@ -164,16 +164,20 @@ class NbdkitProcess(ServerProcess):
     """``nbdkit --exit-with-parent -U SOCKET -P PIDFILE cowblock-plugin.so
     pool=POOL`` in the foreground, stopped by the pid in its pid file.
     ``-v`` makes the plugin's debug lines (the commit after a client left)
-    reach the log."""
+    reach the log, but not under ``.ci/asan``: nbdkit 1.32 with ``-v`` and
+    the sanitizer runtime preloaded hangs in its exit after unloading the
+    plugin, so there the log has nbdkit's errors only (``wait_log`` skips)."""
 
     def __init__(self, plugin, pool_path, sock, options=(), params=()):
         super().__init__(pool_path, sock)
         self.plugin = str(plugin)
         self.pidfile = str(sock) + ".pid"
         self.options, self.params = list(options), list(params)
+        self.verbose = not os.environ.get("COWBLOCK_SANITIZE")
 
     def command(self):
-        return ["nbdkit", "--exit-with-parent", "-f", "-v", "-U", self.socket,
+        return ["nbdkit", "--exit-with-parent", "-f", *(["-v"] if self.verbose else []),
+                "-U", self.socket,
                 "-P", self.pidfile, *self.options, self.plugin, f"pool={self.pool_path}",
                 *self.params]
 
@@ -187,6 +191,12 @@ class NbdkitProcess(ServerProcess):
             time.sleep(0.02)
         assert self._pid() == self.proc.pid, f"pid file {self.pidfile}: {self._pid()}"
         return self
+
+    def wait_log(self, text, timeout=30):
+        if not self.verbose:
+            pytest.skip("nbdkit's debug log needs -v, which hangs nbdkit's exit under "
+                        ".ci/asan")
+        super().wait_log(text, timeout)
 
     def _pid(self):
         try:

@@ -16,8 +16,8 @@ import time
 import pytest
 
 import cowblock
-from nbd_support import (SERVERS, ThreadServer, client_env, libnbd, need, need_libnbd_python,
-                         run, start_server)
+from nbd_support import (SERVERS, NbdkitProcess, ThreadServer, build_plugin, client_env,
+                         libnbd, need, need_libnbd_python, plugin_env, run, start_server)
 
 MiB = 1 << 20
 B = 64 * 1024
@@ -207,6 +207,45 @@ def test_new_device_appears_without_restart(tmp_path):
             assert out["exports"][0]["export-size"] == 2 * MiB
         finally:
             srv.stop()
+
+
+def test_nbdkit_plugin_device_parameter_exports_one_device(tmp_path):
+    need_libnbd_python()
+    plugin = build_plugin()
+    pool = tmp_path / "pool"
+    content, _ = make_pool(pool)
+    server = NbdkitProcess(plugin, pool, tmp_path / "s.sock", params=["device=snap"]).start()
+    try:
+        out = libnbd(r"""
+h = nbd.NBD(); h.set_opt_mode(True); h.connect_uri(sys.argv[1])
+names = []
+h.opt_list(lambda name, desc: names.append(name) or 0)
+assert names == ["snap"], names
+h.set_export_name("disk")   # any name: the one device
+h.opt_go()
+assert h.is_read_only() and h.get_size() == 64 << 20
+print(h.pread(4, 3 * 65536 + 100).hex())
+""", f"nbd+unix:///?socket={server.socket}")
+        assert out.stdout.strip() == content["snap"][3 * B + 100:3 * B + 104].hex()
+    finally:
+        assert server.stop() == 0, server.stderr
+
+
+@pytest.mark.parametrize("params,message", [
+    ([], "the pool=DIR parameter is required"),
+    (["pool=PATH/nope"], "cannot open the pool"),
+    (["pool=PATH/pool", "device=missing"], "device 'missing' of pool"),
+    (["pool=PATH/pool", "device=a/b"], "is not a device name"),
+    (["pool=PATH/pool", "colour=blue"], "unknown parameter 'colour'"),
+])
+def test_nbdkit_plugin_refuses_bad_parameters(tmp_path, params, message):
+    need("nbdkit")
+    plugin = build_plugin()
+    make_pool(tmp_path / "pool")
+    params = [p.replace("PATH", str(tmp_path)) for p in params]
+    r = run(["nbdkit", "-f", "-U", str(tmp_path / "s.sock"), plugin, *params], timeout=30,
+            check=False, env=plugin_env())
+    assert r.returncode != 0 and message in r.stderr, r.stderr
 
 
 # ----------------------------------------------------------------------- libnbd corners

@@ -429,7 +429,10 @@ cowblock_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 }
 
 /* Holes and zeros from the mapping: runs of blocks that may hold data are
- * data, everything else reads as zeros and is a hole. */
+ * data, everything else reads as zeros and is a hole.  One call of the core
+ * per request, at most EXTENT_RUNS runs: nbdkit lets a plugin describe less
+ * than the range asked (from its start on), and the client asks on from
+ * where the reply ended, so a request costs the same whatever its length. */
 static int
 cowblock_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
                  struct nbdkit_extents *extents)
@@ -438,41 +441,31 @@ cowblock_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
     const uint64_t bs = pool_block_size;
     const uint64_t hole = NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO;
     uint64_t pairs[2 * EXTENT_RUNS];
-    uint64_t end = offset + count, dev_blocks = (h->size + bs - 1) / bs;
-    uint64_t block = offset / bs, last = (end + bs - 1) / bs;
-    uint64_t pos = block * bs;     /* where the next extent starts */
+    uint64_t dev_blocks = (h->size + bs - 1) / bs;
+    uint64_t first = offset / bs, last = (offset + count + bs - 1) / bs;
+    uint64_t pos = first * bs, next = 0, stop;
+    size_t n = 0;
+    int rc;
 
     if (last > dev_blocks)
         last = dev_blocks;
-    while (block < last) {
-        size_t n = 0;
-        uint64_t next = 0;
-        int rc = cb_dev_extents_range(h->dev, block, last - block, pairs,
-                                      EXTENT_RUNS, &n, &next);
-        if (rc < 0)
-            return fail(rc, "block status", h, count, offset);
-        for (size_t i = 0; i < n; i++) {
-            uint64_t start = pairs[2 * i] * bs;
-            uint64_t stop = (pairs[2 * i] + pairs[2 * i + 1]) * bs;
-            if (stop > h->size)
-                stop = h->size;
-            if (start > pos && nbdkit_add_extent(extents, pos, start - pos, hole) < 0)
-                return -1;
-            if (nbdkit_add_extent(extents, start, stop - start, 0) < 0)
-                return -1;
-            pos = stop;
-        }
-        if (next <= block) {
-            nbdkit_error("cowblock: block status of device '%s' made no progress at "
-                         "block %" PRIu64, h->name, block);
-            nbdkit_set_error(EIO);
+    rc = cb_dev_extents_range(h->dev, first, last - first, pairs,
+                              flags & NBDKIT_FLAG_REQ_ONE ? 1 : EXTENT_RUNS, &n, &next);
+    if (rc < 0)
+        return fail(rc, "block status", h, count, offset);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t start = pairs[2 * i] * bs;
+        stop = (pairs[2 * i] + pairs[2 * i + 1]) * bs;
+        if (stop > h->size)
+            stop = h->size;
+        if (start > pos && nbdkit_add_extent(extents, pos, start - pos, hole) < 0)
             return -1;
-        }
-        block = next;
-        if ((flags & NBDKIT_FLAG_REQ_ONE) && pos > offset)
-            return 0;     /* the first extent is known */
+        if (nbdkit_add_extent(extents, start, stop - start, 0) < 0)
+            return -1;
+        pos = stop;
     }
-    uint64_t stop = last * bs < h->size ? last * bs : h->size;
+    /* [pos, next) reads as zeros */
+    stop = next * bs < h->size ? next * bs : h->size;
     if (stop > pos && nbdkit_add_extent(extents, pos, stop - pos, hole) < 0)
         return -1;
     return 0;
