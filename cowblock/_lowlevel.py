@@ -27,7 +27,7 @@ import threading
 
 import numpy as np
 
-from . import errors
+from . import _buildid, errors
 
 try:
     from ._cowblock import ffi, lib
@@ -37,14 +37,8 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "`pip install .` (or `pip install -e .`), which compiles it"
     ) from exc
 
-BUILD_ID = "cowblock-core 0.1.0 abi 7"
-
-_built = ffi.string(lib.cb_build_id()).decode()
-if _built != BUILD_ID:  # pragma: no cover - depends on the build
-    raise ImportError(
-        f"cowblock's compiled core is stale: it reports build id {_built!r}, "
-        f"this package needs {BUILD_ID!r}; rebuild with `pip install -e .`"
-    )
+# the id of the sources the core must be built from (see _buildid): ImportError if it is not
+BUILD_ID = _buildid.verify(ffi.string(lib.cb_build_id()).decode())
 
 # The core's limits, as plain ints.
 NAME_MAX = lib.CB_NAME_MAX

@@ -1,21 +1,40 @@
 """cffi build of cowblock's C core (API mode, out of line).
 
 Holds no logic but the build: the declarations live in cowblock.cdef.h,
-the values of constants come from cowblock.h at compile time.  Set
-COWBLOCK_DEBUG=1 for -O0 -g with assertions, COWBLOCK_SANITIZE=1 for
-AddressSanitizer and UndefinedBehaviorSanitizer on top of that.
+the values of constants come from cowblock.h at compile time, and the build
+id (a hash of the sources, cowblock/_buildid.py) is passed in with -D.  Set
+COWBLOCK_DEBUG=1 for -O0 -g with assertions (which include the lock contract,
+store.h), COWBLOCK_SANITIZE=1 for AddressSanitizer and
+UndefinedBehaviorSanitizer on top of that.
 """
+import importlib.util
 import os
 
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["crc32c.c", "blockio.c", "meta.c", "spacemap.c", "mapping.c",
-           "thin.c", "txn.c", "check.c", "pool.c", "dump.c", "csum.c", "scrub.c"]
-HEADERS = ["cowblock.h", "crc32c.h", "blockio.h", "meta.h", "spacemap.h",
-           "mapping.h", "thin.h", "pool.h", "csum.h", "scrub.h", "cowblock.cdef.h"]
 
-flags = ["-std=gnu11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-fvisibility=hidden"]
+
+def _buildid():
+    """cowblock/_buildid.py, loaded by path: the package cannot be imported yet."""
+    path = os.path.join(os.path.dirname(HERE), "cowblock", "_buildid.py")
+    spec = importlib.util.spec_from_file_location("_cowblock_buildid", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# bottom of the stack first (pool.c's header comment draws it)
+SOURCES = ["crc32c.c", "blockio.c", "meta.c", "datafile.c", "spacemap.c", "csum.c",
+           "mapping.c", "store.c", "thin.c", "txn.c", "check.c", "dump.c", "scrub.c",
+           "pool.c"]
+HEADERS = ["cowblock.h", "crc32c.h", "blockio.h", "meta.h", "datafile.h", "spacemap.h",
+           "csum.h", "mapping.h", "store.h", "thin.h", "txn.h", "check.h", "dump.h",
+           "scrub.h", "pool.h", "testio.h", "cowblock.cdef.h"]
+
+BUILD_ID = _buildid().build_id(HERE)
+flags = ["-std=gnu11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-fvisibility=hidden",
+         f'-DCB_BUILD_ID="{BUILD_ID}"']
 link = []
 if os.environ.get("COWBLOCK_DEBUG") or os.environ.get("COWBLOCK_SANITIZE"):
     flags += ["-O0", "-g", "-UNDEBUG"]

@@ -2,13 +2,15 @@
  * check.c - verify a pool against its invariants, and repair what can be
  * repaired without guessing.
  *
- * Runs under the exclusive lock.  A writable pool is committed first, so
- * that everything in memory is also on disk.  Then:
+ * Runs under the exclusive lock, on a committed store: the caller (pool.c)
+ * commits a writable pool first, so that everything in memory is also on
+ * disk, and drives the steps (check.h).  Then:
  *   0. both superblock slots are read back and parsed as open would (the
  *      one the pool does not stand on must hold an older generation of the
  *      same pool); with repair a bad one is rewritten by a commit, which
- *      writes only that slot.  The data file must span the pool's blocks,
- *      and each external origin must still be the file it recorded;
+ *      writes only that slot (check asks for it, the caller commits).  The
+ *      data file must span the pool's blocks, and each external origin must
+ *      still be the file it recorded;
  *   1. every committed page reachable from the superblock is read back and
  *      its header and checksum verified;
  *   2. node reference counts are recomputed from the trees;
@@ -24,15 +26,15 @@
  * Corruption (1-4) is reported, never "repaired": we refuse to guess.
  * Messages name the page, its offset and its kind (meta.h's detail).
  */
-#include "pool.h"
+#include "check.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-struct checker {
-    struct cb_pool *p;
+struct cb_checker {
+    struct cb_store *p;
     cb_check *r;
     char *buf;
     size_t len, used;
@@ -41,9 +43,11 @@ struct checker {
     uint64_t npages;
     struct cb_tally cnt; /* recomputed data counts */
     int ioerr;           /* first IO error: the check cannot conclude */
+    uint64_t from;       /* generation before the commit a slot's repair asked for */
+    char why[320];       /* what was wrong with that slot */
 };
 
-static void say(struct checker *c, const char *fmt, ...)
+static void say(struct cb_checker *c, const char *fmt, ...)
 {
     if (!c->buf || c->used + 1 >= c->len)
         return;
@@ -58,14 +62,14 @@ static void say(struct checker *c, const char *fmt, ...)
     c->buf[c->used] = 0;
 }
 
-static void error(struct checker *c, const char *what, uint64_t a, uint64_t b)
+static void error(struct cb_checker *c, const char *what, uint64_t a, uint64_t b)
 {
     if (c->r->errors++ < 100)
         say(c, "error: %s (%llu, %llu)", what, (unsigned long long)a, (unsigned long long)b);
 }
 
 /* An error told as a sentence (counted like error()). */
-static void __attribute__((format(printf, 2, 3))) errorf(struct checker *c, const char *fmt, ...)
+static void __attribute__((format(printf, 2, 3))) errorf(struct cb_checker *c, const char *fmt, ...)
 {
     if (c->r->errors++ >= 100)
         return;
@@ -77,13 +81,13 @@ static void __attribute__((format(printf, 2, 3))) errorf(struct checker *c, cons
     say(c, "error: %s", line);
 }
 
-static void reach(struct checker *c, uint64_t page)
+static void reach(struct cb_checker *c, uint64_t page)
 {
     if (page < c->npages)
         c->reach[page / 64] |= 1ull << (page % 64);
 }
 
-static void verify_page(struct checker *c, uint64_t page, uint32_t type)
+static void verify_page(struct cb_checker *c, uint64_t page, uint32_t type)
 {
     reach(c, page);
     int rc = cb_io_pread(c->p->meta, c->pg, CB_PAGE, page * CB_PAGE);
@@ -110,9 +114,9 @@ static int blank(const unsigned char *pg)
 
 /* What is wrong with superblock slot s as it is on disk now, in why; 0 if
  * nothing (or CB_E* of a read that failed). */
-static int slot_problem(struct checker *c, unsigned s, char *why, size_t len)
+static int slot_problem(struct cb_checker *c, unsigned s, char *why, size_t len)
 {
-    struct cb_pool *p = c->p;
+    struct cb_store *p = c->p;
     why[0] = 0;
     int rc = cb_io_pread(p->meta, c->pg, CB_PAGE, (uint64_t)s * CB_PAGE);
     if (rc)
@@ -122,7 +126,7 @@ static int slot_problem(struct checker *c, unsigned s, char *why, size_t len)
     uint64_t msize;
     if ((rc = p->meta->ops->size(p->meta, &msize)))
         return rc;
-    if (cb_txn_parse_super(c->pg, s, msize / CB_PAGE)) {
+    if (cb_meta_parse_super(c->pg, s, msize / CB_PAGE)) {
         cb_corrupt_detail(why, len, NULL);
         return 0;
     }
@@ -140,7 +144,7 @@ static int slot_problem(struct checker *c, unsigned s, char *why, size_t len)
 }
 
 /* A device's external origin: still the file that was attached? */
-static void check_external(struct checker *c, const struct cb_devrec *d,
+static void check_external(struct cb_checker *c, const struct cb_devrec *d,
                            const struct cb_external *x)
 {
     char why[200];
@@ -150,7 +154,7 @@ static void check_external(struct checker *c, const struct cb_devrec *d,
         errorf(c, "device '%s': %s; reads through it are refused", d->name, x->why);
     else if (!x->io)
         say(c, "warning: device '%s': external origin '%s' cannot be read", d->name, x->path);
-    else if (cb_txn_external_changed(x, why, sizeof why))
+    else if (cb_store_external_changed(x, why, sizeof why))
         errorf(c, "device '%s': %s (while the pool was open); reopening refuses reads "
                "through it", d->name, why);
     else if (!x->stamped)
@@ -163,51 +167,58 @@ static void check_external(struct checker *c, const struct cb_devrec *d,
  * the next commit writes, so repair is a commit: it rewrites that slot
  * from the current state and never touches the slot the pool stands on
  * until the new one is durable (a power cut leaves the current one). */
-static int check_slots(struct checker *c, int repair)
+/* Superblock slot s (one step of the slots' check, check.h). */
+int cb_check_slot(struct cb_checker *c, unsigned s, int repair)
 {
-    struct cb_pool *p = c->p;
-    char why[320];
-    for (unsigned s = 0; s < 2; s++) {
-        int rc = slot_problem(c, s, why, sizeof why);
-        if (rc)
-            return rc;
-        if (!why[0]) {
-            if (p->sb_damage[s][0] && repair) {
-                c->r->repaired++;
-                say(c, "repaired: %s, when the pool was opened from the other slot (had it "
-                    "held a newer commit, that commit is lost): rewritten from the current "
-                    "superblock by a commit since", p->sb_damage[s]);
-                p->sb_damage[s][0] = 0; /* told */
-            } else if (p->sb_damage[s][0])
-                say(c, "warning: %s, when the pool was opened from the other slot (had it held "
-                    "a newer commit, that commit is lost); a commit has rewritten it since", p->sb_damage[s]);
-            continue;
-        }
-        if (s == p->generation % 2 || !repair) {
-            errorf(c, "%s", why);
-            continue;
-        }
-        uint64_t from = p->generation;
-        p->meta_changed = 1;
-        if ((rc = cb_txn_commit(p)))
-            return rc;
-        char again[320];
-        if ((rc = slot_problem(c, s, again, sizeof again)))
-            return rc;
-        if (again[0]) {
-            errorf(c, "%s (rewriting it failed: %s)", why, again);
-            continue;
-        }
-        c->r->repaired++;
-        say(c, "repaired: %s: rewritten from generation %llu (now generation %llu)", why,
-            (unsigned long long)from, (unsigned long long)p->generation);
+    struct cb_store *p = c->p;
+    CB_MUST_WRITE(p);
+    char *why = c->why;
+    int rc = slot_problem(c, s, why, sizeof c->why);
+    if (rc)
+        return rc;
+    if (!why[0]) {
+        if (p->sb_damage[s][0] && repair) {
+            c->r->repaired++;
+            say(c, "repaired: %s, when the pool was opened from the other slot (had it "
+                "held a newer commit, that commit is lost): rewritten from the current "
+                "superblock by a commit since", p->sb_damage[s]);
+            p->sb_damage[s][0] = 0; /* told */
+        } else if (p->sb_damage[s][0])
+            say(c, "warning: %s, when the pool was opened from the other slot (had it held "
+                "a newer commit, that commit is lost); a commit has rewritten it since", p->sb_damage[s]);
+        return 0;
     }
+    if (s == p->generation % 2 || !repair) {
+        errorf(c, "%s", why);
+        return 0;
+    }
+    /* the next commit writes exactly this slot */
+    c->from = p->generation;
+    return CB_CHECK_COMMIT;
+}
+
+/* After the commit cb_check_slot asked for: is slot s good now? */
+int cb_check_rewritten(struct cb_checker *c, unsigned s)
+{
+    struct cb_store *p = c->p;
+    CB_MUST_WRITE(p);
+    char again[320];
+    int rc = slot_problem(c, s, again, sizeof again);
+    if (rc)
+        return rc;
+    if (again[0]) {
+        errorf(c, "%s (rewriting it failed: %s)", c->why, again);
+        return 0;
+    }
+    c->r->repaired++;
+    say(c, "repaired: %s: rewritten from generation %llu (now generation %llu)", c->why,
+        (unsigned long long)c->from, (unsigned long long)p->generation);
     return 0;
 }
 
-static int count(struct checker *c, uint64_t b)
+static int count(struct cb_checker *c, uint64_t b)
 {
-    struct cb_pool *p = c->p;
+    struct cb_store *p = c->p;
     if (b >= p->nblocks) {
         error(c, "entry names a block outside the data file (block, nblocks)", b, p->nblocks);
         return 0;
@@ -219,9 +230,9 @@ static int count(struct checker *c, uint64_t b)
     return rc;
 }
 
-static int walk(struct checker *c, struct cb_node *n, unsigned level)
+static int walk(struct cb_checker *c, struct cb_node *n, unsigned level)
 {
-    struct cb_pool *p = c->p;
+    struct cb_store *p = c->p;
     if (n->level != level)
         error(c, "node at the wrong level (level, expected)", n->level, level);
     n->aux++; /* parents seen */
@@ -257,7 +268,7 @@ static int walk(struct checker *c, struct cb_node *n, unsigned level)
     return rc;
 }
 
-static void compare_nodes(struct checker *c, struct cb_node *n)
+static void compare_nodes(struct cb_checker *c, struct cb_node *n)
 {
     if (!n || n->mark != 1)
         return;
@@ -280,9 +291,9 @@ static void reset_marks(struct cb_node *n)
             reset_marks(n->u.c[i]);
 }
 
-static void compare_counts(struct checker *c)
+static void compare_counts(struct cb_checker *c)
 {
-    struct cb_pool *p = c->p;
+    struct cb_store *p = c->p;
     for (uint64_t ci = 0; ci < p->sm.nchunks; ci++) {
         const struct cb_sm_chunk *ch = p->sm.chunks[ci];
         const uint64_t *want = c->cnt.chunk[ci];
@@ -299,13 +310,14 @@ static void compare_counts(struct checker *c)
     }
 }
 
-int cb_check_free_data(struct cb_pool *p, int punch, uint64_t *found, uint64_t *punched)
+int cb_check_free_data(struct cb_store *p, int punch, uint64_t *found, uint64_t *punched)
 {
+    CB_MUST_WRITE(p);
     uint64_t bs = p->block_size, off = 0, end = p->nblocks * bs;
     *found = *punched = 0;
     while (off < end) {
         uint64_t data, hole;
-        int rc = p->data->ops->next_data(p->data, off, &data, &hole);
+        int rc = p->data.io->ops->next_data(p->data.io, off, &data, &hole);
         if (rc)
             return rc;
         if (data >= end)
@@ -320,7 +332,7 @@ int cb_check_free_data(struct cb_pool *p, int punch, uint64_t *found, uint64_t *
                    !cb_sm_kept(&p->sm, b + 1))
                 b++;
             *found += b - first + 1;
-            if (punch && cb_pool_punch(p, first, b - first + 1) == 0)
+            if (punch && cb_datafile_punch(&p->data, first, b - first + 1) == 0)
                 *punched += b - first + 1;
         }
         off = hole > off ? (hole + bs - 1) / bs * bs : off + bs;
@@ -328,7 +340,7 @@ int cb_check_free_data(struct cb_pool *p, int punch, uint64_t *found, uint64_t *
     return 0;
 }
 
-static int scan_leaks(struct checker *c, int repair)
+static int scan_leaks(struct cb_checker *c, int repair)
 {
     uint64_t punched;
     int rc = cb_check_free_data(c->p, repair, &c->r->leaked_blocks, &punched);
@@ -339,7 +351,7 @@ static int scan_leaks(struct checker *c, int repair)
     return rc;
 }
 
-static void scan_pages(struct checker *c, int repair)
+static void scan_pages(struct cb_checker *c, int repair)
 {
     struct cb_pagemap *pm = &c->p->pm;
     for (uint64_t pg = 2; pg < pm->npages; pg++) {
@@ -361,76 +373,94 @@ static void scan_pages(struct checker *c, int repair)
             (unsigned long long)c->r->leaked_pages, repair ? " (freed)" : "");
 }
 
-int cb_check_run(struct cb_pool *p, int repair, cb_check *out, char *buf, size_t len)
+int cb_check_begin(struct cb_store *p, cb_check *out, char *buf, size_t len,
+                   struct cb_checker **out_c)
 {
+    CB_MUST_WRITE(p);
     memset(out, 0, sizeof *out);
     if (buf && len)
         buf[0] = 0;
-    int rc = cb_txn_commit(p);
-    if (rc)
-        return rc;
-    struct checker c = {p, out, buf, len, 0, malloc(CB_PAGE), NULL, p->pm.npages, {NULL, 0}, 0};
-    c.reach = calloc((c.npages + 63) / 64 + 1, sizeof *c.reach);
-    if (!c.pg || !c.reach || cb_tally_init(&c.cnt, p->nblocks)) {
-        rc = CB_ENOMEM;
-        goto out;
+    *out_c = NULL;
+    struct cb_checker *c = calloc(1, sizeof *c);
+    if (!c)
+        return CB_ENOMEM;
+    *c = (struct cb_checker){p, out, buf, len, 0, malloc(CB_PAGE), NULL, p->pm.npages,
+                             {NULL, 0}, 0, 0, {0}};
+    c->reach = calloc((c->npages + 63) / 64 + 1, sizeof *c->reach);
+    if (!c->pg || !c->reach || cb_tally_init(&c->cnt, p->nblocks)) {
+        cb_check_end(c);
+        return CB_ENOMEM;
     }
-    /* both superblock slots, the data file's size, device table, externals,
-     * free log */
-    reach(&c, 0);
-    reach(&c, 1);
-    if ((rc = check_slots(&c, repair)))
-        goto out;
+    /* both superblock slots (cb_check_slot), then the rest (cb_check_rest) */
+    reach(c, 0);
+    reach(c, 1);
+    *out_c = c;
+    return 0;
+}
+
+void cb_check_end(struct cb_checker *c)
+{
+    cb_meta_clear(); /* the details went into the messages */
+    if (!c)
+        return;
+    cb_tally_free(&c->cnt);
+    free(c->reach);
+    free(c->pg);
+    free(c);
+}
+
+int cb_check_rest(struct cb_checker *c, int repair)
+{
+    struct cb_store *p = c->p;
+    CB_MUST_WRITE(p);
+    cb_check *out = c->r;
+    int rc;
+    /* the data file's size, device table, externals, free log */
     uint64_t dsize;
-    if ((rc = p->data->ops->size(p->data, &dsize)))
-        goto out;
-    if (dsize < cb_pool_data_span(p))
-        errorf(&c, "data file '%s/data' is %llu bytes, shorter than the %llu bytes the "
+    if ((rc = p->data.io->ops->size(p->data.io, &dsize)))
+        return rc;
+    if (dsize < cb_geometry_data_span(&p->geo))
+        errorf(c, "data file '%s/data' is %llu bytes, shorter than the %llu bytes the "
                "pool's %llu blocks of %u bytes%s need (truncated?)", p->path,
-               (unsigned long long)dsize, (unsigned long long)cb_pool_data_span(p),
+               (unsigned long long)dsize, (unsigned long long)cb_geometry_data_span(&p->geo),
                (unsigned long long)p->nblocks, p->block_size,
                p->csum_on ? " and their checksums" : "");
     for (unsigned k = 0; k < CB_SB_DEVTAB_MAX; k++)
         if (p->devpages[k].page)
-            verify_page(&c, p->devpages[k].page, CB_PT_DEVTAB);
+            verify_page(c, p->devpages[k].page, CB_PT_DEVTAB);
     for (unsigned i = 0; i < CB_MAX_EXTERNALS; i++)
         if (p->ext[i].path && p->ext[i].page)
-            verify_page(&c, p->ext[i].page, CB_PT_EXT);
+            verify_page(c, p->ext[i].page, CB_PT_EXT);
     for (size_t i = 0; i < p->freelog_pages.n; i++)
-        verify_page(&c, p->freelog_pages.v[i], CB_PT_FREELOG);
+        verify_page(c, p->freelog_pages.v[i], CB_PT_FREELOG);
     for (unsigned i = 0; i < p->ndevslots && !rc; i++) {
         struct cb_devrec *d = p->devs[i];
         if (!d)
             continue;
         if (d->depth != cb_map_depth(d->nblocks))
-            error(&c, "device tree depth wrong (id, depth)", d->id, d->depth);
+            error(c, "device tree depth wrong (id, depth)", d->id, d->depth);
         if (d->external_id)
-            check_external(&c, d, &p->ext[d->external_id - 1]);
+            check_external(c, d, &p->ext[d->external_id - 1]);
         if (d->root)
-            rc = walk(&c, d->root, d->depth);
+            rc = walk(c, d->root, d->depth);
     }
     for (unsigned i = 0; i < p->ndevslots; i++)
         if (p->devs[i])
-            compare_nodes(&c, p->devs[i]->root);
+            compare_nodes(c, p->devs[i]->root);
     for (unsigned i = 0; i < p->ndevslots; i++)
         if (p->devs[i])
             reset_marks(p->devs[i]->root);
     if (!rc)
-        rc = c.ioerr;
+        rc = c->ioerr;
     if (rc)
-        goto out;
-    compare_counts(&c);
+        return rc;
+    compare_counts(c);
     if (out->errors == 0) {
         /* leaks are only safe to repair in an otherwise consistent pool */
-        rc = scan_leaks(&c, repair);
-        scan_pages(&c, repair);
+        rc = scan_leaks(c, repair);
+        scan_pages(c, repair);
     }
     if (out->errors > 100)
-        say(&c, "... %llu errors in all", (unsigned long long)out->errors);
-out:
-    cb_meta_clear(); /* the details went into the messages */
-    cb_tally_free(&c.cnt);
-    free(c.reach);
-    free(c.pg);
+        say(c, "... %llu errors in all", (unsigned long long)out->errors);
     return rc;
 }

@@ -20,7 +20,10 @@
  *    and cb_pool_release(), and cb_pool_close() of a pool nobody retained --
  *    must not race with other calls on the pointer they give up.  One
  *    reader/writer lock per pool guards the metadata: reads share it,
- *    mutations hold it exclusively.
+ *    mutations hold it exclusively; each prototype below says which it
+ *    takes ("Lock:"), what it may return ("Errors:") and what it costs
+ *    ("Cost:").  No call holds the lock of two pools, and no call waits for
+ *    anything but the lock and its own IO (cb_pool_close: the calls inside).
  *  - Lifetimes.  A pool is shut down by cb_pool_close(); its memory is freed
  *    only when nothing refers to it any more.  References to a pool are:
  *    the one cb_pool_create()/cb_pool_open() hands out (given up by
@@ -59,10 +62,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* Bumped with every change to this header or to the on-disk format; the
- * Python package refuses to load a compiled module with another id. */
-#define CB_BUILD_ID "cowblock-core 0.1.0 abi 7"
 
 /* ---- error codes ------------------------------------------------------ */
 #define CB_ERR_FIRST (-30699)
@@ -198,9 +197,17 @@ typedef struct cb_scrub_bad {
     int error;                /* CB_ECHECKSUM, or the IO error */
 } cb_scrub_bad;
 
-/* ---- library ---------------------------------------------------------- */
-const char *cb_build_id(void);          /* == CB_BUILD_ID; static storage */
-const char *cb_strerror(int code);      /* static storage, never NULL */
+/* ---- library ----------------------------------------------------------
+ * None of these takes a lock; each costs O(1). */
+
+/* "cowblock-core src <hash>": the hash of the sources the library was built
+ * from, computed by the build (csrc/build_ffi.py, cowblock/_buildid.py), so
+ * that a binding can refuse a library built from other sources.  Static
+ * storage. */
+const char *cb_build_id(void);
+/* A description of any return code: cowblock's own, or -errno.  Static
+ * storage, never NULL. */
+const char *cb_strerror(int code);
 /* After a call on this thread returned CB_ECHECKSUM: the byte offset, in
  * the device that call named, of the first sub-block whose data failed its
  * checksum.  Undefined after any other result. */
@@ -220,39 +227,86 @@ size_t cb_corrupt_detail(char *buf, size_t len, uint64_t *page);
  * The checksum the metadata and data checksums use; any thread, no lock. */
 uint32_t cb_crc32c(uint32_t crc, const void *buf, size_t len);
 
-/* ---- pool ------------------------------------------------------------- */
+/* ---- pool ---------------------------------------------------------------
+ * Every call below but create, open, close, retain and release fails with
+ * CB_ECLOSED once the pool is closed or being closed, with CB_EFAILED once
+ * it is in the failed state, and, if it changes the pool, with CB_EROFS on
+ * a pool opened CB_OPEN_READONLY; none of these is repeated in the lists of
+ * errors.  "-errno" means an error of the operating system
+ * (open, pread, pwrite, fdatasync, fallocate, ...); a full file system is
+ * CB_ENOSPC.  "Lock: shared" calls run concurrently with each other;
+ * "exclusive" ones wait for every other call on the pool and hold off new
+ * ones.  Costs: B = the block size, N = the pool's data blocks, D = devices,
+ * M = metadata pages in use, mapped = data blocks some device reads. */
+
 /* Make a new pool in directory `path` (created if missing, must be empty of
  * pool files).  size: data capacity in bytes (rounded down to whole blocks,
  * at least one block).  block_size: a power of two in
- * [CB_MIN_BLOCK_SIZE, CB_MAX_BLOCK_SIZE].  On success *out is an open pool.
- * All or nothing: on an error, the files it made are removed again, and the
- * directory too if it made it (nothing that was there before is touched).
- * -EFBIG: the data file (size bytes, plus the checksum table) is larger
- * than the file system or RLIMIT_FSIZE allows one file to be. */
+ * [CB_MIN_BLOCK_SIZE, CB_MAX_BLOCK_SIZE].  flags: CB_OPEN_DIRECT or
+ * CB_OPEN_MMAP, and CB_CREATE_CHECKSUMS.  On success *out is an open pool,
+ * owned by the caller until cb_pool_close().  All or nothing: on an error,
+ * the files it made are removed again, and the directory too if it made it
+ * (nothing that was there before is touched).
+ * Errors: CB_EINVAL (NULL or empty path, bad block size, size below one
+ *   block or above 2^36 blocks, unknown flags, DIRECT with MMAP), CB_EEXIST
+ *   (the pool files exist), CB_ENOSPC, CB_ENOMEM, -errno (mkdir, creating
+ *   or sizing the files); -EFBIG: the data file (size bytes, plus the
+ *   checksum table) is larger than the file system or RLIMIT_FSIZE allows
+ *   one file to be.
+ * Lock: none (nothing else can see the pool yet).
+ * Cost: two metadata pages written and two fdatasyncs; memory one pointer
+ *   per 2^14 blocks up front (the space map fills in by chunks as blocks are
+ *   used; the checksum table, by pages as they are read). */
 int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
                    unsigned flags, cb_pool **out);
 /* Open an existing pool.  Validates every metadata page it reads and
- * recomputes reference counts from the mappings.  With CB_OPEN_READONLY
- * both files are opened O_RDONLY and nothing is written, punched or
- * truncated, not even after an unclean shutdown: free blocks that still
- * hold data then stay as they are (cb_pool_check counts them as
- * leaked_blocks) until the next writable open reclaims them. */
+ * recomputes reference counts from the mappings.  flags: CB_OPEN_READONLY
+ * (a shared flock: any number of read-only openers, no writer),
+ * CB_OPEN_DIRECT or CB_OPEN_MMAP.  A writable open takes an exclusive flock,
+ * punches out the free blocks that still hold data after an unclean
+ * shutdown, and commits once.  With CB_OPEN_READONLY both files are opened
+ * O_RDONLY and nothing is written, punched or truncated, not even after an
+ * unclean shutdown: free blocks that still hold data then stay as they are
+ * (cb_pool_check counts them as leaked_blocks) until the next writable open
+ * reclaims them.
+ * Errors: CB_EINVAL (flags), CB_ENOENT (no pool at path), CB_EBUSY (another
+ *   process holds it: a writer, or readers when opening to write),
+ *   CB_ECORRUPT (no valid superblock, a page that fails verification, counts
+ *   that overflow, a data file shorter than the geometry; cb_corrupt_detail
+ *   says which), CB_EVERSION (an unknown format version or incompat
+ *   feature), CB_ENOMEM, -errno.
+ * Lock: none (nothing else can see the pool yet).
+ * Cost: every metadata page read once (O(M)), memory O(M) for the trees;
+ *   after an unclean shutdown, one SEEK_DATA walk of the data file. */
 int cb_pool_open(const char *path, unsigned flags, cb_pool **out);
 /* Shut the pool down (see "Lifetimes" at the top): refuse new calls with
  * CB_ECLOSED, wait for the calls inside to return, commit (unless
- * read-only or failed), release files, lock and memory, and give up the
- * reference the open handed out.  Returns the commit's result; the pool is
- * closed either way.  Closing a closed pool (through a retained pointer)
- * returns CB_ECLOSED.  NULL is a no-op. */
+ * read-only or failed) with the pool marked clean, release files, lock and
+ * memory, and give up the reference the open handed out.  Returns the
+ * commit's result; the pool is closed either way.  NULL is a no-op.
+ * Errors: those of cb_pool_flush (the pool is closed regardless);
+ *   CB_ECLOSED when the pool is closed already (through a retained pointer).
+ * Lock: exclusive, once the calls inside have left.
+ * Cost: the wait, a commit, and punching any kept blocks. */
 int cb_pool_close(cb_pool *pool);
 /* Take / give up a reference that keeps the pool pointer valid (not the
  * pool open) until the matching cb_pool_release: for bindings whose threads
  * may still call through the pointer while another closes the pool.
  * cb_pool_retain needs a reference held already.  Release never closes:
- * the pool must still be closed by cb_pool_close.  NULL is a no-op. */
+ * the pool must still be closed by cb_pool_close.  NULL is a no-op.
+ * Lock: none (an atomic count).  Cost: O(1); the last release frees the
+ *   small handle. */
 void cb_pool_retain(cb_pool *pool);
 void cb_pool_release(cb_pool *pool);
-/* Durability point: data, then metadata, then the superblock. */
+/* Durability point: data, then metadata, then the superblock.  When it
+ * returns 0 every write made before it survives a crash.  A failure puts
+ * the pool in the failed state (nothing written since the last flush can be
+ * trusted to be on disk).  0 at once on a read-only pool.
+ * Errors: CB_ENOSPC, CB_ENOMEM, -errno (then the pool has failed).
+ * Lock: exclusive.
+ * Cost: the metadata changed since the last commit (each dirty node and
+ *   record written once to a fresh page) and the blocks it freed, plus up
+ *   to three fdatasyncs; nothing at all when nothing changed. */
 int cb_pool_flush(cb_pool *pool);
 /* Keep up to max_blocks freed data blocks allocated in the data file
  * instead of punching them out once the commit that freed them is durable,
@@ -261,47 +315,93 @@ int cb_pool_flush(cb_pool *pool);
  * passdown).  Default 0: every freed block is punched.  Kept blocks count
  * as free in every figure but the data file's size on disk; lowering the
  * bound punches the excess at once, and close punches them all, so a
- * closed pool holds none.  Not persistent: set it after each open. */
+ * closed pool holds none.  Not persistent: set it after each open.
+ * Errors: none but CB_EROFS and CB_EFAILED (a punch that fails leaves the
+ *   space allocated: check reports it, the next open reclaims it).
+ * Lock: exclusive.  Cost: O(blocks punched). */
 int cb_pool_set_keep(cb_pool *pool, uint64_t max_blocks);
+/* Pool-wide figures (cb_stat).  Lock: shared.  Cost: O(1). */
 int cb_pool_stat(cb_pool *pool, cb_stat *out);
 /* The pool's identity: 16 random bytes chosen when it was created and kept
- * for its life (in every superblock).  Lock: shared. */
+ * for its life (in every superblock).  Errors: CB_EINVAL (out is NULL).
+ * Lock: shared.  Cost: O(1). */
 int cb_pool_uuid(cb_pool *pool, uint8_t out[16]);
 
-/* Device table.  Names are 1..CB_NAME_MAX bytes, no '/' and no NUL. */
-/* external_path (may be NULL): a regular file or block device read where
- * the device has no data of its own.  A regular file's size, inode and
- * mtime are recorded; an open that finds it changed refuses reads that need
- * it (CB_EEXTERNAL, cb_corrupt_detail says what changed). */
+/* Device table.  Names are 1..CB_NAME_MAX bytes, no '/' and no NUL.
+ * Changes to the table are durable at the next flush, like writes. */
+
+/* A new device of `size` bytes (a multiple of 512, at most
+ * CB_MAX_DEV_SIZE), reading as zeros; or, with external_path, reading as
+ * that regular file or block device (its external origin, never written;
+ * size 0 = the file's size rounded up to 512) where the device has no data
+ * of its own.  A regular file's size, inode and mtime are recorded; an open
+ * that finds it changed refuses reads that need it (CB_EEXTERNAL,
+ * cb_corrupt_detail says what changed).
+ * Errors: CB_EINVAL (name, size), CB_EEXIST (the name is taken),
+ *   CB_ETOOMANY (CB_MAX_DEVICES devices, or CB_MAX_EXTERNALS origins),
+ *   CB_EEXTERNAL (the origin is missing, or not a regular file or block
+ *   device), CB_ENOMEM, -errno.
+ * Lock: exclusive.  Cost: O(D) (the name is looked up). */
 int cb_pool_create_device(cb_pool *pool, const char *name, uint64_t size,
-                          const char *external_path);
+                          const char *external_path);   /* may be NULL */
+/* A new device `name` sharing everything `source` holds now (dev_flags:
+ * CB_DEV_READONLY or 0).  Later writes through either copy up.
+ * Errors: CB_EINVAL, CB_ENOENT (no source), CB_EEXIST, CB_ETOOMANY (devices,
+ *   or the snapshot clock ran out), CB_ENOMEM.
+ * Lock: exclusive.  Cost: O(D) for the lookups, O(1) whatever the data
+ *   behind the source (one reference count goes up). */
 int cb_pool_snapshot(cb_pool *pool, const char *source, const char *name,
                      unsigned dev_flags);
+/* Remove a device; the blocks only it read are freed at the next commit.
+ * Open handles of the device stay valid memory until cb_dev_close (or
+ * cb_pool_close) and return CB_ENOENT from every call; a device created
+ * later under the same name is a different device, which they never reach.
+ * Errors: CB_EINVAL (NULL name), CB_ENOENT, CB_ECORRUPT (its reference
+ *   counts disagreed with its tree: the device is gone and the pool has
+ *   failed, so that nothing is written over counts that cannot be trusted).
+ * Lock: exclusive.  Cost: O(D) + O(nodes only this device reaches); the
+ *   data blocks are released by the commit. */
 int cb_pool_delete(cb_pool *pool, const char *name);
 /* Device count, then descriptions.  cb_pool_list fills at most n infos and
- * sets *count to the number of devices (call with n = 0 to size). */
+ * sets *count to the number of devices (call with n = 0 to size).
+ * Lock: shared.  Cost: O(D). */
 int cb_pool_list(cb_pool *pool, cb_devinfo *out, size_t n, size_t *count);
+/* One device's description.  Errors: CB_EINVAL, CB_ENOENT.
+ * Lock: shared.  Cost: O(D). */
 int cb_pool_info(cb_pool *pool, const char *name, cb_devinfo *out);
-/* Path of external origin `id` copied into buf (NUL-terminated). */
+/* Path of external origin `id` copied into buf (NUL-terminated).
+ * Errors: CB_EINVAL (id out of range, NULL buf; or buf too short: then it
+ *   holds the truncated path), CB_ENOENT (no such origin).
+ * Lock: shared.  Cost: O(1). */
 int cb_pool_external_path(cb_pool *pool, uint32_t id, char *buf, size_t len);
 /* Per-device space, exact, in one walk of all metadata: fills at most n
  * entries (in device-table order) and sets *count to the number of devices.
+ * Errors: CB_ENOMEM.
+ * Lock: exclusive (the walk keeps scratch counts in the nodes), so IO waits
+ *   for the whole walk.
  * Cost: every distinct tree node of the pool once, shared nodes once
- * whatever the number of devices sharing them, plus one counter per data
- * block in the 16384-block chunks that some device names; each device's
- * changed_bytes adds a walk of the nodes it changed.  Lock: exclusive (the
- * walk keeps scratch counts in the nodes), so IO waits for the whole walk.
- * To report every device, call this once rather than cb_dev_usage per
- * device: n snapshots of one tree cost that tree once here, n times there. */
+ *   whatever the number of devices sharing them, plus one counter per data
+ *   block in the 16384-block chunks that some device names; each device's
+ *   changed_bytes adds a walk of the nodes it changed.  To report every
+ *   device, call this once rather than cb_dev_usage per device: n snapshots
+ *   of one tree cost that tree once here, n times there. */
 int cb_pool_usage(cb_pool *pool, cb_usage *out, size_t n, size_t *count);
 /* Walk and verify all metadata: both superblock slots, checksums,
  * structure, reference counts recomputed from the mappings, data blocks in
  * range, the data file's size, external origins against what was recorded
  * when they were attached, and the data file for free blocks still holding
  * data.  With repair (a writable pool), such blocks are punched out, leaked
- * metadata pages freed and a damaged superblock slot rewritten by a commit
- * (which writes only the slot the pool does not stand on).
- * Messages (one per line) go to buf (truncated to len, NUL-terminated). */
+ * metadata pages freed (only in a pool with no other error: corruption is
+ * reported, never guessed at) and a damaged superblock slot rewritten by a
+ * commit (which writes only the slot the pool does not stand on).  A
+ * writable pool is committed first, so the check sees in the file what is
+ * in memory.  Returns 0 whatever it found (out->errors, out->leaked_*);
+ * messages (one per line) go to buf (truncated to len, NUL-terminated).
+ * Errors: those of cb_pool_flush (the commits), CB_ENOMEM, -errno when a
+ *   page cannot be read (the check cannot conclude).
+ * Lock: exclusive.  Cost: every committed metadata page read (O(M)), the
+ *   trees walked, one SEEK_DATA walk of the data file; memory as for
+ *   cb_pool_usage. */
 int cb_pool_check(cb_pool *pool, int repair, cb_check *out,
                   char *buf, size_t len);
 /* The committed metadata (what the last commit made durable, read back from
@@ -309,7 +409,10 @@ int cb_pool_check(cb_pool *pool, int repair, cb_check *out,
  * both slots, external origins, devices with their mappings as runs, free
  * log.  On success *json is NUL-terminated, malloc'd, owned by the caller
  * and released with cb_free(); *len (if len is not NULL) gets its length.
- * Takes the pool lock shared.  CB_ECORRUPT if a page fails verification. */
+ * Errors: CB_EINVAL (NULL pool or json), CB_ECORRUPT (a page fails
+ *   verification), CB_ENOMEM, -errno.
+ * Lock: shared.  Cost: every committed metadata page read once per device
+ *   that reaches it (O(M) without sharing); output O(mapping runs). */
 int cb_pool_dump(cb_pool *pool, char **json, size_t *len);
 /* Read every data block some device reads, once, in data-file order, and
  * verify it against its checksums (pools made without checksums are only
@@ -320,21 +423,37 @@ int cb_pool_dump(cb_pool *pool, char **json, size_t *len);
  * reported in bad (at most n; *count gets how many were found, as does
  * progress->bad).  Returns 0 when the scrub ran to the end, whatever it
  * found; -ECANCELED if progress->cancel was set; CB_ECLOSED if the pool
- * was closed meanwhile (the close waits for the slice being read). */
+ * was closed meanwhile (the close waits for the slice being read).
+ * Errors: CB_EINVAL (NULL progress or count, NULL bad with n > 0),
+ *   -ECANCELED, CB_ECLOSED, CB_ENOMEM.
+ * Lock: shared, per step (the walk, then each slice).
+ * Cost: every mapped sub-block read once (O(mapped * B)), the trees walked
+ *   once; memory as for cb_pool_usage. */
 int cb_pool_scrub(cb_pool *pool, cb_scrub *progress, cb_scrub_bad *bad,
                   size_t n, size_t *count);
 /* Release memory the library handed out (cb_pool_dump).  NULL is a no-op. */
 void cb_free(void *ptr);
 
-/* ---- devices ---------------------------------------------------------- */
-/* A handle stays valid until cb_dev_close, whatever happens to its device
- * or its pool meanwhile; it holds a reference on the pool (see "Lifetimes").
- * A handle whose device is deleted returns CB_ENOENT from every call; once
- * the pool is closed (or being closed), every call returns CB_ECLOSED.
- * cb_dev_close may be called before or after cb_pool_close, from any
- * thread, but not while another call on the same handle runs. */
+/* ---- devices --------------------------------------------------------------
+ * A cb_dev is a handle on one device.  A handle stays valid until
+ * cb_dev_close, whatever happens to its device or its pool meanwhile; it
+ * holds a reference on the pool (see "Lifetimes").  After the device is
+ * deleted (cb_pool_delete), every call on its handles returns CB_ENOENT,
+ * whatever is created later under its name; once the pool is closed (or
+ * being closed), every call returns CB_ECLOSED.  cb_dev_close may be called
+ * before or after cb_pool_close, from any thread, but not while another
+ * call on the same handle runs.  Every call below also returns CB_EFAILED
+ * on a failed pool, and the calls that write CB_EROFS on a read-only pool
+ * or device. */
+
+/* A handle on device `name`.  Errors: CB_EINVAL, CB_ENOENT, CB_ENOMEM.
+ * Lock: exclusive (the pool's list of handles).  Cost: O(D). */
 int cb_dev_open(cb_pool *pool, const char *name, cb_dev **out);
+/* Free a handle (NULL is a no-op).  Must not race with other calls on the
+ * same handle.  Lock: exclusive.  Cost: O(1). */
 void cb_dev_close(cb_dev *dev);
+/* The device's description.  Errors: CB_ENOENT (deleted).
+ * Lock: shared.  Cost: O(1). */
 int cb_dev_info(cb_dev *dev, cb_devinfo *out);
 
 /* Byte IO.  off + len must lie within the device.  Unmapped ranges read as
@@ -346,25 +465,47 @@ int cb_dev_info(cb_dev *dev, cb_devinfo *out);
  * from external origins are not covered.  To keep the checksums exact
  * across crashes, a block is never rewritten once a commit made it
  * durable: the first write to it after a flush copies up, as if it were
- * shared. */
+ * shared.
+ *
+ * Errors of all four: CB_EINVAL (range, NULL buffer), CB_ENOENT (deleted),
+ *   CB_ECHECKSUM, CB_EEXTERNAL (the external origin cannot be read), -errno.
+ * Writes and discards also: CB_ENOSPC -- the pool cannot hold the write
+ *   (refused before anything is changed, once a commit has given back what
+ *   the open transaction freed), or the file system is full (the blocks
+ *   before the one that failed are written); CB_ENOMEM; and those of
+ *   cb_pool_flush, since they commit when the open transaction grows past
+ *   its bound or when only a commit can free space.
+ * Lock: shared for cb_dev_read, exclusive for the others (a write's data IO
+ *   is done under it, so a reader never sees a block half copied up).
+ * Cost: O(len / B) entry lookups of O(tree depth) each, whatever the length
+ *   of the snapshot chain, and one pread or pwrite per run of blocks that are
+ *   contiguous in the data file; a write into a shared block copies only the
+ *   partly covered sub-blocks at its edges.  cb_dev_flush is cb_pool_flush. */
 int cb_dev_read(cb_dev *dev, void *buf, uint64_t len, uint64_t off);
 int cb_dev_write(cb_dev *dev, const void *buf, uint64_t len, uint64_t off);
 int cb_dev_discard(cb_dev *dev, uint64_t len, uint64_t off);
 int cb_dev_flush(cb_dev *dev);
 
-/* Batch IO: n whole blocks, block idx[i] <-> buf + i * block_size. */
+/* Batch IO: n whole blocks, block idx[i] <-> buf + i * block_size.  Errors,
+ * lock and cost as for cb_dev_read / cb_dev_write (CB_EINVAL when an index
+ * is not a whole block inside the device), one lock hold for all n. */
 int cb_dev_read_blocks(cb_dev *dev, const uint64_t *idx, size_t n, void *buf);
 int cb_dev_write_blocks(cb_dev *dev, const uint64_t *idx, size_t n,
                         const void *buf);
 
 /* Bitmap (LSB first) of the virtual blocks this device changed since it was
  * created, written or discarded through it; bits must hold
- * ceil(size / block_size) bits.  Cost grows with what changed, not with the
- * device size. */
+ * ceil(size / block_size) bits.
+ * Errors: CB_EINVAL (bits too short), CB_ENOENT.
+ * Lock: shared.  Cost: O(nodes changed since the device was created), not
+ *   the device size. */
 int cb_dev_changed(cb_dev *dev, uint8_t *bits, size_t nbytes);
 /* Runs of virtual blocks that may hold data (mapped, or read from the
  * external origin): fills at most n (start, count) pairs and sets *count to
- * the total number of runs. */
+ * the total number of runs.
+ * Errors: CB_EINVAL, CB_ENOENT.
+ * Lock: shared.  Cost: O(mapped blocks of the device), holes skipped a node
+ *   at a time; with an external origin, O(blocks the origin covers). */
 int cb_dev_extents(cb_dev *dev, uint64_t *pairs, size_t n, size_t *count);
 /* The same for the blocks [first, first + nblocks) only, for callers that
  * ask about a part of a device at a time (an NBD block status request):
@@ -401,10 +542,11 @@ int cb_dev_delta(cb_dev *dev, cb_dev *base, uint64_t start, cb_delta *out, size_
                  size_t *count, uint64_t *next);
 /* One device's entry of cb_pool_usage, the same figures, found from its own
  * tree alone: a block is exclusive when its reference count is 1 and every
- * node on the path to it has one reference.  Cost: the nodes this device
- * reaches (shared ones included), whatever the number of other devices;
- * no allocation.  Lock: shared, so it runs beside reads.  CB_ENOENT once
- * the device is deleted; CB_EINVAL if out is NULL. */
+ * node on the path to it has one reference.
+ * Errors: CB_EINVAL (out is NULL), CB_ENOENT (deleted).
+ * Lock: shared, so it runs beside reads.
+ * Cost: the nodes this device reaches (shared ones included), whatever the
+ *   number of other devices; no allocation. */
 int cb_dev_usage(cb_dev *dev, cb_usage *out);
 
 #ifdef __cplusplus

@@ -13,7 +13,7 @@
 
 uint64_t cb_csum_bytes(uint64_t nslots)
 {
-    return (nslots + CB_CSUM_PER_PAGE - 1) / CB_CSUM_PER_PAGE * CB_PAGE;
+    return cb_csum_table_bytes(nslots);
 }
 
 int cb_csum_init(struct cb_csum *c, cb_io *io, uint64_t base, uint64_t nslots)

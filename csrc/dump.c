@@ -6,7 +6,7 @@
  * of the on-disk format (meta.h) next to txn.c's loader.  Changes not yet
  * committed are not shown; "uncommitted" says whether there are any.
  *
- * Runs under the shared pool lock.  That is enough: every metadata write
+ * Runs under the shared pool lock (taken by pool.c).  That is enough: every metadata write
  * (commit) happens under the exclusive lock, and pages the committed
  * superblock reaches are never written in place (shadow paging), so the
  * committed state on disk cannot change while we read it.  The walk uses
@@ -27,7 +27,7 @@
  * and their runs coalesce only when flags, bitmap and time agree and
  * data/origin advance together.
  */
-#include "pool.h"
+#include "dump.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -152,7 +152,7 @@ static void jb_str(struct jbuf *b, const char *str, size_t len)
 /* ---- reading pages ------------------------------------------------------------ */
 
 struct dumper {
-    struct cb_pool *p;
+    struct cb_store *p;
     struct jbuf *b;
     uint64_t meta_pages;    /* from the superblock */
     uint32_t sb_time;
@@ -285,7 +285,7 @@ static int dump_slots(struct dumper *D, unsigned char *pg)
 static void dump_super(struct dumper *D, const unsigned char *sb, unsigned ndevtab)
 {
     struct jbuf *b = D->b;
-    struct cb_pool *p = D->p;
+    struct cb_store *p = D->p;
     jb_printf(b, "  \"superblock\": {\n    \"slot\": %llu,\n    \"generation\": %llu,\n"
                  "    \"version\": %u,\n    \"incompat\": %u,\n    \"checksums\": %s,\n"
                  "    \"compat\": %u,\n"
@@ -338,7 +338,7 @@ static int dump_externals(struct dumper *D, const unsigned char *sb, unsigned ch
 static int dump_device(struct dumper *D, const unsigned char *q, int first)
 {
     struct jbuf *b = D->b;
-    struct cb_pool *p = D->p;
+    struct cb_store *p = D->p;
     uint32_t id = cb_get32(q), flags = cb_get32(q + 4), nlen = cb_get32(q + 52);
     uint64_t size = cb_get64(q + 8), root = cb_get64(q + 16);
     uint32_t depth = cb_get32(q + 24);
@@ -441,7 +441,7 @@ static int dump_freelog(struct dumper *D, uint64_t page, unsigned char *pg)
     return 0;
 }
 
-static int dump_run(struct cb_pool *p, struct jbuf *b)
+static int dump_run(struct cb_store *p, struct jbuf *b)
 {
     unsigned char *sb = malloc(CB_PAGE), *pg = malloc(CB_PAGE);
     struct dumper D = {.p = p, .b = b};
@@ -477,29 +477,16 @@ static int dump_run(struct cb_pool *p, struct jbuf *b)
     return rc ? rc : b->err;
 }
 
-int cb_pool_dump(cb_pool *p, char **json, size_t *len)
+int cb_dump_run(struct cb_store *p, char **json, size_t *len)
 {
-    if (!p || !json)
-        return CB_EINVAL;
-    *json = NULL;
-    if (len)
-        *len = 0;
-    int rc = cb_pool_enter(p, CB_LOCK_SHARED); /* CB_ECLOSED, CB_EFAILED */
-    if (rc)
-        return rc;
+    CB_MUST_READ(p);
     struct jbuf b = {NULL, 0, 0, 0};
-    rc = cb_pool_leave(p, dump_run(p, &b));
+    int rc = dump_run(p, &b);
     if (rc) {
         free(b.s);
         return rc;
     }
     *json = b.s;
-    if (len)
-        *len = b.n;
+    *len = b.n;
     return 0;
-}
-
-void cb_free(void *ptr)
-{
-    free(ptr);
 }

@@ -3,7 +3,9 @@
  *
  * The checksum is salted with the page type so that a valid page of one
  * type can never pass as another, and covers the page's own address so a
- * page written to the wrong place is caught.
+ * page written to the wrong place is caught.  The geometry a superblock
+ * implies is derived here too, the one place that knows the data file's
+ * layout.
  */
 #include "meta.h"
 #include "cowblock.h"
@@ -38,6 +40,25 @@ void cb_page_seal(unsigned char *page, uint32_t type, uint64_t blocknr,
     cb_put16(page + 28, level);
     cb_put16(page + 30, count);
     cb_put32(page + 4, page_crc(page, type));
+}
+
+void cb_geometry_set(struct cb_geometry *g, uint32_t block_size, uint64_t nblocks, int csum_on)
+{
+    g->block_size = block_size;
+    g->block_shift = (unsigned)__builtin_ctz(block_size);
+    g->sub_size = block_size / 64 > 4096 ? block_size / 64 : 4096;
+    if (g->sub_size > block_size)
+        g->sub_size = block_size;
+    g->nsub = block_size / g->sub_size;
+    g->full_bitmap = g->nsub == 64 ? UINT64_MAX : (1ull << g->nsub) - 1;
+    g->nblocks = nblocks;
+    g->csum_on = csum_on != 0;
+}
+
+uint64_t cb_geometry_data_span(const struct cb_geometry *g)
+{
+    uint64_t blocks = g->nblocks * (uint64_t)g->block_size;
+    return g->csum_on ? blocks + cb_csum_table_bytes(g->nblocks * g->nsub) : blocks;
 }
 
 int cb_page_verify(const unsigned char *page, uint32_t type, uint64_t blocknr,
@@ -133,4 +154,43 @@ size_t cb_corrupt_detail(char *buf, size_t len, uint64_t *page)
         *page = detail_page;
     cb_meta_clear();
     return n;
+}
+
+int cb_meta_parse_super(const unsigned char *sb, uint64_t slot, uint64_t meta_file_pages)
+{
+    if (cb_page_verify(sb, CB_PT_SUPER, slot, UINT64_MAX))
+        return CB_ECORRUPT;
+    /* a commit writes generation g into slot g % 2: anything else would
+     * make the next commit overwrite the superblock it started from */
+    uint64_t gen = cb_get64(sb + 16);
+    if (gen % 2 != slot || gen >= (1ull << 62)) {
+        cb_meta_bad(slot, CB_PT_SUPER, "generation %llu does not belong in slot %llu",
+                    (unsigned long long)gen, (unsigned long long)slot);
+        return CB_ECORRUPT;
+    }
+    if (memcmp(sb + 32, "cowblock", 8)) {
+        cb_meta_bad(slot, CB_PT_SUPER, "no \"cowblock\" signature");
+        return CB_ECORRUPT;
+    }
+    if (cb_get32(sb + 40) != CB_FORMAT_VERSION || (cb_get32(sb + 44) & ~CB_INCOMPAT_KNOWN)) {
+        cb_meta_bad(slot, CB_PT_SUPER, "format version %u, incompatible features 0x%x "
+                    "(this cowblock reads version %u, features 0x%x)", cb_get32(sb + 40),
+                    cb_get32(sb + 44), CB_FORMAT_VERSION, CB_INCOMPAT_KNOWN);
+        return CB_EVERSION;
+    }
+    uint32_t bs = cb_get32(sb + 52);
+    uint64_t nblocks = cb_get64(sb + 56);
+    uint64_t mpages = cb_get64(sb + 80);
+    if (bs < CB_MIN_BLOCK_SIZE || bs > CB_MAX_BLOCK_SIZE || (bs & (bs - 1)) ||
+        nblocks == 0 || nblocks > CB_MAX_POOL_BLOCKS || mpages < 2 ||
+        mpages > meta_file_pages || cb_get64(sb + 64) > UINT32_MAX ||
+        cb_get32(sb + 96) > CB_SB_DEVTAB_MAX || cb_get64(sb + 72) > UINT32_MAX ||
+        cb_get64(sb + 72) == 0) {
+        cb_meta_bad(slot, CB_PT_SUPER, "a field out of bounds (block size %u, %llu blocks, "
+                    "%llu metadata pages of the file's %llu, %u device table pages)", bs,
+                    (unsigned long long)nblocks, (unsigned long long)mpages,
+                    (unsigned long long)meta_file_pages, cb_get32(sb + 96));
+        return CB_ECORRUPT;
+    }
+    return 0; /* the data file's size is checked once the geometry is known */
 }

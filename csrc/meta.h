@@ -43,6 +43,11 @@
  *   the data blocks the committing transaction freed, punched out of the
  *   data file once the commit is durable (and again at open, in case the
  *   process died in between).
+ *
+ * The data file: nblocks blocks of block_size bytes, then (with
+ * CB_INCOMPAT_CSUM) one u32 checksum per sub-block, in whole pages
+ * (csum.h).  The geometry below is what the superblock's block size,
+ * block count and feature bits imply for both files.
  */
 #ifndef CB_META_H
 #define CB_META_H
@@ -52,6 +57,7 @@
 #define CB_PAGE 4096u
 #define CB_HDR 32u
 #define CB_FORMAT_VERSION 1u
+#define CB_MAX_POOL_BLOCKS (1ull << 36) /* data blocks a pool may have */
 /* compat feature bits (superblock offset 48): readers that do not know a
  * bit may ignore it */
 #define CB_COMPAT_CLEAN 1u  /* written by close: no allocation since this commit */
@@ -137,6 +143,34 @@ static inline void cb_put64(void *p, uint64_t v)
     memcpy(p, &v, 8);
 }
 
+/* ---- geometry ------------------------------------------------------------
+ * What a pool's block size, block count and feature bits imply.  The field
+ * list is a macro so that a struct holding a geometry can also name its
+ * fields directly (an anonymous member, see store.h). */
+#define CB_GEOMETRY_FIELDS                                                     \
+    uint32_t block_size;  /* bytes, a power of two */                          \
+    unsigned block_shift; /* log2(block_size) */                               \
+    uint32_t sub_size;    /* bytes per bitmap bit (sub-block) */               \
+    unsigned nsub;        /* sub-blocks per block (1..64) */                   \
+    uint64_t full_bitmap; /* all nsub bits */                                  \
+    uint64_t nblocks;     /* data blocks in the pool */                        \
+    int csum_on;          /* data checksums (CB_INCOMPAT_CSUM) */
+
+struct cb_geometry {
+    CB_GEOMETRY_FIELDS
+};
+
+/* Fill in g from the block size (a valid one: a power of two in
+ * [CB_MIN_BLOCK_SIZE, CB_MAX_BLOCK_SIZE]), block count and checksum bit. */
+void cb_geometry_set(struct cb_geometry *g, uint32_t block_size, uint64_t nblocks, int csum_on);
+/* Bytes of the checksum table for nslots sub-blocks (whole pages). */
+static inline uint64_t cb_csum_table_bytes(uint64_t nslots)
+{
+    return (nslots + CB_PAGE / 4 - 1) / (CB_PAGE / 4) * CB_PAGE;
+}
+/* Bytes the data file must span: the blocks, then the checksum table. */
+uint64_t cb_geometry_data_span(const struct cb_geometry *g);
+
 /* Fill in the header and seal the page with its checksum. */
 void cb_page_seal(unsigned char *page, uint32_t type, uint64_t blocknr,
                   uint64_t generation, uint32_t time, uint16_t level,
@@ -158,6 +192,10 @@ void cb_meta_bad(uint64_t page, uint32_t type, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void cb_meta_context(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void cb_meta_clear(void);
+/* Verify superblock page sb read from slot: 0, CB_ECORRUPT or CB_EVERSION
+ * with the thread's corruption detail saying why.  Open and check parse a
+ * slot the same way. */
+int cb_meta_parse_super(const unsigned char *sb, uint64_t slot, uint64_t meta_file_pages);
 /* A page type's name for messages ("mapping leaf"), "page" if unknown. */
 const char *cb_page_type_name(uint32_t type);
 

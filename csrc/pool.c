@@ -1,8 +1,55 @@
 /*
  * pool.c - the public API: pool lifecycle, the device table, handles,
- * locking and the sticky failed state.  Each entry point validates its
- * arguments, takes the pool lock, checks the state and calls one layer
- * below (thin, txn, check).
+ * locking, the pool's state, and the transaction's owner.  Each entry
+ * point validates its arguments, takes the pool lock (pool_enter), checks
+ * the state and calls the layers below (thin, txn, check, dump, scrub),
+ * which never call back up: where one needs a commit it says so
+ * (CB_THIN_COMMIT) and the commit is made here (pool_commit).
+ *
+ * The stack, each layer calling only the ones below it:
+ *
+ *                  cowblock.h  (public API)
+ *                       |
+ *                     pool          lifecycle, lock, state, device table, handles
+ *          +-------+----+----+--------+
+ *        check   dump      scrub      |
+ *          |       |         |        |
+ *          |       |        thin      |     device IO, copy-up, walks
+ *          |       |         |       txn    commit, load, format
+ *          +-------+----+----+--------+
+ *                     store         the in-memory state the layers share
+ *       +---------+-------+---------+---------+
+ *    mapping  spacemap   csum    datafile    meta    (trees, counts, checksums,
+ *       |         |       |         |         |       punch + sync, format)
+ *       +---------+-------+---------+---------+
+ *                     blockio       file backend (fault-injecting in tests)
+ *
+ * States of a pool (p->failed, p->shut; read-only is fixed at open):
+ *
+ *   create / open ----> OPEN ---- a commit or a sync fails, or a delete ---> FAILED
+ *   (under the lock,     |  ^     finds the counts disagreeing with the        |
+ *    before anyone       |  |     trees: pool_fail(rc), once, sticky           |
+ *    sees the pool)      |  +-- every call: pool_enter .. pool_leave           |
+ *                        |                                                     |
+ *                      close: shut = 1 ----------> CLOSING <------------------ close
+ *                                                     |  waits for the lock: the calls
+ *                                                     |  inside leave; trim kept blocks and
+ *                                                     |  commit CB_TXN_CLEAN (not if FAILED
+ *                                                     v  or read-only); the store is freed
+ *                                                  CLOSED --(last reference dropped)--> freed
+ *
+ *   OPEN      every call works (a read-only pool refuses mutations with
+ *             CB_EROFS and never commits).
+ *   FAILED    every call but close returns CB_EFAILED: no write goes on
+ *             over a half-done transaction.
+ *   CLOSING,  every call returns CB_ECLOSED at once, before and after
+ *   CLOSED    waiting for the lock, touching nothing else; the struct, its
+ *             lock and path stay until the last reference goes (the open's,
+ *             cb_pool_retain's, one per cb_dev: cowblock.h, "Lifetimes").
+ * A commit is made with an explicit mode (txn.h): CB_TXN_FLUSH for
+ * flush and the bounded-transaction and out-of-space commits, CB_TXN_IN_USE
+ * once at open (so that a crash from then on reads as unclean),
+ * CB_TXN_CLEAN by close.
  *
  * A pool directory holds:
  *   meta   the metadata file (see meta.h)
@@ -11,8 +58,13 @@
  * read-only openers, so two processes never write one pool.
  */
 #include "pool.h"
+#include "check.h"
+#include "dump.h"
 #include "scrub.h"
 #include "thin.h"
+#include "txn.h"
+
+#include <assert.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +77,12 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+/* The build passes the hash of the sources (csrc/build_ffi.py); builds that
+ * do not (the fuzz target) say so. */
+#ifndef CB_BUILD_ID
+#define CB_BUILD_ID "cowblock-core unhashed"
+#endif
 
 const char *cb_build_id(void)
 {
@@ -80,6 +138,95 @@ static int valid_name(const char *name)
     return len >= 1 && len <= CB_NAME_MAX && !strchr(name, '/');
 }
 
+/* ---- lock and state ------------------------------------------------------- */
+
+/* Lock modes of pool_enter: shared, exclusive, or exclusive for a change
+ * (refused with CB_EROFS on a read-only pool). */
+#define SHARED 0
+#define EXCLUSIVE 1
+#define MUTATE 2
+
+static void lock_write(struct cb_pool *p)
+{
+    pthread_rwlock_wrlock(&p->lock);
+    CB_HOLD_WRITE(&p->s);
+}
+
+static void lock_read(struct cb_pool *p)
+{
+    pthread_rwlock_rdlock(&p->lock);
+    CB_HOLD_READ(&p->s);
+}
+
+static void unlock(struct cb_pool *p)
+{
+    CB_HOLD_END(&p->s);
+    pthread_rwlock_unlock(&p->lock);
+}
+
+/* Take the lock in the given mode and check the pool may be used; on an
+ * error the lock is not held.  pool_leave releases it and returns rc. */
+static int pool_enter(struct cb_pool *p, int mode)
+{
+    if (__atomic_load_n(&p->shut, __ATOMIC_ACQUIRE))
+        return CB_ECLOSED;
+    if (mode == SHARED)
+        lock_read(p);
+    else
+        lock_write(p);
+    /* closed while this call waited for the lock: the lock orders it after
+     * close's release of everything */
+    if (__atomic_load_n(&p->shut, __ATOMIC_RELAXED)) {
+        unlock(p);
+        return CB_ECLOSED;
+    }
+    if (p->failed) {
+        unlock(p);
+        return CB_EFAILED;
+    }
+    if (mode == MUTATE && (p->flags & CB_OPEN_READONLY)) {
+        unlock(p);
+        return CB_EROFS;
+    }
+    return 0;
+}
+
+static int pool_leave(struct cb_pool *p, int rc)
+{
+    CB_CONSISTENT(&p->s);
+    unlock(p);
+    return rc;
+}
+
+/* OPEN -> FAILED (see the top of this file).  The first error sticks. */
+static int pool_fail(struct cb_pool *p, int rc)
+{
+    CB_MUST_WRITE(&p->s);
+    assert(rc < 0);
+    if (!p->failed)
+        p->failed = rc;
+    return rc;
+}
+
+/* The one place a commit is made.  A read-only pool has nothing to commit;
+ * a failed commit fails the pool. */
+static int pool_commit(struct cb_pool *p, int mode)
+{
+    CB_MUST_WRITE(&p->s);
+    if (p->failed)
+        return CB_EFAILED;
+    if (p->flags & CB_OPEN_READONLY)
+        return 0;
+    int rc = cb_txn_commit(&p->s, mode);
+    return rc ? pool_fail(p, rc) : 0;
+}
+
+/* Commit if the open transaction has grown past its bound. */
+static int pool_maybe_commit(struct cb_pool *p)
+{
+    return cb_txn_due(&p->s) ? pool_commit(p, CB_TXN_FLUSH) : 0;
+}
+
 /* ---- lifecycle ------------------------------------------------------------ */
 
 /* Everything but the struct, its lock and path: what close gives back.
@@ -97,35 +244,7 @@ static void pool_release_resources(struct cb_pool *p)
         h->rec = NULL;
         h->prev = h->next = NULL;
     }
-    if (p->devs) {
-        for (unsigned i = 0; i < CB_SB_DEVTAB_MAX * CB_DEVTAB_RECS; i++) {
-            struct cb_devrec *d = p->devs[i];
-            if (!d)
-                continue;
-            cb_node_put(&p->map, d->root);
-            free(d);
-        }
-        free(p->devs);
-        p->devs = NULL;
-    }
-    for (unsigned i = 0; i < CB_MAX_EXTERNALS; i++) {
-        free(p->ext[i].path);
-        if (p->ext[i].io)
-            p->ext[i].io->ops->close(p->ext[i].io);
-        memset(&p->ext[i], 0, sizeof p->ext[i]);
-    }
-    cb_sm_destroy(&p->sm);
-    cb_pm_destroy(&p->pm);
-    cb_csum_destroy(&p->csum);
-    cb_u64vec_free(&p->freelog_pages);
-    if (p->data)
-        p->data->ops->close(p->data);
-    if (p->meta)
-        p->meta->ops->close(p->meta); /* drops the flock */
-    p->data = p->meta = NULL;
-    free(p->zero);
-    free(p->scratch);
-    p->zero = p->scratch = NULL;
+    cb_store_destroy(&p->s);
 }
 
 /* Drop one reference (cowblock.h, "Lifetimes"); the last frees the struct. */
@@ -150,50 +269,23 @@ static int pool_alloc(const char *path, unsigned flags, struct cb_pool **out)
     struct cb_pool *p = calloc(1, sizeof *p);
     if (!p)
         return CB_ENOMEM;
+    cb_store_init(&p->s);
     pthread_rwlock_init(&p->lock, NULL);
     p->refs = 1;
     p->flags = flags;
-    p->map.sm = &p->sm;
-    p->map.pm = &p->pm;
     p->path = strdup(path);
     if (!p->path) {
         pool_free(p);
         return CB_ENOMEM;
     }
+    p->s.path = p->path;
     *out = p;
     return 0;
 }
 
-/* Derived geometry and the buffers that need the block size. */
-int cb_pool_geometry(struct cb_pool *p)
-{
-    p->block_shift = (unsigned)__builtin_ctz(p->block_size);
-    p->sub_size = p->block_size / 64 > 4096 ? p->block_size / 64 : 4096;
-    if (p->sub_size > p->block_size)
-        p->sub_size = p->block_size;
-    p->nsub = p->block_size / p->sub_size;
-    p->full_bitmap = p->nsub == 64 ? UINT64_MAX : (1ull << p->nsub) - 1;
-    p->zero = calloc(1, p->block_size);
-    if (posix_memalign(&p->scratch, 4096, p->block_size))
-        p->scratch = NULL;
-    return p->zero && p->scratch ? 0 : CB_ENOMEM;
-}
-
-uint64_t cb_pool_data_span(const struct cb_pool *p)
-{
-    uint64_t blocks = p->nblocks * (uint64_t)p->block_size;
-    return p->csum_on ? blocks + cb_csum_bytes(p->nblocks * p->nsub) : blocks;
-}
-
-int cb_pool_punch(struct cb_pool *p, uint64_t b, uint64_t n)
-{
-    p->data_dirty = 1;
-    return cb_io_punch(p->data, b * p->block_size, n * p->block_size);
-}
-
 static int pool_lock_file(struct cb_pool *p)
 {
-    int fd = cb_file_fd(p->meta);
+    int fd = cb_file_fd(p->s.meta);
     if (fd < 0)
         return 0;
     int op = (p->flags & CB_OPEN_READONLY) ? LOCK_SH : LOCK_EX;
@@ -210,11 +302,11 @@ static int open_files(struct cb_pool *p, unsigned ioflags)
     unsigned direct = (p->flags & CB_OPEN_DIRECT) ? CB_IO_DIRECT : 0;
     unsigned map = (p->flags & CB_OPEN_MMAP) ? CB_IO_MMAP : 0; /* data file only */
     if (!rc)
-        rc = cb_file_open(m, ioflags | ro, &p->meta);
+        rc = cb_file_open(m, ioflags | ro, &p->s.meta);
     if (!rc)
         rc = pool_lock_file(p);
     if (!rc)
-        rc = cb_file_open(d, ioflags | ro | direct | map, &p->data);
+        rc = cb_file_open(d, ioflags | ro | direct | map, &p->s.data.io);
     free(m);
     free(d);
     return rc;
@@ -249,44 +341,43 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
     if (!made_dir && errno != EEXIST)
         return -errno;
     struct cb_pool *p;
-    int rc = pool_alloc(path, flags, &p);
+    int rc = pool_alloc(path, flags & ~CB_CREATE_CHECKSUMS, &p);
     if (rc) {
         remove_created(path, 0, 0, made_dir);
         return rc;
     }
-    p->block_size = block_size;
-    p->nblocks = size / block_size;
-    p->next_dev_id = 1;
-    p->map.now = 1;
-    p->created_ns = now_ns();
-    if (getrandom(p->uuid, sizeof p->uuid, 0) != (ssize_t)sizeof p->uuid)
-        memcpy(p->uuid, &p->created_ns, sizeof p->created_ns);
-    p->csum_on = (flags & CB_CREATE_CHECKSUMS) != 0;
-    p->flags &= ~CB_CREATE_CHECKSUMS;
-    rc = cb_pool_geometry(p);
+    struct cb_store *s = &p->s;
+    lock_write(p); /* nobody else sees p yet: held for the layers' contract */
+    s->next_dev_id = 1;
+    s->map.now = 1;
+    s->created_ns = now_ns();
+    if (getrandom(s->uuid, sizeof s->uuid, 0) != (ssize_t)sizeof s->uuid)
+        memcpy(s->uuid, &s->created_ns, sizeof s->created_ns);
+    rc = cb_store_geometry(s, block_size, size / block_size, (flags & CB_CREATE_CHECKSUMS) != 0);
     if (!rc) {
         rc = open_files(p, CB_IO_CREATE);
         if (rc == -EEXIST)
             rc = CB_EEXIST;
     }
     if (!rc)
-        rc = p->data->ops->truncate(p->data, cb_pool_data_span(p));
-    if (!rc && p->csum_on)
-        rc = cb_csum_init(&p->csum, p->data, p->nblocks * (uint64_t)block_size,
-                          p->nblocks * p->nsub);
-    if (!rc && !(rc = cb_sm_init(&p->sm, p->nblocks)))
-        p->sm.track_fresh = p->csum_on;
+        rc = s->data.io->ops->truncate(s->data.io, cb_geometry_data_span(&s->geo));
+    if (!rc && s->csum_on)
+        rc = cb_csum_init(&s->csum, s->data.io, s->nblocks * (uint64_t)block_size,
+                          s->nblocks * s->nsub);
+    if (!rc && !(rc = cb_sm_init(&s->sm, s->nblocks)))
+        s->sm.track_fresh = s->csum_on;
     if (!rc)
-        rc = cb_pm_init(&p->pm, 2);
-    if (!rc && !(p->devs = calloc((size_t)CB_SB_DEVTAB_MAX * CB_DEVTAB_RECS, sizeof *p->devs)))
+        rc = cb_pm_init(&s->pm, 2);
+    if (!rc && !(s->devs = calloc((size_t)CB_SB_DEVTAB_MAX * CB_DEVTAB_RECS, sizeof *s->devs)))
         rc = CB_ENOMEM;
     if (!rc)
-        rc = cb_txn_format(p);
+        rc = cb_txn_format(s);
     if (!rc)
-        rc = cb_io_sync(p->data);
+        rc = cb_io_sync(s->data.io);
+    unlock(p);
     if (rc) {
         /* O_CREAT | O_EXCL: a file is open here only if this call made it */
-        int made_meta = p->meta != NULL, made_data = p->data != NULL;
+        int made_meta = s->meta != NULL, made_data = s->data.io != NULL;
         pool_free(p);
         remove_created(path, made_meta, made_data, made_dir);
         return rc;
@@ -304,24 +395,24 @@ int cb_pool_open(const char *path, unsigned flags, cb_pool **out)
     int rc = pool_alloc(path, flags, &p);
     if (rc)
         return rc;
+    lock_write(p); /* nobody else sees p yet: held for the layers' contract */
     rc = open_files(p, 0);
     if (rc == -ENOENT)
         rc = CB_ENOENT;
     if (!rc)
-        rc = cb_txn_load(p);
+        rc = cb_txn_load(&p->s, (flags & CB_OPEN_READONLY) != 0);
     if (!rc && !(flags & CB_OPEN_READONLY)) {
         /* After an unclean shutdown, blocks the lost transaction had
          * allocated and written hold data but are free: punch them out.
          * Then commit once without the clean mark, so that a crash from
          * here on is seen as unclean by the next open. */
         uint64_t found, punched;
-        if (!p->was_clean)
-            rc = cb_check_free_data(p, 1, &found, &punched);
-        if (!rc) {
-            p->meta_changed = 1;
-            rc = cb_txn_commit(p);
-        }
+        if (!p->s.was_clean)
+            rc = cb_check_free_data(&p->s, 1, &found, &punched);
+        if (!rc)
+            rc = pool_commit(p, CB_TXN_IN_USE);
     }
+    unlock(p);
     if (rc) {
         pool_free(p);
         return rc;
@@ -334,22 +425,21 @@ int cb_pool_close(cb_pool *p)
 {
     if (!p)
         return 0;
-    /* New calls are refused from here on, so the lock below is not starved
-     * by readers coming in; it waits for the calls already inside. */
+    /* OPEN or FAILED -> CLOSING: new calls are refused from here on, so the
+     * lock below is not starved by readers coming in; it waits for the calls
+     * already inside. */
     if (__atomic_exchange_n(&p->shut, 1, __ATOMIC_ACQ_REL))
         return CB_ECLOSED;
-    pthread_rwlock_wrlock(&p->lock);
+    lock_write(p);
     int rc = 0;
     if (!p->failed && !(p->flags & CB_OPEN_READONLY)) {
         /* kept blocks hold stale data: a clean pool has none (the commit
          * below makes the punches durable) */
-        cb_txn_trim_kept(p, 0);
-        p->closing = 1; /* this commit marks the pool clean */
-        p->meta_changed = 1;
-        rc = cb_txn_commit(p);
+        cb_txn_trim_kept(&p->s, 0);
+        rc = pool_commit(p, CB_TXN_CLEAN);
     }
-    pool_release_resources(p);
-    pthread_rwlock_unlock(&p->lock);
+    pool_release_resources(p); /* CLOSING -> CLOSED */
+    unlock(p);
     pool_unref(p); /* the open's reference */
     return rc;
 }
@@ -366,111 +456,64 @@ void cb_pool_release(cb_pool *p)
         pool_unref(p);
 }
 
-/* Take the lock in the given mode and check the pool may be used (pool.h). */
-int cb_pool_enter(struct cb_pool *p, int write)
-{
-    if (__atomic_load_n(&p->shut, __ATOMIC_ACQUIRE))
-        return CB_ECLOSED;
-    if (write)
-        pthread_rwlock_wrlock(&p->lock);
-    else
-        pthread_rwlock_rdlock(&p->lock);
-    /* closed while this call waited for the lock: the lock orders it after
-     * close's release of everything */
-    if (__atomic_load_n(&p->shut, __ATOMIC_RELAXED)) {
-        pthread_rwlock_unlock(&p->lock);
-        return CB_ECLOSED;
-    }
-    if (p->failed) {
-        pthread_rwlock_unlock(&p->lock);
-        return CB_EFAILED;
-    }
-    if (write == CB_LOCK_MUTATE && (p->flags & CB_OPEN_READONLY)) {
-        pthread_rwlock_unlock(&p->lock);
-        return CB_EROFS;
-    }
-    return 0;
-}
-
-int cb_pool_leave(struct cb_pool *p, int rc)
-{
-    pthread_rwlock_unlock(&p->lock);
-    return rc;
-}
-
-#define MUTATE CB_LOCK_MUTATE
-#define EXCLUSIVE CB_LOCK_EXCLUSIVE
-#define SHARED CB_LOCK_SHARED
-
 int cb_pool_flush(cb_pool *p)
 {
-    int rc = cb_pool_enter(p, EXCLUSIVE);
-    return rc ? rc : cb_pool_leave(p, cb_txn_commit(p));
+    int rc = pool_enter(p, EXCLUSIVE);
+    return rc ? rc : pool_leave(p, pool_commit(p, CB_TXN_FLUSH));
 }
 
 int cb_pool_stat(cb_pool *p, cb_stat *out)
 {
-    int rc = cb_pool_enter(p, SHARED);
+    int rc = pool_enter(p, SHARED);
     if (rc)
         return rc;
-    *out = p->st;
-    out->reads = __atomic_load_n(&p->st.reads, __ATOMIC_RELAXED);
-    out->bytes_read = __atomic_load_n(&p->st.bytes_read, __ATOMIC_RELAXED);
-    out->block_size = p->block_size;
-    out->nblocks = p->nblocks;
-    out->used_blocks = p->sm.busy - p->sm.pending.n; /* freed ones count as free */
-    out->ndevices = p->ndevs;
-    out->generation = p->generation;
-    out->time = p->map.now;
-    out->meta_pages = p->pm.nbusy;
-    out->meta_file_pages = p->pm.npages;
-    out->checksums = (uint64_t)p->csum_on;
-    out->kept_blocks = p->sm.nkept;
-    out->checksum_failures = __atomic_load_n(&p->st.checksum_failures, __ATOMIC_RELAXED);
-    return cb_pool_leave(p, 0);
+    struct cb_store *s = &p->s;
+    *out = s->st;
+    out->reads = __atomic_load_n(&s->st.reads, __ATOMIC_RELAXED);
+    out->bytes_read = __atomic_load_n(&s->st.bytes_read, __ATOMIC_RELAXED);
+    out->block_size = s->block_size;
+    out->nblocks = s->nblocks;
+    out->used_blocks = s->sm.busy - s->sm.pending.n; /* freed ones count as free */
+    out->ndevices = s->ndevs;
+    out->generation = s->generation;
+    out->time = s->map.now;
+    out->meta_pages = s->pm.nbusy;
+    out->meta_file_pages = s->pm.npages;
+    out->checksums = (uint64_t)s->csum_on;
+    out->kept_blocks = s->sm.nkept;
+    out->checksum_failures = __atomic_load_n(&s->st.checksum_failures, __ATOMIC_RELAXED);
+    return pool_leave(p, 0);
 }
 
 /* ---- device table ----------------------------------------------------------- */
 
-struct cb_devrec *cb_pool_find(struct cb_pool *p, const char *name)
-{
-    for (unsigned i = 0; i < p->ndevslots; i++)
-        if (p->devs[i] && strcmp(p->devs[i]->name, name) == 0)
-            return p->devs[i];
-    return NULL;
-}
-
-void cb_pool_devdirty(struct cb_pool *p, struct cb_devrec *d)
-{
-    p->devpages[d->slot / CB_DEVTAB_RECS].dirty = 1;
-    p->meta_changed = 1;
-}
-
 static int new_rec(struct cb_pool *p, const char *name, struct cb_devrec **out)
 {
-    if (cb_pool_find(p, name))
+    struct cb_store *s = &p->s;
+    CB_MUST_WRITE(s);
+    if (cb_store_find(s, name))
         return CB_EEXIST;
-    if (p->ndevs >= CB_MAX_DEVICES || p->next_dev_id >= UINT32_MAX)
+    if (s->ndevs >= CB_MAX_DEVICES || s->next_dev_id >= UINT32_MAX)
         return CB_ETOOMANY;
     unsigned slot = 0;
-    while (slot < p->ndevslots && p->devs[slot])
+    while (slot < s->ndevslots && s->devs[slot])
         slot++;
     if (slot >= CB_SB_DEVTAB_MAX * CB_DEVTAB_RECS)
         return CB_ETOOMANY;
     struct cb_devrec *d = calloc(1, sizeof *d);
     if (!d)
         return CB_ENOMEM;
-    if (slot == p->ndevslots) {
-        p->ndevslots++;
-        p->devpages[slot / CB_DEVTAB_RECS].dirty = 1;
+    if (slot == s->ndevslots) {
+        s->ndevslots++;
+        s->devpages[slot / CB_DEVTAB_RECS].dirty = 1;
     }
     snprintf(d->name, sizeof d->name, "%s", name);
-    d->id = (uint32_t)p->next_dev_id++;
+    d->id = (uint32_t)s->next_dev_id++;
     d->slot = slot;
     d->created_ns = now_ns();
-    p->devs[slot] = d;
-    p->ndevs++;
-    cb_pool_devdirty(p, d);
+    s->devs[slot] = d;
+    s->ndevs++;
+    cb_store_devdirty(s, d);
     *out = d;
     return 0;
 }
@@ -478,12 +521,14 @@ static int new_rec(struct cb_pool *p, const char *name, struct cb_devrec **out)
 static void set_geometry(struct cb_pool *p, struct cb_devrec *d, uint64_t size)
 {
     d->size = size;
-    d->nblocks = (size + p->block_size - 1) >> p->block_shift;
+    d->nblocks = (size + p->s.block_size - 1) >> p->s.block_shift;
     d->depth = cb_map_depth(d->nblocks);
 }
 
 static int add_external(struct cb_pool *p, const char *path, uint64_t *size, uint32_t *id)
 {
+    struct cb_store *s = &p->s;
+    CB_MUST_WRITE(s);
     char real[PATH_MAX];
     if (!realpath(path, real))
         return errno == ENOENT ? CB_EEXTERNAL : -errno;
@@ -496,26 +541,26 @@ static int add_external(struct cb_pool *p, const char *path, uint64_t *size, uin
         return CB_EEXTERNAL;
     int free_slot = -1;
     for (unsigned i = 0; i < CB_MAX_EXTERNALS; i++) {
-        if (!p->ext[i].path) {
+        if (!s->ext[i].path) {
             if (free_slot < 0)
                 free_slot = (int)i;
             continue;
         }
         char why[200];
-        if (strcmp(p->ext[i].path, real) == 0 && p->ext[i].size == (uint64_t)st.st_size &&
-            p->ext[i].io && !cb_txn_external_changed(&p->ext[i], why, sizeof why)) {
+        if (strcmp(s->ext[i].path, real) == 0 && s->ext[i].size == (uint64_t)st.st_size &&
+            s->ext[i].io && !cb_store_external_changed(&s->ext[i], why, sizeof why)) {
             *id = i + 1;
-            *size = p->ext[i].size;
+            *size = s->ext[i].size;
             return 0;
         }
     }
     if (free_slot < 0)
         return CB_ETOOMANY;
-    struct cb_external *x = &p->ext[free_slot];
+    struct cb_external *x = &s->ext[free_slot];
     int rc = cb_file_open(real, CB_IO_READONLY, &x->io);
     if (rc)
         return rc == CB_ENOMEM ? rc : CB_EEXTERNAL;
-    cb_txn_stamp_external(x, &st); /* what the file is now (meta.h) */
+    cb_store_stamp_external(x, &st); /* what the file is now (meta.h) */
     if (!(x->path = strdup(real))) {
         x->io->ops->close(x->io);
         x->io = NULL;
@@ -524,7 +569,7 @@ static int add_external(struct cb_pool *p, const char *path, uint64_t *size, uin
     x->size = (uint64_t)st.st_size;
     x->page = 0;
     x->dirty = 1;
-    p->meta_changed = 1;
+    s->meta_changed = 1;
     *id = (uint32_t)free_slot + 1;
     *size = x->size;
     return 0;
@@ -536,46 +581,47 @@ int cb_pool_create_device(cb_pool *p, const char *name, uint64_t size,
     if (!valid_name(name) || size % 512 || size > CB_MAX_DEV_SIZE ||
         (size == 0 && !external_path))
         return CB_EINVAL;
-    int rc = cb_pool_enter(p, MUTATE);
+    int rc = pool_enter(p, MUTATE);
     if (rc)
         return rc;
-    if (cb_pool_find(p, name))
-        return cb_pool_leave(p, CB_EEXIST);
+    if (cb_store_find(&p->s, name))
+        return pool_leave(p, CB_EEXIST);
     uint32_t ext = 0;
     uint64_t esize = 0;
     if (external_path && (rc = add_external(p, external_path, &esize, &ext)))
-        return cb_pool_leave(p, rc);
+        return pool_leave(p, rc);
     if (size == 0)
         size = (esize + 511) / 512 * 512;
     if (size == 0 || size > CB_MAX_DEV_SIZE)
-        return cb_pool_leave(p, CB_EINVAL);
+        return pool_leave(p, CB_EINVAL);
     struct cb_devrec *d;
     if ((rc = new_rec(p, name, &d)))
-        return cb_pool_leave(p, rc);
+        return pool_leave(p, rc);
     set_geometry(p, d, size);
     d->external_id = ext;
-    d->birth_time = d->snap_time = p->map.now;
-    return cb_pool_leave(p, cb_txn_maybe_commit(p));
+    d->birth_time = d->snap_time = p->s.map.now;
+    return pool_leave(p, pool_maybe_commit(p));
 }
 
 int cb_pool_snapshot(cb_pool *p, const char *source, const char *name, unsigned dev_flags)
 {
     if (!valid_name(name) || !source || (dev_flags & ~CB_DEV_READONLY))
         return CB_EINVAL;
-    int rc = cb_pool_enter(p, MUTATE);
+    int rc = pool_enter(p, MUTATE);
     if (rc)
         return rc;
-    struct cb_devrec *s = cb_pool_find(p, source), *d;
+    struct cb_store *st = &p->s;
+    struct cb_devrec *s = cb_store_find(st, source), *d;
     if (!s)
-        return cb_pool_leave(p, CB_ENOENT);
-    if (cb_pool_find(p, name))
-        return cb_pool_leave(p, CB_EEXIST);
-    if (p->map.now == UINT32_MAX)
-        return cb_pool_leave(p, CB_ETOOMANY);
+        return pool_leave(p, CB_ENOENT);
+    if (cb_store_find(st, name))
+        return pool_leave(p, CB_EEXIST);
+    if (st->map.now == UINT32_MAX)
+        return pool_leave(p, CB_ETOOMANY);
     if ((rc = new_rec(p, name, &d)))
-        return cb_pool_leave(p, rc);
+        return pool_leave(p, rc);
     /* O(1): share the root; both sides treat older entries as shared */
-    uint32_t t = ++p->map.now;
+    uint32_t t = ++st->map.now;
     set_geometry(p, d, s->size);
     d->flags = dev_flags;
     d->external_id = s->external_id;
@@ -585,53 +631,54 @@ int cb_pool_snapshot(cb_pool *p, const char *source, const char *name, unsigned 
         d->root->rc++;
     d->birth_time = d->snap_time = t;
     s->snap_time = t;
-    cb_pool_devdirty(p, s);
-    return cb_pool_leave(p, cb_txn_maybe_commit(p));
+    cb_store_devdirty(st, s);
+    return pool_leave(p, pool_maybe_commit(p));
 }
 
 static void drop_external_if_unused(struct cb_pool *p, uint32_t id)
 {
+    struct cb_store *s = &p->s;
+    CB_MUST_WRITE(s);
     if (!id)
         return;
-    for (unsigned i = 0; i < p->ndevslots; i++)
-        if (p->devs[i] && p->devs[i]->external_id == id)
+    for (unsigned i = 0; i < s->ndevslots; i++)
+        if (s->devs[i] && s->devs[i]->external_id == id)
             return;
-    struct cb_external *x = &p->ext[id - 1];
+    struct cb_external *x = &s->ext[id - 1];
     if (x->page)
-        cb_pm_free(&p->pm, x->page);
+        cb_pm_free(&s->pm, x->page);
     if (x->io)
         x->io->ops->close(x->io);
     free(x->path);
     memset(x, 0, sizeof *x);
-    p->meta_changed = 1;
+    s->meta_changed = 1;
 }
 
 int cb_pool_delete(cb_pool *p, const char *name)
 {
     if (!name)
         return CB_EINVAL;
-    int rc = cb_pool_enter(p, MUTATE);
+    int rc = pool_enter(p, MUTATE);
     if (rc)
         return rc;
-    struct cb_devrec *d = cb_pool_find(p, name);
+    struct cb_store *s = &p->s;
+    struct cb_devrec *d = cb_store_find(s, name);
     if (!d)
-        return cb_pool_leave(p, CB_ENOENT);
-    rc = cb_node_put(&p->map, d->root);
+        return pool_leave(p, CB_ENOENT);
+    rc = cb_node_put(&s->map, d->root);
     d->root = NULL;
-    cb_pool_devdirty(p, d);
-    p->devs[d->slot] = NULL;
-    p->ndevs--;
-    while (p->ndevslots && !p->devs[p->ndevslots - 1])
-        p->ndevslots--;
+    cb_store_devdirty(s, d);
+    s->devs[d->slot] = NULL;
+    s->ndevs--;
+    while (s->ndevslots && !s->devs[s->ndevslots - 1])
+        s->ndevslots--;
     drop_external_if_unused(p, d->external_id);
     d->deleted = 1;
     if (d->handles == 0)
         free(d);
-    if (rc) {
-        p->failed = rc; /* counts disagreed with the trees: stop writing */
-        return cb_pool_leave(p, rc);
-    }
-    return cb_pool_leave(p, cb_txn_maybe_commit(p));
+    if (rc) /* counts disagreed with the trees: stop writing */
+        return pool_leave(p, pool_fail(p, rc));
+    return pool_leave(p, pool_maybe_commit(p));
 }
 
 static void fill_info(const struct cb_devrec *d, cb_devinfo *out)
@@ -650,86 +697,142 @@ static void fill_info(const struct cb_devrec *d, cb_devinfo *out)
 
 int cb_pool_list(cb_pool *p, cb_devinfo *out, size_t n, size_t *count)
 {
-    int rc = cb_pool_enter(p, SHARED);
+    int rc = pool_enter(p, SHARED);
     if (rc)
         return rc;
+    struct cb_store *s = &p->s;
     size_t k = 0;
-    for (unsigned i = 0; i < p->ndevslots; i++) {
-        if (!p->devs[i])
+    for (unsigned i = 0; i < s->ndevslots; i++) {
+        if (!s->devs[i])
             continue;
         if (k < n)
-            fill_info(p->devs[i], &out[k]);
+            fill_info(s->devs[i], &out[k]);
         k++;
     }
     *count = k;
-    return cb_pool_leave(p, 0);
+    return pool_leave(p, 0);
 }
 
 int cb_pool_info(cb_pool *p, const char *name, cb_devinfo *out)
 {
     if (!name)
         return CB_EINVAL;
-    int rc = cb_pool_enter(p, SHARED);
+    int rc = pool_enter(p, SHARED);
     if (rc)
         return rc;
-    struct cb_devrec *d = cb_pool_find(p, name);
+    struct cb_devrec *d = cb_store_find(&p->s, name);
     if (!d)
-        return cb_pool_leave(p, CB_ENOENT);
+        return pool_leave(p, CB_ENOENT);
     fill_info(d, out);
-    return cb_pool_leave(p, 0);
+    return pool_leave(p, 0);
 }
 
 int cb_pool_external_path(cb_pool *p, uint32_t id, char *buf, size_t len)
 {
     if (id == 0 || id > CB_MAX_EXTERNALS || !buf || len == 0)
         return CB_EINVAL;
-    int rc = cb_pool_enter(p, SHARED);
+    int rc = pool_enter(p, SHARED);
     if (rc)
         return rc;
-    if (!p->ext[id - 1].path)
-        return cb_pool_leave(p, CB_ENOENT);
-    snprintf(buf, len, "%s", p->ext[id - 1].path);
-    return cb_pool_leave(p, strlen(p->ext[id - 1].path) < len ? 0 : CB_EINVAL);
+    const struct cb_external *x = &p->s.ext[id - 1];
+    if (!x->path)
+        return pool_leave(p, CB_ENOENT);
+    snprintf(buf, len, "%s", x->path);
+    return pool_leave(p, strlen(x->path) < len ? 0 : CB_EINVAL);
 }
 
 int cb_pool_uuid(cb_pool *p, uint8_t out[16])
 {
     if (!out)
         return CB_EINVAL;
-    int rc = cb_pool_enter(p, SHARED);
+    int rc = pool_enter(p, SHARED);
     if (rc)
         return rc;
-    memcpy(out, p->uuid, 16);
-    return cb_pool_leave(p, 0);
+    memcpy(out, p->s.uuid, 16);
+    return pool_leave(p, 0);
 }
 
 int cb_pool_usage(cb_pool *p, cb_usage *out, size_t n, size_t *count)
 {
-    int rc = cb_pool_enter(p, EXCLUSIVE); /* the walk uses scratch fields of nodes */
-    return rc ? rc : cb_pool_leave(p, cb_thin_usage(p, out, n, count));
+    int rc = pool_enter(p, EXCLUSIVE); /* the walk uses scratch fields of nodes */
+    return rc ? rc : pool_leave(p, cb_thin_usage(&p->s, out, n, count));
 }
 
 int cb_pool_check(cb_pool *p, int repair, cb_check *out, char *buf, size_t len)
 {
-    int rc = cb_pool_enter(p, repair ? MUTATE : EXCLUSIVE);
-    return rc ? rc : cb_pool_leave(p, cb_check_run(p, repair, out, buf, len));
+    int rc = pool_enter(p, repair ? MUTATE : EXCLUSIVE);
+    if (rc)
+        return rc;
+    /* check reads back what is committed: commit what is in memory first */
+    if ((rc = pool_commit(p, CB_TXN_FLUSH)))
+        return pool_leave(p, rc);
+    struct cb_checker *c;
+    if ((rc = cb_check_begin(&p->s, out, buf, len, &c)))
+        return pool_leave(p, rc);
+    /* a damaged slot the pool does not stand on is what the next commit
+     * writes: check asks for that commit, made here (check.h) */
+    for (unsigned slot = 0; slot < 2 && !rc; slot++)
+        if ((rc = cb_check_slot(c, slot, repair)) == CB_CHECK_COMMIT &&
+            !(rc = pool_commit(p, CB_TXN_IN_USE)))
+            rc = cb_check_rewritten(c, slot);
+    if (!rc)
+        rc = cb_check_rest(c, repair);
+    cb_check_end(c);
+    return pool_leave(p, rc);
+}
+
+int cb_pool_dump(cb_pool *p, char **json, size_t *len)
+{
+    if (!p || !json)
+        return CB_EINVAL;
+    *json = NULL;
+    size_t n = 0;
+    if (len)
+        *len = 0;
+    int rc = pool_enter(p, SHARED);
+    if (rc)
+        return rc;
+    rc = pool_leave(p, cb_dump_run(&p->s, json, &n));
+    if (!rc && len)
+        *len = n;
+    return rc;
+}
+
+void cb_free(void *ptr)
+{
+    free(ptr);
 }
 
 int cb_pool_set_keep(cb_pool *p, uint64_t max_blocks)
 {
-    int rc = cb_pool_enter(p, MUTATE);
+    int rc = pool_enter(p, MUTATE);
     if (rc)
         return rc;
-    p->keep_max = max_blocks < p->nblocks ? max_blocks : p->nblocks;
-    cb_txn_trim_kept(p, p->keep_max);
-    return cb_pool_leave(p, 0);
+    struct cb_store *s = &p->s;
+    s->keep_max = max_blocks < s->nblocks ? max_blocks : s->nblocks;
+    cb_txn_trim_kept(s, s->keep_max);
+    return pool_leave(p, 0);
 }
 
 int cb_pool_scrub(cb_pool *p, cb_scrub *progress, cb_scrub_bad *bad, size_t n, size_t *count)
 {
     if (!progress || !count || (!bad && n))
         return CB_EINVAL;
-    return cb_scrub_run(p, progress, bad, n, count); /* takes the lock itself */
+    *count = 0;
+    /* the walk, then one slice at a time, each under the lock shared (scrub.h) */
+    struct cb_scrubber *x;
+    int rc = pool_enter(p, SHARED);
+    if (rc)
+        return rc;
+    rc = pool_leave(p, cb_scrub_begin(&p->s, progress, &x));
+    while (!rc && cb_scrub_more(x)) {
+        if ((rc = cb_scrub_cancelled(x)) || (rc = pool_enter(p, SHARED)))
+            break;
+        rc = pool_leave(p, cb_scrub_slice(x, bad, n, count));
+        cb_scrub_pace(x);
+    }
+    cb_scrub_end(x);
+    return rc;
 }
 
 uint64_t cb_bad_offset(void)
@@ -743,15 +846,15 @@ int cb_dev_open(cb_pool *p, const char *name, cb_dev **out)
 {
     if (!name || !out)
         return CB_EINVAL;
-    int rc = cb_pool_enter(p, EXCLUSIVE);
+    int rc = pool_enter(p, EXCLUSIVE);
     if (rc)
         return rc;
-    struct cb_devrec *d = cb_pool_find(p, name);
+    struct cb_devrec *d = cb_store_find(&p->s, name);
     if (!d)
-        return cb_pool_leave(p, CB_ENOENT);
+        return pool_leave(p, CB_ENOENT);
     struct cb_dev *h = calloc(1, sizeof *h);
     if (!h)
-        return cb_pool_leave(p, CB_ENOMEM);
+        return pool_leave(p, CB_ENOMEM);
     h->pool = p;
     h->rec = d;
     d->handles++;
@@ -761,7 +864,7 @@ int cb_dev_open(cb_pool *p, const char *name, cb_dev **out)
         p->handles->prev = h;
     p->handles = h;
     *out = h;
-    return cb_pool_leave(p, 0);
+    return pool_leave(p, 0);
 }
 
 void cb_dev_close(cb_dev *h)
@@ -769,8 +872,9 @@ void cb_dev_close(cb_dev *h)
     if (!h)
         return;
     struct cb_pool *p = h->pool;
-    pthread_rwlock_wrlock(&p->lock);
+    lock_write(p);
     if (h->rec) { /* still attached: the pool is not closed */
+        assert(h->rec->handles > 0);
         if (h->prev)
             h->prev->next = h->next;
         else
@@ -780,7 +884,7 @@ void cb_dev_close(cb_dev *h)
         if (--h->rec->handles == 0 && h->rec->deleted)
             free(h->rec);
     }
-    pthread_rwlock_unlock(&p->lock);
+    unlock(p);
     free(h);
     pool_unref(p);
 }
@@ -788,13 +892,15 @@ void cb_dev_close(cb_dev *h)
 /* Enter for an operation on a device: live, and writable if asked. */
 static int dev_enter(cb_dev *h, int mode)
 {
-    int rc = cb_pool_enter(h->pool, mode);
+    int rc = pool_enter(h->pool, mode);
     if (rc)
         return rc;
+    assert(h->rec->handles > 0);
     if (h->rec->deleted)
-        return cb_pool_leave(h->pool, CB_ENOENT);
+        return pool_leave(h->pool, CB_ENOENT);
+    assert(h->pool->s.devs[h->rec->slot] == h->rec); /* a live record is in the table */
     if (mode == MUTATE && (h->rec->flags & CB_DEV_READONLY))
-        return cb_pool_leave(h->pool, CB_EROFS);
+        return pool_leave(h->pool, CB_EROFS);
     return 0;
 }
 
@@ -803,13 +909,32 @@ static int in_range(const struct cb_devrec *d, uint64_t len, uint64_t off)
     return off <= d->size && len <= d->size - off;
 }
 
+/* Write through thin, committing where it asks (thin.h) and going on with
+ * what is left. */
+static int dev_write(struct cb_pool *p, struct cb_devrec *d, const char *src, uint64_t len,
+                     uint64_t off)
+{
+    for (;;) {
+        uint64_t done;
+        int rc = cb_thin_write(&p->s, d, src, len, off, &done);
+        if (rc != CB_THIN_COMMIT)
+            return rc;
+        assert(done <= len);
+        if ((rc = pool_commit(p, CB_TXN_FLUSH)))
+            return rc;
+        src += done;
+        off += done;
+        len -= done;
+    }
+}
+
 int cb_dev_info(cb_dev *h, cb_devinfo *out)
 {
     int rc = dev_enter(h, SHARED);
     if (rc)
         return rc;
     fill_info(h->rec, out);
-    return cb_pool_leave(h->pool, 0);
+    return pool_leave(h->pool, 0);
 }
 
 int cb_dev_read(cb_dev *h, void *buf, uint64_t len, uint64_t off)
@@ -817,12 +942,13 @@ int cb_dev_read(cb_dev *h, void *buf, uint64_t len, uint64_t off)
     int rc = dev_enter(h, SHARED);
     if (rc)
         return rc;
+    struct cb_store *s = &h->pool->s;
     if (!in_range(h->rec, len, off) || (!buf && len))
-        return cb_pool_leave(h->pool, CB_EINVAL);
-    rc = cb_thin_read(h->pool, h->rec, buf, len, off);
-    __atomic_fetch_add(&h->pool->st.reads, 1, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&h->pool->st.bytes_read, len, __ATOMIC_RELAXED);
-    return cb_pool_leave(h->pool, rc);
+        return pool_leave(h->pool, CB_EINVAL);
+    rc = cb_thin_read(s, h->rec, buf, len, off);
+    __atomic_fetch_add(&s->st.reads, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&s->st.bytes_read, len, __ATOMIC_RELAXED);
+    return pool_leave(h->pool, rc);
 }
 
 int cb_dev_write(cb_dev *h, const void *buf, uint64_t len, uint64_t off)
@@ -832,13 +958,13 @@ int cb_dev_write(cb_dev *h, const void *buf, uint64_t len, uint64_t off)
         return rc;
     struct cb_pool *p = h->pool;
     if (!in_range(h->rec, len, off) || (!buf && len))
-        return cb_pool_leave(p, CB_EINVAL);
-    rc = cb_thin_write(p, h->rec, buf, len, off);
-    p->st.writes++;
-    p->st.bytes_written += len;
+        return pool_leave(p, CB_EINVAL);
+    rc = dev_write(p, h->rec, buf, len, off);
+    p->s.st.writes++;
+    p->s.st.bytes_written += len;
     if (!rc)
-        rc = cb_txn_maybe_commit(p);
-    return cb_pool_leave(p, rc);
+        rc = pool_maybe_commit(p);
+    return pool_leave(p, rc);
 }
 
 int cb_dev_discard(cb_dev *h, uint64_t len, uint64_t off)
@@ -846,24 +972,27 @@ int cb_dev_discard(cb_dev *h, uint64_t len, uint64_t off)
     int rc = dev_enter(h, MUTATE);
     if (rc)
         return rc;
+    struct cb_pool *p = h->pool;
     if (!in_range(h->rec, len, off))
-        return cb_pool_leave(h->pool, CB_EINVAL);
-    rc = cb_thin_discard(h->pool, h->rec, len, off);
+        return pool_leave(p, CB_EINVAL);
+    while ((rc = cb_thin_discard(&p->s, h->rec, len, off)) == CB_THIN_COMMIT)
+        if ((rc = pool_commit(p, CB_TXN_FLUSH)))
+            break;
     if (!rc)
-        rc = cb_txn_maybe_commit(h->pool);
-    return cb_pool_leave(h->pool, rc);
+        rc = pool_maybe_commit(p);
+    return pool_leave(p, rc);
 }
 
 int cb_dev_flush(cb_dev *h)
 {
     int rc = dev_enter(h, EXCLUSIVE);
-    return rc ? rc : cb_pool_leave(h->pool, cb_txn_commit(h->pool));
+    return rc ? rc : pool_leave(h->pool, pool_commit(h->pool, CB_TXN_FLUSH));
 }
 
 static int blocks_in_range(struct cb_pool *p, const struct cb_devrec *d,
                            const uint64_t *idx, size_t n)
 {
-    uint64_t whole = d->size >> p->block_shift; /* blocks lying wholly inside */
+    uint64_t whole = d->size >> p->s.block_shift; /* blocks lying wholly inside */
     for (size_t i = 0; i < n; i++)
         if (idx[i] >= whole)
             return 0;
@@ -876,15 +1005,16 @@ int cb_dev_read_blocks(cb_dev *h, const uint64_t *idx, size_t n, void *buf)
     if (rc)
         return rc;
     struct cb_pool *p = h->pool;
+    struct cb_store *s = &p->s;
     if ((n && (!idx || !buf)) || !blocks_in_range(p, h->rec, idx, n))
-        return cb_pool_leave(p, CB_EINVAL);
+        return pool_leave(p, CB_EINVAL);
     char *dst = buf;
     for (size_t i = 0; i < n && !rc; i++)
-        rc = cb_thin_read(p, h->rec, dst + i * (size_t)p->block_size, p->block_size,
-                          idx[i] << p->block_shift);
-    __atomic_fetch_add(&p->st.reads, n, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&p->st.bytes_read, n * (uint64_t)p->block_size, __ATOMIC_RELAXED);
-    return cb_pool_leave(p, rc);
+        rc = cb_thin_read(s, h->rec, dst + i * (size_t)s->block_size, s->block_size,
+                          idx[i] << s->block_shift);
+    __atomic_fetch_add(&s->st.reads, n, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&s->st.bytes_read, n * (uint64_t)s->block_size, __ATOMIC_RELAXED);
+    return pool_leave(p, rc);
 }
 
 int cb_dev_write_blocks(cb_dev *h, const uint64_t *idx, size_t n, const void *buf)
@@ -893,18 +1023,19 @@ int cb_dev_write_blocks(cb_dev *h, const uint64_t *idx, size_t n, const void *bu
     if (rc)
         return rc;
     struct cb_pool *p = h->pool;
+    struct cb_store *s = &p->s;
     if ((n && (!idx || !buf)) || !blocks_in_range(p, h->rec, idx, n))
-        return cb_pool_leave(p, CB_EINVAL);
+        return pool_leave(p, CB_EINVAL);
     const char *src = buf;
     for (size_t i = 0; i < n && !rc; i++) {
-        rc = cb_thin_write(p, h->rec, src + i * (size_t)p->block_size, p->block_size,
-                           idx[i] << p->block_shift);
-        p->st.writes++;
-        p->st.bytes_written += p->block_size;
+        rc = dev_write(p, h->rec, src + i * (size_t)s->block_size, s->block_size,
+                       idx[i] << s->block_shift);
+        s->st.writes++;
+        s->st.bytes_written += s->block_size;
     }
     if (!rc)
-        rc = cb_txn_maybe_commit(p);
-    return cb_pool_leave(p, rc);
+        rc = pool_maybe_commit(p);
+    return pool_leave(p, rc);
 }
 
 int cb_dev_changed(cb_dev *h, uint8_t *bits, size_t nbytes)
@@ -912,7 +1043,7 @@ int cb_dev_changed(cb_dev *h, uint8_t *bits, size_t nbytes)
     if (!bits && nbytes)
         return CB_EINVAL;
     int rc = dev_enter(h, SHARED);
-    return rc ? rc : cb_pool_leave(h->pool, cb_thin_changed(h->pool, h->rec, bits, nbytes));
+    return rc ? rc : pool_leave(h->pool, cb_thin_changed(&h->pool->s, h->rec, bits, nbytes));
 }
 
 int cb_dev_extents(cb_dev *h, uint64_t *pairs, size_t n, size_t *count)
@@ -920,7 +1051,7 @@ int cb_dev_extents(cb_dev *h, uint64_t *pairs, size_t n, size_t *count)
     if ((!pairs && n) || !count)
         return CB_EINVAL;
     int rc = dev_enter(h, SHARED);
-    return rc ? rc : cb_pool_leave(h->pool, cb_thin_extents(h->pool, h->rec, 0, UINT64_MAX,
+    return rc ? rc : pool_leave(h->pool, cb_thin_extents(&h->pool->s, h->rec, 0, UINT64_MAX,
                                                             pairs, n, count, NULL));
 }
 
@@ -934,8 +1065,8 @@ int cb_dev_extents_range(cb_dev *h, uint64_t first, uint64_t nblocks, uint64_t *
         return rc;
     const struct cb_devrec *d = h->rec;
     if (first > d->nblocks || nblocks > d->nblocks - first)
-        return cb_pool_leave(h->pool, CB_EINVAL);
-    return cb_pool_leave(h->pool, cb_thin_extents(h->pool, h->rec, first, first + nblocks,
+        return pool_leave(h->pool, CB_EINVAL);
+    return pool_leave(h->pool, cb_thin_extents(&h->pool->s, h->rec, first, first + nblocks,
                                                   pairs, n, count, next));
 }
 
@@ -948,8 +1079,8 @@ int cb_dev_delta(cb_dev *h, cb_dev *base, uint64_t start, cb_delta *out, size_t 
     if (rc)
         return rc;
     if (base && base->rec->deleted)
-        return cb_pool_leave(h->pool, CB_ENOENT);
-    return cb_pool_leave(h->pool, cb_thin_delta(h->pool, h->rec, base ? base->rec : NULL,
+        return pool_leave(h->pool, CB_ENOENT);
+    return pool_leave(h->pool, cb_thin_delta(&h->pool->s, h->rec, base ? base->rec : NULL,
                                                 start, out, n, count, next));
 }
 
@@ -958,5 +1089,5 @@ int cb_dev_usage(cb_dev *h, cb_usage *out)
     if (!out)
         return CB_EINVAL;
     int rc = dev_enter(h, SHARED);
-    return rc ? rc : cb_pool_leave(h->pool, cb_thin_dev_usage(h->pool, h->rec, out));
+    return rc ? rc : pool_leave(h->pool, cb_thin_dev_usage(&h->pool->s, h->rec, out));
 }

@@ -10,9 +10,10 @@
  *    sub-block at a time so that each damaged sub-block is named, with the
  *    devices that read it now (the first one names the place).
  *
- * Online: the walk holds the pool's lock shared; the reads take it again
- * for a slice of blocks at a time (SLICE bytes), so writers wait for one
- * slice at most.  Between slices the pool may change, so a slice skips
+ * Online: the walk runs under the pool's lock, shared; the reads run under
+ * it again for a slice of blocks at a time (SLICE bytes), the pool layer
+ * taking and releasing it around each step (scrub.h), so writers wait for
+ * one slice at most.  Between slices the pool may change, so a slice skips
  * blocks freed since the walk, and a sub-block that fails is reported only
  * if some device still reads it (a block freed and reused may hold stale
  * sub-blocks that no entry shows); blocks allocated since the walk are not
@@ -60,7 +61,7 @@ static int seen_add(struct seen *s, const struct cb_node *n)
     return 1;
 }
 
-static int mark_walk(struct cb_pool *p, const struct cb_node *n, struct seen *s, struct cb_tally *m)
+static int mark_walk(struct cb_store *p, const struct cb_node *n, struct seen *s, struct cb_tally *m)
 {
     if (!n || !seen_add(s, n))
         return 0;
@@ -109,7 +110,7 @@ static uint64_t find_reader(const struct cb_node *n, unsigned level, uint64_t ba
     return UINT64_MAX;
 }
 
-static void name_readers(struct cb_pool *p, cb_scrub_bad *x)
+static void name_readers(struct cb_store *p, cb_scrub_bad *x)
 {
     unsigned s = (unsigned)(x->offset / p->sub_size); /* sub-block index, for now */
     x->name[0] = 0;
@@ -137,7 +138,7 @@ static void add(uint64_t *field, uint64_t k)
 
 /* Record one damaged sub-block, with the devices that read it now; one no
  * device reads is not damage (see the top of this file). */
-static void found(struct cb_pool *p, cb_scrub *pr, cb_scrub_bad *bad, size_t n,
+static void found(struct cb_store *p, cb_scrub *pr, cb_scrub_bad *bad, size_t n,
                   size_t *count, uint64_t b, unsigned s, int err)
 {
     cb_scrub_bad x;
@@ -157,7 +158,7 @@ static void found(struct cb_pool *p, cb_scrub *pr, cb_scrub_bad *bad, size_t n,
 
 /* Read sub-blocks [s, t] of block b (one run), sub-block by sub-block if
  * the run as a whole fails. */
-static int scrub_run(struct cb_pool *p, cb_scrub *pr, char *buf, uint64_t b, unsigned s,
+static int scrub_run(struct cb_store *p, cb_scrub *pr, char *buf, uint64_t b, unsigned s,
                      unsigned t, cb_scrub_bad *bad, size_t n, size_t *count)
 {
     uint32_t sub = p->sub_size;
@@ -195,7 +196,7 @@ static void pace(const cb_scrub *pr, const struct timespec *t0)
 
 /* Read and verify the blocks of [from, to) that the walk marked and that
  * are still in use.  Caller holds the lock shared. */
-static int scrub_slice(struct cb_pool *p, cb_scrub *pr, struct cb_tally *m, char *buf,
+static int scrub_slice(struct cb_store *p, cb_scrub *pr, struct cb_tally *m, char *buf,
                        uint64_t from, uint64_t to, cb_scrub_bad *bad, size_t n, size_t *count)
 {
     int rc = 0;
@@ -221,54 +222,91 @@ static int scrub_slice(struct cb_pool *p, cb_scrub *pr, struct cb_tally *m, char
     return rc;
 }
 
-int cb_scrub_run(struct cb_pool *p, cb_scrub *pr, cb_scrub_bad *bad, size_t n, size_t *count)
+struct cb_scrubber {
+    struct cb_store *p;
+    cb_scrub *pr;
+    struct cb_tally m;    /* sub-blocks to read, per data block */
+    char *buf;            /* a block */
+    struct timespec t0;   /* start, for the rate limit */
+    uint64_t from, nblocks, slice;
+};
+
+void cb_scrub_end(struct cb_scrubber *x)
 {
-    struct cb_tally m = {NULL, 0};
+    if (!x)
+        return;
+    free(x->buf);
+    cb_tally_free(&x->m);
+    free(x);
+}
+
+int cb_scrub_begin(struct cb_store *p, cb_scrub *pr, struct cb_scrubber **out)
+{
+    CB_MUST_READ(p);
+    *out = NULL;
+    struct cb_scrubber *x = calloc(1, sizeof *x);
+    if (!x)
+        return CB_ENOMEM;
+    x->p = p;
+    x->pr = pr;
+    clock_gettime(CLOCK_MONOTONIC, &x->t0);
     struct seen seen = {NULL, 0};
-    char *buf = NULL;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    *count = 0;
-    int rc = cb_pool_enter(p, CB_LOCK_SHARED);
-    if (rc)
-        return rc;
     size_t cap = 64;
     while (cap < 2 * p->map.nnodes + 2)
         cap *= 2;
     seen.v = calloc(cap, sizeof(struct cb_node *));
     seen.cap = cap;
-    if (!seen.v || cb_tally_init(&m, p->nblocks) ||
-        posix_memalign((void **)&buf, 4096, p->block_size))
+    int rc = 0;
+    if (!seen.v || cb_tally_init(&x->m, p->nblocks) ||
+        posix_memalign((void **)&x->buf, 4096, p->block_size))
         rc = CB_ENOMEM;
     __atomic_store_n(&pr->checksums, p->csum_on, __ATOMIC_RELAXED);
     for (unsigned i = 0; i < p->ndevslots && !rc; i++)
         if (p->devs[i])
-            rc = mark_walk(p, p->devs[i]->root, &seen, &m);
+            rc = mark_walk(p, p->devs[i]->root, &seen, &x->m);
     free(seen.v);
-    uint64_t total = 0, nblocks = p->nblocks;
-    for (uint64_t ci = 0; ci < m.nchunks && !rc; ci++)
-        for (uint64_t i = 0; m.chunk[ci] && i < CB_SM_CHUNK; i++)
-            total += (uint64_t)__builtin_popcountll(m.chunk[ci][i]) * p->sub_size;
+    uint64_t total = 0;
+    for (uint64_t ci = 0; ci < x->m.nchunks && !rc; ci++)
+        for (uint64_t i = 0; x->m.chunk[ci] && i < CB_SM_CHUNK; i++)
+            total += (uint64_t)__builtin_popcountll(x->m.chunk[ci][i]) * p->sub_size;
     __atomic_store_n(&pr->total_bytes, total, __ATOMIC_RELAXED);
-    uint64_t slice = SLICE / p->block_size ? SLICE / p->block_size : 1;
-    cb_pool_leave(p, 0);
-    for (uint64_t from = 0; from < nblocks && !rc; from += slice) {
-        uint64_t ci = from / CB_SM_CHUNK;
-        if (!m.chunk[ci]) { /* nothing marked in this chunk */
-            from = (ci + 1) * CB_SM_CHUNK - slice;
-            continue;
-        }
-        if (__atomic_load_n(&pr->cancel, __ATOMIC_RELAXED)) {
-            rc = -ECANCELED;
-            break;
-        }
-        uint64_t to = from + slice < nblocks ? from + slice : nblocks;
-        if ((rc = cb_pool_enter(p, CB_LOCK_SHARED)))
-            break;
-        rc = cb_pool_leave(p, scrub_slice(p, pr, &m, buf, from, to, bad, n, count));
-        pace(pr, &t0);
+    x->nblocks = p->nblocks;
+    x->slice = SLICE / p->block_size ? SLICE / p->block_size : 1;
+    if (rc) {
+        cb_scrub_end(x);
+        return rc;
     }
-    free(buf);
-    cb_tally_free(&m);
+    *out = x;
+    return 0;
+}
+
+/* Skip the chunks the walk marked nothing in; is there a slice left? */
+int cb_scrub_more(struct cb_scrubber *x)
+{
+    while (x->from < x->nblocks) {
+        uint64_t ci = x->from / CB_SM_CHUNK;
+        if (x->m.chunk[ci])
+            return 1;
+        x->from = (ci + 1) * CB_SM_CHUNK;
+    }
+    return 0;
+}
+
+int cb_scrub_cancelled(const struct cb_scrubber *x)
+{
+    return __atomic_load_n(&x->pr->cancel, __ATOMIC_RELAXED) ? -ECANCELED : 0;
+}
+
+int cb_scrub_slice(struct cb_scrubber *x, cb_scrub_bad *bad, size_t n, size_t *count)
+{
+    CB_MUST_READ(x->p);
+    uint64_t to = x->from + x->slice < x->nblocks ? x->from + x->slice : x->nblocks;
+    int rc = scrub_slice(x->p, x->pr, &x->m, x->buf, x->from, to, bad, n, count);
+    x->from = to;
     return rc;
+}
+
+void cb_scrub_pace(const struct cb_scrubber *x)
+{
+    pace(x->pr, &x->t0);
 }

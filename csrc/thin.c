@@ -45,7 +45,23 @@ static uint64_t bits_between(unsigned s0, unsigned s1) /* inclusive */
     return hi & ~(BIT(s0) - 1);
 }
 
-static struct cb_external *ext_of(struct cb_pool *p, const struct cb_devrec *d)
+#ifndef NDEBUG
+/* Invariants 1 and 2 above, for one entry (debug builds assert them on
+ * every entry a write or discard leaves behind). */
+static int entry_ok(const struct cb_store *p, const struct cb_entry *e)
+{
+    if ((e->flags & ~CB_E_KNOWN) || (e->bitmap & ~p->full_bitmap))
+        return 0;
+    if ((e->flags & CB_E_ORIGIN) &&
+        (!(e->flags & CB_E_MAPPED) || e->bitmap == p->full_bitmap || e->origin >= p->nblocks))
+        return 0;
+    if (e->flags & CB_E_MAPPED)
+        return e->bitmap != 0 && e->block < p->nblocks;
+    return e->bitmap == 0;
+}
+#endif
+
+static struct cb_external *ext_of(struct cb_store *p, const struct cb_devrec *d)
 {
     return d->external_id ? &p->ext[d->external_id - 1] : NULL;
 }
@@ -70,7 +86,7 @@ uint64_t cb_thin_bad_offset(void)
 
 /* Check whole sub-blocks buf[0..len), read from data-file offset off
  * (sub-block aligned), against their checksums. */
-static int verify(struct cb_pool *p, const char *buf, size_t len, uint64_t off, uint64_t vpos)
+static int verify(struct cb_store *p, const char *buf, size_t len, uint64_t off, uint64_t vpos)
 {
     uint32_t sub = p->sub_size;
     for (size_t k = 0; k < len; k += sub) {
@@ -88,10 +104,11 @@ static int verify(struct cb_pool *p, const char *buf, size_t len, uint64_t off, 
     return 0;
 }
 
-int cb_thin_data_read(struct cb_pool *p, void *buf, size_t len, uint64_t off, uint64_t vpos)
+int cb_thin_data_read(struct cb_store *p, void *buf, size_t len, uint64_t off, uint64_t vpos)
 {
+    CB_MUST_READ(p);
     if (!p->csum_on)
-        return cb_io_pread(p->data, buf, len, off);
+        return cb_io_pread(p->data.io, buf, len, off);
     /* Only whole sub-blocks can be verified: the parts of partly covered
      * ones go through a buffer. */
     uint32_t sub = p->sub_size;
@@ -102,12 +119,12 @@ int cb_thin_data_read(struct cb_pool *p, void *buf, size_t len, uint64_t off, ui
         size_t n;
         if (skip == 0 && len >= sub) {
             n = len - len % sub;
-            if (!(rc = cb_io_pread(p->data, dst, n, off)))
+            if (!(rc = cb_io_pread(p->data.io, dst, n, off)))
                 rc = verify(p, dst, n, off, vpos);
         } else {
             _Alignas(4096) char tmp[CB_MAX_BLOCK_SIZE / 64];
             n = sub - skip < len ? sub - skip : len;
-            if (!(rc = cb_io_pread(p->data, tmp, sub, off - skip)))
+            if (!(rc = cb_io_pread(p->data.io, tmp, sub, off - skip)))
                 rc = verify(p, tmp, sub, off - skip, vpos - skip);
             if (!rc)
                 memcpy(dst, tmp + skip, n);
@@ -122,7 +139,7 @@ int cb_thin_data_read(struct cb_pool *p, void *buf, size_t len, uint64_t off, ui
     return 0;
 }
 
-static int run_flush(struct cb_pool *p, struct run *r)
+static int run_flush(struct cb_store *p, struct run *r)
 {
     int rc = 0;
     if (r->len)
@@ -131,7 +148,7 @@ static int run_flush(struct cb_pool *p, struct run *r)
     return rc;
 }
 
-static int run_add(struct cb_pool *p, struct run *r, uint64_t off, char *dst, size_t len,
+static int run_add(struct cb_store *p, struct run *r, uint64_t off, char *dst, size_t len,
                    uint64_t vpos)
 {
     if (r->len && r->off + r->len == off && r->dst + r->len == dst) {
@@ -146,7 +163,7 @@ static int run_add(struct cb_pool *p, struct run *r, uint64_t off, char *dst, si
     return rc;
 }
 
-static int read_external(struct cb_pool *p, const struct cb_devrec *d, uint64_t pos,
+static int read_external(struct cb_store *p, const struct cb_devrec *d, uint64_t pos,
                          char *dst, size_t len)
 {
     struct cb_external *x = ext_of(p, d);
@@ -166,7 +183,7 @@ static int read_external(struct cb_pool *p, const struct cb_devrec *d, uint64_t 
 }
 
 /* Bytes [boff, boff + len) of block v as entry e shows them. */
-static int read_part(struct cb_pool *p, const struct cb_devrec *d,
+static int read_part(struct cb_store *p, const struct cb_devrec *d,
                      const struct cb_entry *e, uint64_t v, uint32_t boff,
                      size_t len, char *dst, struct run *r)
 {
@@ -210,9 +227,10 @@ static int read_part(struct cb_pool *p, const struct cb_devrec *d,
     return 0;
 }
 
-int cb_thin_read(struct cb_pool *p, struct cb_devrec *d, void *buf,
+int cb_thin_read(struct cb_store *p, struct cb_devrec *d, void *buf,
                  uint64_t len, uint64_t off)
 {
+    CB_MUST_READ(p);
     struct run r = {0, NULL, 0, 0};
     char *dst = buf;
     uint64_t bs = p->block_size;
@@ -237,19 +255,19 @@ int cb_thin_read(struct cb_pool *p, struct cb_devrec *d, void *buf,
  * file may hold the old bytes, the new ones, or a mix.  Record checksums of
  * what it holds, so that a write that failed leaves every byte readable as
  * old or new (as without checksums) rather than failing verification. */
-static void resum(struct cb_pool *p, uint64_t off, size_t len)
+static void resum(struct cb_store *p, uint64_t off, size_t len)
 {
     uint32_t sub = p->sub_size;
     char *buf = malloc(sub);
     for (size_t k = 0; buf && k < len; k += sub) {
         uint64_t slot = (off + k) / sub;
-        if (cb_io_pread(p->data, buf, sub, off + k) == 0)
+        if (cb_io_pread(p->data.io, buf, sub, off + k) == 0)
             cb_csum_set(&p->csum, slot, cb_csum_of(slot, buf, sub));
     }
     free(buf);
 }
 
-static int data_write(struct cb_pool *p, uint64_t block, uint32_t boff,
+static int data_write(struct cb_store *p, uint64_t block, uint32_t boff,
                       const void *src, size_t len)
 {
     uint64_t off = block * p->block_size + boff;
@@ -266,8 +284,7 @@ static int data_write(struct cb_pool *p, uint64_t block, uint32_t boff,
                 return rc;
         }
     }
-    p->data_dirty = 1;
-    int rc = cb_io_pwrite(p->data, src, len, off);
+    int rc = cb_datafile_write(&p->data, src, len, off);
     if (rc == 0)
         p->st.data_bytes_written += len;
     else if (p->csum_on)
@@ -281,7 +298,7 @@ static int data_write(struct cb_pool *p, uint64_t block, uint32_t boff,
  * covered and not present are completed from `view` (the entry as readers
  * see it now), so `target` ends up holding whole sub-blocks.
  */
-static int write_into(struct cb_pool *p, const struct cb_devrec *d,
+static int write_into(struct cb_store *p, const struct cb_devrec *d,
                       const struct cb_entry *view, uint64_t v, uint64_t target,
                       uint64_t present, uint32_t boff, size_t len, const char *src)
 {
@@ -320,7 +337,7 @@ static int write_into(struct cb_pool *p, const struct cb_devrec *d,
 
 /* Copy the sub-blocks in `which` from block `from` to block `to`; vpos is
  * the device offset of the block (error reports). */
-static int copy_subs(struct cb_pool *p, uint64_t from, uint64_t to, uint64_t which,
+static int copy_subs(struct cb_store *p, uint64_t from, uint64_t to, uint64_t which,
                      uint64_t vpos)
 {
     uint32_t sub = p->sub_size;
@@ -346,21 +363,21 @@ static int copy_subs(struct cb_pool *p, uint64_t from, uint64_t to, uint64_t whi
 /* Return a block allocated for a write that no entry came to name.  It
  * may hold part of that write, or old data if it was a kept block: punch
  * it, or a clean close would leave its space leaked. */
-static void give_back(struct cb_pool *p, uint64_t b)
+static void give_back(struct cb_store *p, uint64_t b)
 {
-    cb_pool_punch(p, b, 1);
+    cb_datafile_punch(&p->data, b, 1);
     cb_sm_unalloc(&p->sm, b);
 }
 
 /* May this entry be written in place (see the top of this file)? */
-static int private_entry(struct cb_pool *p, const struct cb_devrec *d, const struct cb_entry *e)
+static int private_entry(struct cb_store *p, const struct cb_devrec *d, const struct cb_entry *e)
 {
     return e && (e->flags & CB_E_MAPPED) && e->time >= d->snap_time &&
            cb_sm_rc(&p->sm, e->block) == 1 && (!p->csum_on || cb_sm_fresh(&p->sm, e->block));
 }
 
 /* Blocks a write of [off, off + len) will allocate, at most. */
-static uint64_t blocks_needed(struct cb_pool *p, struct cb_devrec *d, uint64_t len, uint64_t off)
+static uint64_t blocks_needed(struct cb_store *p, struct cb_devrec *d, uint64_t len, uint64_t off)
 {
     uint64_t need = 0;
     if (len == 0)
@@ -373,7 +390,7 @@ static uint64_t blocks_needed(struct cb_pool *p, struct cb_devrec *d, uint64_t l
     return need;
 }
 
-static int write_block(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
+static int write_block(struct cb_store *p, struct cb_devrec *d, uint64_t v,
                        uint32_t boff, size_t len, const char *src)
 {
     struct cb_entry *e;
@@ -399,23 +416,16 @@ static int write_block(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
             e->flags &= ~CB_E_ORIGIN;
             e->origin = 0;
         }
+        assert(entry_ok(p, e));
         return rc;
     }
 
     /* New block.  What the new entry keeps from the old one: */
     struct cb_entry old = *e, ne = {0, 0, 0, now, CB_E_MAPPED};
     uint64_t nb;
-    rc = cb_sm_alloc(&p->sm, &nb);
-    if (rc == CB_ENOSPC && p->sm.pending.n) {
-        /* Blocks freed in this transaction become reusable once it is
-         * committed: commit now rather than report a full pool. */
-        if (!(rc = cb_txn_commit(p)))
-            rc = cb_sm_alloc(&p->sm, &nb);
-        /* the commit wrote the path out clean: make it dirty again */
-        if (!rc && (rc = cb_map_writable(&p->map, &d->root, d->depth, v, &e)))
-            give_back(p, nb);
-    }
-    if (rc)
+    /* CB_ENOSPC with blocks pending: cb_thin_write asks for a commit
+     * (nothing was changed but the path made writable) */
+    if ((rc = cb_sm_alloc(&p->sm, &nb)))
         return rc;
     ne.block = nb;
     uint64_t copy = 0; /* sub-blocks to carry over from old.block */
@@ -437,21 +447,24 @@ static int write_block(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
         if (!rc && copy)
             rc = copy_subs(p, old.block, nb, copy, v << p->block_shift);
     }
-    if (rc) {
-        give_back(p, nb);
-        return rc;
-    }
-    if (old.flags & CB_E_MAPPED)
-        p->st.copyups++;
     /* References: the new entry holds nb (counted by alloc) and maybe an
      * origin; the old entry's references are dropped. */
     if (ne.bitmap == p->full_bitmap) {
         ne.flags &= ~CB_E_ORIGIN;
         ne.origin = 0;
     }
-    if ((ne.flags & CB_E_ORIGIN) && (rc = cb_sm_inc(&p->sm, ne.origin)))
+    /* The origin's increment fails only on a corrupt count: then nothing is
+     * installed and nb goes back, as when the data write fails. */
+    if (!rc && (ne.flags & CB_E_ORIGIN))
+        rc = cb_sm_inc(&p->sm, ne.origin);
+    if (rc) {
+        give_back(p, nb);
         return rc;
+    }
+    if (old.flags & CB_E_MAPPED)
+        p->st.copyups++;
     *e = ne;
+    assert(entry_ok(p, e));
     return cb_entry_unref(&p->sm, &old);
 }
 
@@ -463,7 +476,7 @@ static int write_block(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
  */
 #define FULL_BATCH 256u
 
-static int write_full_blocks(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
+static int write_full_blocks(struct cb_store *p, struct cb_devrec *d, uint64_t v,
                              uint64_t k, const char *src)
 {
     struct cb_entry *ent[FULL_BATCH];
@@ -514,19 +527,19 @@ static int write_full_blocks(struct cb_pool *p, struct cb_devrec *d, uint64_t v,
     return rc;
 }
 
-int cb_thin_write(struct cb_pool *p, struct cb_devrec *d, const void *buf,
-                  uint64_t len, uint64_t off)
+int cb_thin_write(struct cb_store *p, struct cb_devrec *d, const void *buf,
+                  uint64_t len, uint64_t off, uint64_t *done)
 {
+    CB_MUST_WRITE(p);
     const char *src = buf;
     uint64_t bs = p->block_size;
+    *done = 0;
     /* All or nothing with respect to space: a write the pool cannot hold
-     * fails before it changes anything. */
+     * fails before it changes anything.  Blocks this transaction freed are
+     * free once it is committed: ask for that before reporting a full pool. */
     uint64_t need = blocks_needed(p, d, len, off);
-    if (need > p->sm.nblocks - p->sm.busy && p->sm.pending.n) {
-        int rc = cb_txn_commit(p); /* frees what this transaction freed */
-        if (rc)
-            return rc;
-    }
+    if (need > p->sm.nblocks - p->sm.busy && p->sm.pending.n)
+        return CB_THIN_COMMIT;
     if (need > p->sm.nblocks - p->sm.busy)
         return CB_ENOSPC;
     while (len) {
@@ -542,16 +555,17 @@ int cb_thin_write(struct cb_pool *p, struct cb_devrec *d, const void *buf,
             rc = write_block(p, d, v, boff, n, src);
         }
         if (rc == CB_ENOSPC && p->sm.pending.n) {
-            /* The file system is full: blocks this transaction freed are
-             * punched out by its commit.  Commit, then retry the block. */
-            if (!(rc = cb_txn_commit(p)))
-                continue;
+            /* The pool or the file system is full: blocks this transaction
+             * freed are released (and punched) by its commit.  The caller
+             * commits, then this block is tried again. */
+            return CB_THIN_COMMIT;
         }
         if (rc)
             return rc;
         src += n;
         off += n;
         len -= n;
+        *done += n;
     }
     return 0;
 }
@@ -559,14 +573,14 @@ int cb_thin_write(struct cb_pool *p, struct cb_devrec *d, const void *buf,
 /* ---- discard ------------------------------------------------------------ */
 
 /* Does block v of d read from its external origin when unmapped? */
-static int ext_covers(struct cb_pool *p, const struct cb_devrec *d, uint64_t v)
+static int ext_covers(struct cb_store *p, const struct cb_devrec *d, uint64_t v)
 {
     struct cb_external *x = ext_of(p, d);
     return x && (v << p->block_shift) < x->size;
 }
 
 /* Does v of d read anything but zeros through entry e? */
-static int reads_data(struct cb_pool *p, const struct cb_devrec *d,
+static int reads_data(struct cb_store *p, const struct cb_devrec *d,
                       const struct cb_entry *e, uint64_t v)
 {
     return (e && (e->flags & (CB_E_MAPPED | CB_E_ORIGIN))) ||
@@ -575,7 +589,7 @@ static int reads_data(struct cb_pool *p, const struct cb_devrec *d,
 
 /* Space a discard needs: the partly covered blocks at its two ends are
  * zeroed by writing, which may copy up. */
-static int discard_reserve(struct cb_pool *p, struct cb_devrec *d, uint64_t len, uint64_t off)
+static int discard_reserve(struct cb_store *p, struct cb_devrec *d, uint64_t len, uint64_t off)
 {
     uint64_t bs = p->block_size, need = 0;
     uint64_t first = off >> p->block_shift, last = (off + len - 1) >> p->block_shift;
@@ -589,16 +603,14 @@ static int discard_reserve(struct cb_pool *p, struct cb_devrec *d, uint64_t len,
         const struct cb_entry *e = cb_map_lookup(d->root, d->depth, last);
         need += reads_data(p, d, e, last) && !private_entry(p, d, e);
     }
-    if (need > p->sm.nblocks - p->sm.busy && p->sm.pending.n) {
-        int rc = cb_txn_commit(p);
-        if (rc)
-            return rc;
-    }
+    if (need > p->sm.nblocks - p->sm.busy && p->sm.pending.n)
+        return CB_THIN_COMMIT; /* a commit frees what this transaction freed */
     return need > p->sm.nblocks - p->sm.busy ? CB_ENOSPC : 0;
 }
 
-int cb_thin_discard(struct cb_pool *p, struct cb_devrec *d, uint64_t len, uint64_t off)
+int cb_thin_discard(struct cb_store *p, struct cb_devrec *d, uint64_t len, uint64_t off)
 {
+    CB_MUST_WRITE(p);
     uint64_t bs = p->block_size;
     uint64_t end = off + len;
     int rc0 = discard_reserve(p, d, len, off);
@@ -635,6 +647,8 @@ int cb_thin_discard(struct cb_pool *p, struct cb_devrec *d, uint64_t len, uint64
             /* part of a block: write zeros over it */
             rc = write_block(p, d, v, boff, n, (const char *)p->zero);
         }
+        if (rc == CB_ENOSPC && p->sm.pending.n)
+            return CB_THIN_COMMIT; /* discarding the first part again is harmless */
         if (rc)
             return rc;
         off += n;
@@ -662,8 +676,9 @@ static void changed_walk(const struct cb_node *n, unsigned level, uint64_t base,
         changed_walk(n->u.c[i], level - 1, base + i * span, birth, nblocks, bits);
 }
 
-int cb_thin_changed(struct cb_pool *p, struct cb_devrec *d, uint8_t *bits, size_t nbytes)
+int cb_thin_changed(struct cb_store *p, struct cb_devrec *d, uint8_t *bits, size_t nbytes)
 {
+    CB_MUST_READ(p);
     (void)p;
     if (nbytes < (d->nblocks + 7) / 8)
         return CB_EINVAL;
@@ -701,9 +716,10 @@ static void ext_add(struct extents *x, uint64_t v)
     x->len = 1;
 }
 
-int cb_thin_extents(struct cb_pool *p, struct cb_devrec *d, uint64_t first, uint64_t end,
+int cb_thin_extents(struct cb_store *p, struct cb_devrec *d, uint64_t first, uint64_t end,
                     uint64_t *pairs, size_t n, size_t *count, uint64_t *next)
 {
+    CB_MUST_READ(p);
     struct extents x = {pairs, n, 0, 0, 0};
     uint64_t v = first;
     if (end > d->nblocks)
@@ -838,7 +854,7 @@ static uint64_t changed_count(const struct cb_node *n, unsigned level, uint64_t 
 
 /* Bytes of the blocks d changed since it was created, the last block
  * counted up to the device's end (as cb_dev_changed reports them). */
-static uint64_t changed_bytes(const struct cb_pool *p, const struct cb_devrec *d)
+static uint64_t changed_bytes(const struct cb_store *p, const struct cb_devrec *d)
 {
     int last = 0;
     uint64_t k = changed_count(d->root, d->depth, 0, d->birth_time, d->nblocks, &last);
@@ -847,8 +863,9 @@ static uint64_t changed_bytes(const struct cb_pool *p, const struct cb_devrec *d
     return last && tail ? bytes - (p->block_size - tail) : bytes;
 }
 
-int cb_thin_usage(struct cb_pool *p, cb_usage *out, size_t n, size_t *count)
+int cb_thin_usage(struct cb_store *p, cb_usage *out, size_t n, size_t *count)
 {
+    CB_MUST_WRITE(p); /* the walk uses the nodes' scratch fields */
     struct nodeset s = {NULL, 0, 0};
     struct cb_tally c;
     int rc = cb_tally_init(&c, p->nblocks);
@@ -942,7 +959,7 @@ done:
  * as block or as origin: mapping.c invariant 3).  Given exact counts this
  * is what cb_thin_usage finds for the device.  Only reads: nodes are not
  * marked, so callers may hold the lock shared. */
-static int dev_usage_walk(const struct cb_pool *p, const struct cb_node *n, int private_path,
+static int dev_usage_walk(const struct cb_store *p, const struct cb_node *n, int private_path,
                           cb_usage *u)
 {
     private_path = private_path && n->rc == 1;
@@ -974,8 +991,9 @@ static int dev_usage_walk(const struct cb_pool *p, const struct cb_node *n, int 
     return 0;
 }
 
-int cb_thin_dev_usage(struct cb_pool *p, const struct cb_devrec *d, cb_usage *out)
+int cb_thin_dev_usage(struct cb_store *p, const struct cb_devrec *d, cb_usage *out)
 {
+    CB_MUST_READ(p);
     cb_usage u;
     memset(&u, 0, sizeof u);
     u.id = d->id;
@@ -1003,7 +1021,7 @@ int cb_thin_dev_usage(struct cb_pool *p, const struct cb_devrec *d, cb_usage *ou
  * Nothing is read from the data file.
  */
 struct delta_walk {
-    struct cb_pool *p;
+    struct cb_store *p;
     const struct cb_devrec *d, *b; /* b may be NULL: an all-zero base */
     uint64_t start;                /* first block wanted */
     uint64_t ext_blocks;           /* blocks d reads from an external origin b does not share */
@@ -1100,9 +1118,10 @@ static void delta_walk(struct delta_walk *w, const struct cb_node *x, const stru
         delta_walk(w, x ? x->u.c[i] : NULL, y ? y->u.c[i] : NULL, level - 1, base + i * span);
 }
 
-int cb_thin_delta(struct cb_pool *p, const struct cb_devrec *d, const struct cb_devrec *b,
+int cb_thin_delta(struct cb_store *p, const struct cb_devrec *d, const struct cb_devrec *b,
                   uint64_t start, cb_delta *out, size_t n, size_t *count, uint64_t *next)
 {
+    CB_MUST_READ(p);
     if (b && (b->size != d->size || b->external_id != d->external_id))
         return CB_EINVAL;
     struct delta_walk w = {p, d, b, start, 0, out, n, 0, d->nblocks, 0};

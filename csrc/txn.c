@@ -13,7 +13,9 @@
  *      the older of the two.  fdatasync(meta).  This is the commit point.
  *   5. Punch the freed data blocks out of the data file and release freed
  *      blocks and pages for reuse (DESIGN.md invariant 5).
- * A failure in 2-4 puts the pool in the sticky failed state.  Open picks
+ * A failure in 1-4 is returned to the caller, which puts the pool in the
+ * sticky failed state (pool.c): the store is not fit for another commit.
+ * The mode (txn.h) says whether the superblock marks the pool clean.  Open picks
  * the valid superblock with the highest generation; a torn superblock
  * write fails its checksum and the other slot wins.
  *
@@ -21,8 +23,9 @@
  * generation, every field's range) and rebuilds all reference counts from
  * the trees, so counts on disk can never disagree with the mappings.
  */
-#include "pool.h"
+#include "txn.h"
 
+#include <assert.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,19 +35,18 @@
 
 #define DIRTY_LIMIT 16384u          /* nodes (64 MiB of metadata) */
 #define PENDING_LIMIT (1u << 20)    /* freed blocks awaiting a commit */
-#define MAX_POOL_BLOCKS (1ull << 36)
 #define META_RESERVE 64u            /* pages kept allocated past the metadata in use */
 
 /* ---- encoding ------------------------------------------------------------ */
 
-static void encode_super(struct cb_pool *p, unsigned char *pg, uint64_t gen)
+static void encode_super(struct cb_store *p, unsigned char *pg, uint64_t gen, int clean)
 {
     memset(pg, 0, CB_PAGE);
     memcpy(pg + 32, "cowblock", 8);
     cb_put32(pg + 40, CB_FORMAT_VERSION);
     cb_put32(pg + 44, p->csum_on ? CB_INCOMPAT_CSUM : 0);
     /* a failed punch leaves space behind: let the next open reclaim it */
-    cb_put32(pg + 48, p->closing && !p->leaky ? CB_COMPAT_CLEAN : 0);
+    cb_put32(pg + 48, clean && !p->data.leaky ? CB_COMPAT_CLEAN : 0);
     cb_put32(pg + 52, p->block_size);
     cb_put64(pg + 56, p->nblocks);
     cb_put64(pg + 64, p->map.now);
@@ -112,20 +114,20 @@ static void encode_devrec(const struct cb_devrec *d, unsigned char *q)
 /* Keep META_RESERVE pages allocated in the metadata file past those in
  * use, so that a commit (which is what frees space) never needs space from
  * a full file system.  Best effort: an error here changes nothing. */
-static void meta_reserve(struct cb_pool *p)
+static void meta_reserve(struct cb_store *p)
 {
     int fd = cb_file_fd(p->meta);
     if (fd >= 0)
         (void)posix_fallocate(fd, 0, (off_t)((p->pm.npages + META_RESERVE) * CB_PAGE));
 }
 
-static int write_page(struct cb_pool *p, unsigned char *pg, uint64_t page)
+static int write_page(struct cb_store *p, unsigned char *pg, uint64_t page)
 {
     return cb_io_pwrite(p->meta, pg, CB_PAGE, page * CB_PAGE);
 }
 
 /* Give a changed page's content a fresh home; free the old one. */
-static int relocate(struct cb_pool *p, uint64_t *page)
+static int relocate(struct cb_store *p, uint64_t *page)
 {
     uint64_t q;
     int rc = cb_pm_alloc(&p->pm, &q);
@@ -137,7 +139,7 @@ static int relocate(struct cb_pool *p, uint64_t *page)
     return 0;
 }
 
-static int write_node(struct cb_pool *p, struct cb_node *n, unsigned char *pg, uint64_t gen)
+static int write_node(struct cb_store *p, struct cb_node *n, unsigned char *pg, uint64_t gen)
 {
     if (!n || !n->dirty)
         return 0;
@@ -180,7 +182,7 @@ static size_t pending_runs(struct cb_u64vec *pend, struct cb_u64vec *runs)
     return runs->n / 2;
 }
 
-static int write_freelog(struct cb_pool *p, const struct cb_u64vec *runs,
+static int write_freelog(struct cb_store *p, const struct cb_u64vec *runs,
                          unsigned char *pg, uint64_t gen)
 {
     int rc;
@@ -219,7 +221,7 @@ static int write_freelog(struct cb_pool *p, const struct cb_u64vec *runs,
  * (up to keep_max kept blocks in all) for cb_sm_alloc to hand out first.
  * The runs go backwards, so that kept blocks come back in ascending order
  * and whole-block writes into them coalesce. */
-static void punch_runs(struct cb_pool *p, const uint64_t *runs, size_t nruns, uint64_t keep_max)
+static void punch_runs(struct cb_store *p, const uint64_t *runs, size_t nruns, uint64_t keep_max)
 {
     for (size_t i = nruns; i-- > 0;) {
         uint64_t b = runs[2 * i], n = runs[2 * i + 1];
@@ -235,32 +237,33 @@ static void punch_runs(struct cb_pool *p, const uint64_t *runs, size_t nruns, ui
             continue;
         /* A punch that fails only leaves space allocated: check reports
          * it as a leak and repair gives it back. */
-        if (cb_pool_punch(p, b, n) == 0)
+        if (cb_datafile_punch(&p->data, b, n) == 0)
             p->st.punched_blocks += n;
         else
-            p->leaky = 1;
+            p->data.leaky = 1;
     }
 }
 
-void cb_txn_trim_kept(struct cb_pool *p, uint64_t max)
+void cb_txn_trim_kept(struct cb_store *p, uint64_t max)
 {
+    CB_MUST_WRITE(p);
     struct cb_u64vec blocks = {NULL, 0, 0}, runs = {NULL, 0, 0};
     uint64_t b;
     while (p->sm.nkept > max && cb_sm_unkeep_one(&p->sm, &b))
         if (cb_u64vec_push(&blocks, b)) {
-            p->leaky = 1; /* out of memory: left for the next open to reclaim */
+            p->data.leaky = 1; /* out of memory: left for the next open to reclaim */
             break;
         }
     size_t nruns = pending_runs(&blocks, &runs);
     if (nruns != (size_t)-1)
         punch_runs(p, runs.v, nruns, 0);
     else
-        p->leaky = 1;
+        p->data.leaky = 1;
     cb_u64vec_free(&blocks);
     cb_u64vec_free(&runs);
 }
 
-static int commit_meta(struct cb_pool *p, uint64_t gen, struct cb_u64vec *runs)
+static int commit_meta(struct cb_store *p, uint64_t gen, int clean, struct cb_u64vec *runs)
 {
     unsigned char *pg = malloc(CB_PAGE);
     if (!pg)
@@ -270,7 +273,7 @@ static int commit_meta(struct cb_pool *p, uint64_t gen, struct cb_u64vec *runs)
         struct cb_devrec *d = p->devs[i];
         if (d && d->root && d->root->dirty) {
             rc = write_node(p, d->root, pg, gen);
-            cb_pool_devdirty(p, d);
+            cb_store_devdirty(p, d);
         }
     }
     for (unsigned i = 0; i < CB_MAX_EXTERNALS && !rc; i++) {
@@ -322,7 +325,7 @@ static int commit_meta(struct cb_pool *p, uint64_t gen, struct cb_u64vec *runs)
     if (!rc)
         rc = cb_io_sync(p->meta);
     if (!rc) {
-        encode_super(p, pg, gen);
+        encode_super(p, pg, gen, clean);
         rc = write_page(p, pg, gen % 2);
     }
     if (!rc)
@@ -333,35 +336,30 @@ static int commit_meta(struct cb_pool *p, uint64_t gen, struct cb_u64vec *runs)
     return rc;
 }
 
-int cb_txn_commit(struct cb_pool *p)
+int cb_txn_commit(struct cb_store *p, int mode)
 {
-    if (p->failed)
-        return CB_EFAILED;
-    if (p->flags & CB_OPEN_READONLY)
-        return 0;
+    CB_MUST_WRITE(p);
+    assert(mode == CB_TXN_FLUSH || mode == CB_TXN_IN_USE || mode == CB_TXN_CLEAN);
     int rc = 0;
     if (p->csum_on && p->csum.dirty_list.n) {
-        p->data_dirty = 1;
+        cb_datafile_touch(&p->data);
         rc = cb_csum_writeback(&p->csum);
     }
     /* A commit with no data written since the last one (a snapshot, a
-     * delete) skips the data file's sync. */
-    if (!rc && p->data_dirty && !(rc = cb_io_sync(p->data)))
-        p->data_dirty = 0;
-    if (rc) {
-        /* After a failed fdatasync the kernel may have dropped the dirty
-         * pages: nothing written since the last commit can be trusted. */
-        p->failed = rc;
+     * delete) skips the data file's sync.  After a failed fdatasync the
+     * kernel may have dropped the dirty pages: nothing written since the
+     * last commit can be trusted (the caller fails the pool). */
+    if (!rc)
+        rc = cb_datafile_sync(&p->data);
+    if (rc)
         return rc;
-    }
-    if (!p->meta_changed && p->map.ndirty == 0 && p->sm.pending.n == 0 &&
-        p->freelog_page == 0)
+    if (mode == CB_TXN_FLUSH && !p->meta_changed && p->map.ndirty == 0 &&
+        p->sm.pending.n == 0 && p->freelog_page == 0)
         return 0;
     uint64_t gen = p->generation + 1;
     struct cb_u64vec runs = {NULL, 0, 0};
-    rc = commit_meta(p, gen, &runs);
+    rc = commit_meta(p, gen, mode == CB_TXN_CLEAN, &runs);
     if (rc) {
-        p->failed = rc;
         cb_u64vec_free(&runs);
         return rc;
     }
@@ -376,18 +374,19 @@ int cb_txn_commit(struct cb_pool *p)
     punch_runs(p, runs.v, runs.n / 2, p->keep_max);
     cb_u64vec_free(&runs);
     cb_pm_release_pending(&p->pm);
+    /* everything in memory is on disk now */
+    assert(p->map.ndirty == 0 && p->sm.pending.n == 0 && p->pm.pending.n == 0);
     return 0;
 }
 
-int cb_txn_maybe_commit(struct cb_pool *p)
+int cb_txn_due(const struct cb_store *p)
 {
-    if (p->map.ndirty > DIRTY_LIMIT || p->sm.pending.n > PENDING_LIMIT)
-        return cb_txn_commit(p);
-    return 0;
+    return p->map.ndirty > DIRTY_LIMIT || p->sm.pending.n > PENDING_LIMIT;
 }
 
-int cb_txn_format(struct cb_pool *p)
+int cb_txn_format(struct cb_store *p)
 {
+    CB_MUST_WRITE(p);
     unsigned char *pg = calloc(1, CB_PAGE);
     if (!pg)
         return CB_ENOMEM;
@@ -395,7 +394,7 @@ int cb_txn_format(struct cb_pool *p)
     int rc = write_page(p, pg, 0);
     p->generation = 1;
     if (!rc) {
-        encode_super(p, pg, 1);
+        encode_super(p, pg, 1, 0);
         rc = write_page(p, pg, 1);
     }
     if (!rc)
@@ -447,12 +446,13 @@ static int nm_grow(struct nodemap *m)
 }
 
 struct loader {
-    struct cb_pool *p;
+    struct cb_store *p;
     struct nodemap nodes;
     unsigned char *pg;
     uint64_t sb_time;
     uint64_t meta_pages;
     uint64_t *roots;      /* root page of each device slot, while loading */
+    int readonly;         /* change nothing in the files (cb_txn_load) */
 };
 
 static int read_page(struct loader *L, uint64_t page, uint32_t type)
@@ -474,7 +474,7 @@ static int read_page(struct loader *L, uint64_t page, uint32_t type)
     return cb_pm_mark(&L->p->pm, page);
 }
 
-static int check_entry(struct cb_pool *p, const struct cb_entry *e, uint64_t sb_time)
+static int check_entry(struct cb_store *p, const struct cb_entry *e, uint64_t sb_time)
 {
     if (e->flags & ~CB_E_KNOWN || e->time > sb_time || (e->bitmap & ~p->full_bitmap))
         return CB_ECORRUPT;
@@ -501,7 +501,7 @@ static void free_raw(struct cb_node *n)
 
 static int load_node(struct loader *L, uint64_t page, unsigned level, struct cb_node **out)
 {
-    struct cb_pool *p = L->p;
+    struct cb_store *p = L->p;
     int rc = nm_grow(&L->nodes);
     if (rc)
         return rc;
@@ -580,7 +580,7 @@ static int valid_name(const char *name, size_t len)
 
 static int load_devtab(struct loader *L, unsigned ndevtab)
 {
-    struct cb_pool *p = L->p;
+    struct cb_store *p = L->p;
     p->devs = calloc((size_t)CB_SB_DEVTAB_MAX * CB_DEVTAB_RECS, sizeof *p->devs);
     L->roots = calloc((size_t)CB_SB_DEVTAB_MAX * CB_DEVTAB_RECS, sizeof *L->roots);
     if (!p->devs || !L->roots)
@@ -674,7 +674,7 @@ static int load_devtab(struct loader *L, unsigned ndevtab)
 
 static int load_externals(struct loader *L, const unsigned char *sb)
 {
-    struct cb_pool *p = L->p;
+    struct cb_store *p = L->p;
     for (unsigned i = 0; i < CB_MAX_EXTERNALS; i++) {
         uint64_t page = cb_get64(sb + CB_SB_EXT_OFF + 8 * i);
         if (!page)
@@ -715,7 +715,7 @@ static int load_externals(struct loader *L, const unsigned char *sb)
         }
         /* An origin edited since it was attached changed the bytes of
          * every device reading it: refuse reads rather than serve them. */
-        if ((x->changed = cb_txn_external_changed(x, x->why, sizeof x->why))) {
+        if ((x->changed = cb_store_external_changed(x, x->why, sizeof x->why))) {
             x->io->ops->close(x->io);
             x->io = NULL;
         }
@@ -723,55 +723,9 @@ static int load_externals(struct loader *L, const unsigned char *sb)
     return 0;
 }
 
-void cb_txn_stamp_external(struct cb_external *x, const struct stat *st)
-{
-    struct stat now;
-    int fd = cb_file_fd(x->io);
-    if (fd >= 0 && fstat(fd, &now) == 0)
-        st = &now; /* the file opened, not what the path named a moment before */
-    x->why[0] = 0;
-    x->stamped = S_ISREG(st->st_mode) ? CB_EXT_STAMPED : 0; /* a device node's say nothing */
-    x->ino = (uint64_t)st->st_ino;
-    x->mtime_ns = (uint64_t)st->st_mtim.tv_sec * 1000000000ull + (uint64_t)st->st_mtim.tv_nsec;
-}
-
-int cb_txn_external_changed(const struct cb_external *x, char *why, size_t len)
-{
-    struct stat st;
-    why[0] = 0;
-    if (!x->stamped)
-        return 0;
-    if (stat(x->path, &st) != 0) {
-        snprintf(why, len, "external origin '%.120s' is missing or cannot be read", x->path);
-        return 1;
-    }
-    uint64_t mt = (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec;
-    if ((uint64_t)st.st_size == x->size && (uint64_t)st.st_ino == x->ino && mt == x->mtime_ns)
-        return 0;
-    int n = snprintf(why, len, "external origin '%.100s' changed since it was attached:",
-                     x->path);
-    const char *sep = "";
-    if ((uint64_t)st.st_size != x->size && n >= 0 && (size_t)n < len) {
-        n += snprintf(why + n, len - (size_t)n, " size %llu, was %llu",
-                      (unsigned long long)st.st_size, (unsigned long long)x->size);
-        sep = ";";
-    }
-    if ((uint64_t)st.st_ino != x->ino && n >= 0 && (size_t)n < len) {
-        n += snprintf(why + n, len - (size_t)n, "%s inode %llu, was %llu (replaced)", sep,
-                      (unsigned long long)st.st_ino, (unsigned long long)x->ino);
-        sep = ";";
-    }
-    if (mt != x->mtime_ns && n >= 0 && (size_t)n < len)
-        snprintf(why + n, len - (size_t)n, "%s modified %lld.%09lld, was %lld.%09lld", sep,
-                 (long long)(mt / 1000000000ull), (long long)(mt % 1000000000ull),
-                 (long long)(x->mtime_ns / 1000000000ull),
-                 (long long)(x->mtime_ns % 1000000000ull));
-    return 1;
-}
-
 static int load_freelog(struct loader *L)
 {
-    struct cb_pool *p = L->p;
+    struct cb_store *p = L->p;
     uint64_t page = p->freelog_page;
     struct cb_u64vec runs = {NULL, 0, 0};
     int rc = 0;
@@ -807,60 +761,23 @@ static int load_freelog(struct loader *L)
     /* Finishes an interrupted commit.  Never on a read-only pool, which
      * changes nothing in its files: the blocks stay allocated until the
      * next writable open punches them (check counts them as leaked). */
-    if (!rc && !(p->flags & CB_OPEN_READONLY))
+    if (!rc && !L->readonly)
         punch_runs(p, runs.v, runs.n / 2, 0);
     cb_u64vec_free(&runs);
     return rc;
 }
 
-int cb_txn_parse_super(const unsigned char *sb, uint64_t slot, uint64_t meta_file_pages)
+int cb_txn_load(struct cb_store *p, int readonly)
 {
-    if (cb_page_verify(sb, CB_PT_SUPER, slot, UINT64_MAX))
-        return CB_ECORRUPT;
-    /* a commit writes generation g into slot g % 2: anything else would
-     * make the next commit overwrite the superblock it started from */
-    uint64_t gen = cb_get64(sb + 16);
-    if (gen % 2 != slot || gen >= (1ull << 62)) {
-        cb_meta_bad(slot, CB_PT_SUPER, "generation %llu does not belong in slot %llu",
-                    (unsigned long long)gen, (unsigned long long)slot);
-        return CB_ECORRUPT;
-    }
-    if (memcmp(sb + 32, "cowblock", 8)) {
-        cb_meta_bad(slot, CB_PT_SUPER, "no \"cowblock\" signature");
-        return CB_ECORRUPT;
-    }
-    if (cb_get32(sb + 40) != CB_FORMAT_VERSION || (cb_get32(sb + 44) & ~CB_INCOMPAT_KNOWN)) {
-        cb_meta_bad(slot, CB_PT_SUPER, "format version %u, incompatible features 0x%x "
-                    "(this cowblock reads version %u, features 0x%x)", cb_get32(sb + 40),
-                    cb_get32(sb + 44), CB_FORMAT_VERSION, CB_INCOMPAT_KNOWN);
-        return CB_EVERSION;
-    }
-    uint32_t bs = cb_get32(sb + 52);
-    uint64_t nblocks = cb_get64(sb + 56);
-    uint64_t mpages = cb_get64(sb + 80);
-    if (bs < CB_MIN_BLOCK_SIZE || bs > CB_MAX_BLOCK_SIZE || (bs & (bs - 1)) ||
-        nblocks == 0 || nblocks > MAX_POOL_BLOCKS || mpages < 2 ||
-        mpages > meta_file_pages || cb_get64(sb + 64) > UINT32_MAX ||
-        cb_get32(sb + 96) > CB_SB_DEVTAB_MAX || cb_get64(sb + 72) > UINT32_MAX ||
-        cb_get64(sb + 72) == 0) {
-        cb_meta_bad(slot, CB_PT_SUPER, "a field out of bounds (block size %u, %llu blocks, "
-                    "%llu metadata pages of the file's %llu, %u device table pages)", bs,
-                    (unsigned long long)nblocks, (unsigned long long)mpages,
-                    (unsigned long long)meta_file_pages, cb_get32(sb + 96));
-        return CB_ECORRUPT;
-    }
-    return 0; /* the data file's size is checked once the geometry is known */
-}
-
-int cb_txn_load(struct cb_pool *p)
-{
+    CB_MUST_WRITE(p);
     uint64_t msize, dsize;
     int rc;
-    if ((rc = p->meta->ops->size(p->meta, &msize)) || (rc = p->data->ops->size(p->data, &dsize)))
+    if ((rc = p->meta->ops->size(p->meta, &msize)) ||
+        (rc = p->data.io->ops->size(p->data.io, &dsize)))
         return rc;
     uint64_t mfpages = msize / CB_PAGE;
     unsigned char *sb[2] = {malloc(CB_PAGE), malloc(CB_PAGE)};
-    struct loader L = {p, {NULL, NULL, 0, 0}, malloc(CB_PAGE), 0, 0, NULL};
+    struct loader L = {p, {NULL, NULL, 0, 0}, malloc(CB_PAGE), 0, 0, NULL, readonly};
     if (!sb[0] || !sb[1] || !L.pg) {
         rc = CB_ENOMEM;
         goto out;
@@ -878,7 +795,7 @@ int cb_txn_load(struct cb_pool *p)
         }
         if ((rc = cb_io_pread(p->meta, sb[s], CB_PAGE, (uint64_t)s * CB_PAGE)))
             goto out;
-        if ((ok[s] = cb_txn_parse_super(sb[s], (uint64_t)s, mfpages)))
+        if ((ok[s] = cb_meta_parse_super(sb[s], (uint64_t)s, mfpages)))
             cb_corrupt_detail(p->sb_damage[s], sizeof p->sb_damage[s], NULL);
     }
     int best = -1;
@@ -899,8 +816,6 @@ int cb_txn_load(struct cb_pool *p)
     if (blank && cb_get64(s + 16) == 1)
         p->sb_damage[other][0] = 0;
     p->generation = cb_get64(s + 16);
-    p->block_size = cb_get32(s + 52);
-    p->nblocks = cb_get64(s + 56);
     p->map.now = (uint32_t)cb_get64(s + 64);
     p->next_dev_id = cb_get64(s + 72);
     L.meta_pages = cb_get64(s + 80);
@@ -909,21 +824,21 @@ int cb_txn_load(struct cb_pool *p)
     p->was_clean = (cb_get32(s + 48) & CB_COMPAT_CLEAN) != 0;
     memcpy(p->uuid, s + 104, 16);
     p->created_ns = cb_get64(s + 120);
-    p->csum_on = (cb_get32(s + 44) & CB_INCOMPAT_CSUM) != 0;
-    if ((rc = cb_pool_geometry(p)) || (rc = cb_sm_init(&p->sm, p->nblocks)) ||
-        (rc = cb_pm_init(&p->pm, L.meta_pages)))
+    if ((rc = cb_store_geometry(p, cb_get32(s + 52), cb_get64(s + 56),
+                                (cb_get32(s + 44) & CB_INCOMPAT_CSUM) != 0)) ||
+        (rc = cb_sm_init(&p->sm, p->nblocks)) || (rc = cb_pm_init(&p->pm, L.meta_pages)))
         goto out;
-    if (dsize < cb_pool_data_span(p)) {
+    if (dsize < cb_geometry_data_span(&p->geo)) {
         /* not metadata damage: the data file lost its tail */
         cb_meta_bad(0, 0, "data file '%s/data' is %llu bytes, shorter than the %llu bytes "
                     "the pool's %llu blocks of %u bytes%s need (truncated?)", p->path,
-                    (unsigned long long)dsize, (unsigned long long)cb_pool_data_span(p),
+                    (unsigned long long)dsize, (unsigned long long)cb_geometry_data_span(&p->geo),
                     (unsigned long long)p->nblocks, p->block_size,
                     p->csum_on ? " and their checksums" : "");
         rc = CB_ECORRUPT;
         goto out;
     }
-    if (p->csum_on && (rc = cb_csum_init(&p->csum, p->data, p->nblocks * (uint64_t)p->block_size,
+    if (p->csum_on && (rc = cb_csum_init(&p->csum, p->data.io, p->nblocks * (uint64_t)p->block_size,
                                          p->nblocks * p->nsub)))
         goto out;
     p->sm.track_fresh = p->csum_on;

@@ -110,7 +110,11 @@ def build(cache_root, csrc=CSRC):
         if found:
             return found
         script = _build_script(csrc)
-        flags = [f for f in script.flags if f not in ("-DNDEBUG",)]
+        # the build id stays this tree's, so that the package takes the test core (built
+        # from another csrc, it stands in for this tree's core)
+        flags = [f for f in script.flags
+                 if f not in ("-DNDEBUG",) and not f.startswith("-DCB_BUILD_ID=")]
+        flags.append(f'-DCB_BUILD_ID="{_build_script(CSRC).BUILD_ID}"')
         flags += ["-g", "-UNDEBUG", "-DCB_TESTING"]
         cdef = ""
         for name in ("cowblock.cdef.h", "testio.cdef.h"):
