@@ -15,6 +15,7 @@ UndefinedBehaviorSanitizer (-O0 -g), COWBLOCK_DEBUG=1 with -O0 -g.
 """
 import argparse
 import ast
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -37,6 +38,16 @@ def core_sources():
     raise SystemExit("csrc/build_ffi.py has no SOURCES list")
 
 
+def build_id():
+    """The core's build id (a hash of csrc's sources), from cowblock/_buildid.py
+    loaded by path, as csrc/build_ffi.py does: it is stdlib only."""
+    path = os.path.join(os.path.dirname(CSRC), "cowblock", "_buildid.py")
+    spec = importlib.util.spec_from_file_location("_cowblock_buildid", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.build_id(CSRC)
+
+
 def header_found(cc):
     probe = subprocess.run([cc, "-E", "-x", "c", "-", "-o", os.devnull],
                            input="#include <nbdkit-plugin.h>\n", text=True,
@@ -46,7 +57,7 @@ def header_found(cc):
 
 def flags():
     out = ["-std=gnu11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-fPIC", "-shared",
-           "-fvisibility=hidden", "-pthread", "-I", CSRC]
+           "-fvisibility=hidden", "-pthread", "-I", CSRC, f'-DCB_BUILD_ID="{build_id()}"']
     if os.environ.get("COWBLOCK_SANITIZE"):
         out += ["-O0", "-g", "-UNDEBUG", "-fsanitize=address,undefined",
                 "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]

@@ -31,6 +31,10 @@
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
+#ifndef CB_BUILD_ID               /* build.py passes the hash of the core's sources */
+#define CB_BUILD_ID "cowblock-core unhashed"
+#endif
+
 #define MAX_REQUEST (32u << 20)   /* as `cowblock serve`: NBD_INFO_BLOCK_SIZE maximum */
 #define EXTENT_RUNS 256           /* runs asked of the core per call */
 #define CACHE_PIECE (1u << 20)    /* bytes read at a time by NBD_CMD_CACHE */
