@@ -207,7 +207,9 @@ class NbdkitProcess(ServerProcess):
 
     def pid(self):
         """The pid nbdkit wrote (start checked that it is the process's)."""
-        return self._pid()
+        pid = self._pid()
+        assert pid > 0, f"no pid in {self.pidfile}"  # never kill(0): the process group
+        return pid
 
 
 def plugin_env():
