@@ -27,6 +27,7 @@ from .errors import (
 )
 from .pool import (
     CheckReport, Device, DeviceInfo, DeviceUsage, Pool, PoolUsage, ScrubDamage, ScrubReport,
+    backends,
 )
 
 __version__ = "0.1.0"
@@ -37,5 +38,5 @@ __all__ = [
     "CowblockError", "InvalidArgumentError", "NotFoundError", "ExistsError",
     "ReadOnlyError", "PoolFullError", "CorruptError", "UnsupportedVersionError",
     "BusyError", "PoolFailedError", "LimitError", "ExternalOriginError",
-    "ClosedError", "IOFailedError",
+    "ClosedError", "IOFailedError", "backends",
 ]

@@ -23,6 +23,7 @@ same sources as this package, so a stale build fails loudly.
 import collections
 import errno as _errno
 import os
+import re
 import threading
 
 import numpy as np
@@ -61,6 +62,7 @@ _CLASSES = {
     lib.CB_EVERSION: errors.UnsupportedVersionError,
     lib.CB_EEXTERNAL: errors.ExternalOriginError,
     lib.CB_ECLOSED: errors.ClosedError,
+    lib.CB_EFENCED: errors.PoolFailedError,
 }
 
 
@@ -102,6 +104,48 @@ def raise_for(code, what):
     exc = errors.IOFailedError(err, message)
     exc.code = code
     raise exc
+
+
+def _raise_located(code, what):
+    """raise_for, with the core's detail for a location's errors: a malformed
+    URL, a backend this build lacks, the holder of a RADOS pool's lock."""
+    if code in (lib.CB_EINVAL, lib.CB_EBUSY):
+        buf = ffi.new("char[]", 1024)
+        if lib.cb_corrupt_detail(buf, 1024, ffi.NULL):
+            cls = errors.InvalidArgumentError if code == lib.CB_EINVAL else errors.BusyError
+            raise cls(f"{what}: {ffi.string(buf).decode('utf-8', 'replace')}", code=code)
+    raise_for(code, what)
+
+
+def backends():
+    """The IO backends this build of the core has: ``("file",)``, or
+    ``("file", "rados")`` when it was built with librados."""
+    return tuple(ffi.string(lib.cb_backends()).decode().split())
+
+
+def unlock_pool(location):
+    """``cb_pool_unlock`` of ``location`` (bytes, a URL): whom the lock named."""
+    buf = ffi.new("char[]", 1024)
+    rc = lib.cb_pool_unlock(location, buf, 1024)
+    if rc:
+        _raise_located(rc, f"unlock pool {os.fsdecode(location)!r}")
+    return ffi.string(buf).decode("utf-8", "replace")
+
+
+_URL = re.compile(rb"^[a-z][a-z0-9+]*://")
+
+
+def is_url(location):
+    """A pool location (bytes) that names a backend ("rados://...") rather than a directory."""
+    return _URL.match(location) is not None
+
+
+# A reader of a pool shared with a writer on another host (a URL) reads the
+# superblock, then the metadata it names; a commit in between can reuse a page
+# that superblock still named, which the load then finds newer than it and
+# reports as damage.  The pool itself is fine: it opens again.  Real damage
+# fails every attempt.
+_READER_RETRIES = 8
 
 
 # -- for other C modules ----------------------------------------------------------
@@ -216,8 +260,11 @@ class PoolHandle:
                 f"create pool in {os.fsdecode(path)!r}: a pool of size {size} bytes needs a "
                 f"data file that large, and the file system (or the process's file size "
                 f"limit) allows less; choose a smaller size", code=rc)
+        url = is_url(path)
+        if rc == lib.CB_EEXIST and url:
+            raise errors.ExistsError(f"a pool exists already at {os.fsdecode(path)!r}", code=rc)
         if rc:
-            raise_for(rc, f"create pool in {os.fsdecode(path)!r}")
+            _raise_located(rc, f"create pool {'at' if url else 'in'} {os.fsdecode(path)!r}")
         return cls(_owned(out[0]), os.fsdecode(path))
 
     @classmethod
@@ -227,10 +274,15 @@ class PoolHandle:
         flags = ((lib.CB_OPEN_READONLY if readonly else 0) | (lib.CB_OPEN_DIRECT if direct else 0)
                  | (lib.CB_OPEN_MMAP if mmap else 0))
         rc = lib.cb_pool_open(path, flags, out)
+        tries = _READER_RETRIES if readonly and is_url(path) else 0
+        while rc == lib.CB_ECORRUPT and tries:
+            tries -= 1
+            lib.cb_corrupt_detail(ffi.NULL, 0, ffi.NULL)  # this attempt's, not the next's
+            rc = lib.cb_pool_open(path, flags, out)
         if rc:
             if rc == lib.CB_ENOENT:
                 raise errors.NotFoundError(f"no pool in {os.fsdecode(path)!r}", code=rc)
-            raise_for(rc, f"open pool {os.fsdecode(path)!r}")
+            _raise_located(rc, f"open pool {os.fsdecode(path)!r}")
         return cls(_owned(out[0]), os.fsdecode(path))
 
     def close(self):

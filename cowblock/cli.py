@@ -692,6 +692,8 @@ def cmd_image_ls(args) -> int:
 
 
 def cmd_image_import(args) -> int:
+    if args.format == "qcow2":
+        return _import_qcow2(args)
     progress, close_bar = _progress_for(args, "import")
     with _store(args, True) as store:
         try:
@@ -716,9 +718,36 @@ def cmd_image_import(args) -> int:
     return EXIT_OK
 
 
+def _import_qcow2(args) -> int:
+    if args.external or args.size is not None:
+        raise UsageError("--external and --size are for raw files, not --format qcow2")
+    with _store(args, True) as store:
+        img = store.import_qcow2(args.name, args.file)
+        obj = {"name": img.name, "format": "qcow2",
+               "layers": [{"id": la.id, "changed": la.changed} for la in img.layers]}
+    _say(args, f"imported the qcow2 chain of {args.file} as image {args.name}: "
+               f"{len(obj['layers'])} layer(s)", obj)
+    return EXIT_OK
+
+
 def cmd_image_export(args) -> int:
+    if args.format == "qcow2":
+        return _export_qcow2(args)
     with _store(args, False) as store:
         return _export(args, f"image {args.name}", store.image(args.name).export)
+
+
+def _export_qcow2(args) -> int:
+    if args.file == "-":
+        raise UsageError("a qcow2 chain is written into a directory, not to standard output")
+    with _store(args, False) as store:
+        res = store.image(args.name).export_qcow2(args.file, overwrite=args.force)
+    obj = {"name": args.name, "directory": args.file, "format": "qcow2", **res}
+    rows = ", ".join(f"{os.path.basename(e['file'])} ({format_size(e['file_bytes'])})"
+                     for e in res["layers"])
+    _say(args, f"exported image {args.name} to {args.file} as a qcow2 chain of "
+               f"{len(res['layers'])} file(s): {rows}; top: {res['top']}", obj)
+    return EXIT_OK
 
 
 def cmd_stream_merge(args) -> int:
@@ -1096,6 +1125,24 @@ def cmd_bench(args) -> int:
     return _bench(args.rest)
 
 
+def cmd_pool_unlock(args) -> int:
+    from . import Pool
+    path = _pool_path(args, args.path)
+    if not args.force:
+        raise UsageError("unlock breaks another process's writer lock and fences that "
+                         "writer (its pool fails): pass --force if it is gone or must stop")
+    holder = Pool.unlock(path)
+    _say(args, f"broke the writer lock of {path}, held by {holder}" if holder
+         else f"{path}: no writer lock was held", {"path": path, "holder": holder})
+    return EXIT_OK
+
+
+def _version() -> str:
+    from . import __version__, backends
+    from ._lowlevel import BUILD_ID
+    return f"cowblock {__version__} ({BUILD_ID}; IO backends: {' '.join(backends())})"
+
+
 def _bench(argv: list[str]) -> int:
     try:
         from . import benchmark
@@ -1119,7 +1166,7 @@ def build_parser() -> argparse.ArgumentParser:
     # leaf copies use SUPPRESS so they do not overwrite the top-level ones.
     leaf = Parser(add_help=False)
     leaf.add_argument("--pool", metavar="PATH", default=argparse.SUPPRESS,
-                      help="the pool directory (default: $COWBLOCK_POOL)")
+                      help="the pool directory or rados:// URL (default: $COWBLOCK_POOL)")
     leaf.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                       help="print JSON (sizes as integer bytes)")
 
@@ -1127,9 +1174,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cowblock", description="Copy-on-write thin-provisioned block devices.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", metavar="PATH", default=None,
-                        help="the pool directory (default: $COWBLOCK_POOL)")
+                        help="the pool directory or rados:// URL (default: $COWBLOCK_POOL)")
     parser.add_argument("--json", action="store_true", default=False,
                         help="print JSON (sizes as integer bytes)")
+    parser.add_argument("--version", action="version", version=_version(),
+                        help="show the version, the core's build and its IO backends")
     nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
 
     def noun(name: str, help: str):
@@ -1185,6 +1234,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give leaked space back and rewrite a damaged superblock slot from "
                         "the current one (opens the pool for writing); corruption is only "
                         "reported")
+    p = verb(g, "unlock", cmd_pool_unlock,
+             "break a RADOS pool's writer lock (its holder is blocklisted first)")
+    p.add_argument("path", nargs="?", metavar="PATH")
+    p.add_argument("--force", action="store_true",
+                   help="required: the holder's pool fails and its unflushed writes are lost")
     for name, func, help in (("info", cmd_pool_info, "show size, use and on-disk footprint"),
                              ("stats", cmd_pool_stats, "show the pool's counters"),
                              ("dump", cmd_pool_dump, "print the committed metadata (like thin_dump)")):
@@ -1262,8 +1316,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the file in place as the read-only base (no copy)")
     p.add_argument("--size", type=_device_sizes(),
                    help="image size (default: the file's)")
+    p.add_argument("--format", choices=("raw", "qcow2"), default="raw",
+                   help="raw (default): a raw file or block device; qcow2: the top file of "
+                        "a qcow2 backing chain, one layer per file (needs qemu-img)")
     progress_options(p)
-    export_verb(g, cmd_image_export, "an image's content")
+    p = export_verb(g, cmd_image_export, "an image's content")
+    p.add_argument("--format", choices=("raw", "qcow2"), default="raw",
+                   help="raw (default): the content as one raw file; qcow2: TARGET is a "
+                        "directory that gets one qcow2 file per layer, each backed by the "
+                        "one below (needs qemu-img)")
     p = verb(g, "send", cmd_image_send,
              "write an image's layers as a stream (those of --from IMAGE left out)")
     p.add_argument("name")

@@ -384,10 +384,12 @@ def _refuse_container(fd: int, size: int, path: str) -> None:
             f"{path!r} is {name}-compressed, not a raw image: decompress it first "
             f"(e.g. `{undo} -k {path}`) and import the raw file")
     stem = os.path.splitext(os.path.basename(path))[0] or "image"
+    chain = (f"; or import it (and its backing files) as an image of layers: "
+             f"cowblock image import --format qcow2 NAME {path}") if fmt == "qcow2" else ""
     raise InvalidArgumentError(
         f"{path!r} is a {name} image, not a raw image: importing it would store the "
         f"{name} file's own bytes, not the disk it holds. Convert it first: "
-        f"qemu-img convert -f {fmt} -O raw {path} {stem}.raw")
+        f"qemu-img convert -f {fmt} -O raw {path} {stem}.raw{chain}")
 
 
 def open_source(path: str | os.PathLike) -> tuple[int, int]:

@@ -40,7 +40,7 @@ from .errors import (BusyError, CorruptError, ExistsError, InvalidArgumentError,
                      NotFoundError, PoolFullError, ReadOnlyError)
 from .imagefile import (RawImageFile, TransferResult, check_raw_file, export_raw, import_raw,
                         open_source)
-from .snapshotter import Snapshotter, StateFile, Usage
+from .snapshotter import Snapshotter, StateFile, Usage, state_dir
 
 __all__ = ["Store", "Image", "Layer", "Container", "Volume", "Bind", "check"]
 
@@ -83,7 +83,7 @@ def device_usages(pool) -> dict:
 
 
 def _state_file(pool) -> StateFile:
-    return StateFile(os.path.join(str(pool.path), STATE_FILE), "cowblock-model", 1,
+    return StateFile(os.path.join(state_dir(pool), STATE_FILE), "cowblock-model", 1,
                      lambda: {t: {} for t in _TABLES})
 
 
@@ -109,6 +109,8 @@ def check(pool) -> list[str]:
     images, volumes and binds that exist; bind files exist.
     """
     problems: list[str] = []
+    if getattr(pool, "directory", "") is None:
+        return problems  # a pool at a URL keeps no model (snapshotter.state_dir)
     snaps: Snapshotter | None = None
     for ns in _namespaces(pool):
         prefix = DEVICE_PREFIX if ns == NAMESPACE else None
@@ -392,6 +394,13 @@ class Image(_Named):
         """Write the image's content to a raw image at ``path`` (see
         :func:`cowblock.imagefile.export_raw` for what ``path`` may be)."""
         return export_raw(self.device, path, overwrite=overwrite, progress=progress)
+
+    def export_qcow2(self, directory, *, overwrite: bool = False) -> dict:
+        """Write the image to ``directory`` as a qcow2 backing chain, one file
+        per layer holding only that layer's changes (see
+        :func:`cowblock.qcow2chain.export_chain`; needs qemu-img)."""
+        from .qcow2chain import export_chain
+        return export_chain(self, directory, overwrite=overwrite)
 
     def containers(self) -> list["Container"]:
         """Containers created from this image."""
@@ -701,6 +710,64 @@ class Store:
             now = time.time()
             doc["images"][name] = {"top": lid, "created": now, "updated": now}
             self._save(doc)
+            return Image(self, name)
+
+    def import_qcow2(self, name: str, path: str | os.PathLike) -> Image:
+        """Create image ``name`` from the qcow2 backing chain whose top file
+        is ``path``: one layer per file, base first, each a snapshot of the
+        one below holding only what its file holds, so the layers share
+        blocks as the files do (see :mod:`cowblock.qcow2chain`; needs
+        qemu-img).  The chain is checked before anything is made; on any
+        error the layers made so far are removed again."""
+        from . import qcow2chain as Q
+        _check_name(name, "image")
+        path = os.path.abspath(os.fspath(path))
+        with self._lock:
+            self._writable()
+            if name in self._doc()["images"]:
+                raise ExistsError(f"image {name!r} already exists")
+            members = Q.read_chain(path, self.pool.block_size)
+            side = Q.sidecar_for(path, members)
+            made: list[str] = []
+            staging = None
+            try:
+                with Q.PrivateServer(self.pool, readonly=False) as srv:
+                    parent = None
+                    for k, m in enumerate(members):
+                        lid = _new_id()
+                        staging = f"import/{lid}"
+                        if parent is None:
+                            dev = self.snapshotter.prepare(staging, size=m["size"])
+                        else:
+                            dev = self.snapshotter.prepare(staging, f"layer/{parent}")
+                        Q.fill_layer(srv, dev, m, members[k - 1] if k else None)
+                        dev.flush()
+                        changed = dev.usage().mapped if parent is None else _changed_bytes(dev)
+                        self.snapshotter.commit(f"layer/{lid}", staging, {"cowblock.layer": lid})
+                        staging = None
+                        made.append(lid)
+                        note = side["layers"][k] if side else {}
+                        doc = self._doc()
+                        rec = self._new_layer_record(
+                            doc, lid, parent, note.get("comment") or f"import qcow2 {m['filename']}",
+                            changed=changed)
+                        if isinstance(note.get("created"), (int, float)):
+                            rec["created"] = note["created"]
+                        self._save(doc)
+                        parent = lid
+                doc = self._doc()
+                now = time.time()
+                doc["images"][name] = {"top": made[-1], "created": now, "updated": now}
+                self._save(doc)
+            except BaseException:
+                if staging is not None and staging in self.snapshotter:
+                    self.snapshotter.remove(staging)
+                for lid in reversed(made):  # records first, then their snapshots
+                    doc = self._doc()
+                    doc["layers"].pop(lid, None)
+                    self._save(doc)
+                    self.snapshotter.remove(f"layer/{lid}")
+                raise
             return Image(self, name)
 
     def create_image(self, name: str, size: int, *, fs: str = "ext4",

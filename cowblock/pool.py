@@ -18,10 +18,12 @@ from ._lowlevel import (
     MAX_BLOCK_SIZE, MAX_DEVICE_SIZE, MIN_BLOCK_SIZE, NAME_MAX, DevHandle, PoolHandle,
 )
 from ._lowlevel import as_int as _int
+from ._lowlevel import backends, unlock_pool
+from ._lowlevel import is_url as _is_url
 from ._lowlevel import bad as _bad
 
 __all__ = ["Pool", "Device", "DeviceInfo", "DeviceUsage", "PoolUsage", "CheckReport",
-           "ScrubReport", "ScrubDamage"]
+           "ScrubReport", "ScrubDamage", "backends"]
 
 DEFAULT_BLOCK_SIZE = 64 * 1024
 
@@ -212,7 +214,8 @@ class Pool:
             )
         if size < block_size:
             raise _bad(f"size must hold at least one block of {block_size} bytes, not {size}")
-        if os.path.exists(os.path.join(raw, b"meta")):
+        url = _is_url(raw)
+        if not url and os.path.exists(os.path.join(raw, b"meta")):
             raise errors.ExistsError(f"a pool exists already in {os.fsdecode(raw)!r}")
         _check_mmap(mmap, direct)
         keep_freed = _int(keep_freed, "keep_freed")
@@ -239,7 +242,7 @@ class Pool:
         error; and the pages read count in the process's resident size.
         """
         raw = _path(path)
-        if not os.path.isdir(raw):
+        if not _is_url(raw) and not os.path.isdir(raw):
             raise errors.NotFoundError(f"no pool directory at {os.fsdecode(raw)!r}")
         _check_mmap(mmap, direct)
         keep_freed = _int(keep_freed, "keep_freed")
@@ -325,7 +328,26 @@ class Pool:
 
     @property
     def path(self):
+        """Where the pool is: its directory, or its URL ("rados://...")."""
         return self._path
+
+    @property
+    def directory(self):
+        """The pool's directory, or None for a pool at a URL (which keeps no
+        files on this host: nothing can be kept beside it)."""
+        return None if _is_url(os.fsencode(self._path)) else self._path
+
+    @staticmethod
+    def unlock(location):
+        """Break the writer lock of the pool at ``location`` (a URL) and return
+        whom it named ("" if nobody held it).
+
+        The holder is fenced first (for RADOS: blocklisted), so that a writer
+        thought dead can never write after another writer starts; its open
+        pool then fails with :class:`PoolFailedError`.  A pool in a directory
+        has no lock to break: its flock dies with the process holding it.
+        """
+        return unlock_pool(_path(location, "location"))
 
     @property
     def block_size(self):
@@ -482,8 +504,9 @@ class Pool:
         out["size"] = self._size
         out["used"] = st.used_blocks * self._block_size
         out["meta_bytes"] = st.meta_pages * 4096
-        out["data_bytes_on_disk"] = _disk_bytes(os.path.join(self._path, "data"))
-        out["meta_bytes_on_disk"] = _disk_bytes(os.path.join(self._path, "meta"))
+        where = self.directory  # a pool at a URL has no files here: None
+        out["data_bytes_on_disk"] = _disk_bytes(os.path.join(where, "data")) if where else None
+        out["meta_bytes_on_disk"] = _disk_bytes(os.path.join(where, "meta")) if where else None
         return out
 
     def check(self, repair=False):

@@ -30,7 +30,7 @@ import time
 
 from . import stream as S
 from .errors import CowblockError, ExistsError, InvalidArgumentError, NotFoundError, ReadOnlyError
-from .snapshotter import StateFile
+from .snapshotter import StateFile, state_dir
 
 __all__ = ["send", "receive", "resume_token", "abort_receive", "received",
            "ReceiveInterrupted", "STATE_FILE"]
@@ -61,7 +61,7 @@ def sub_block_size(block_size):
 
 
 def _state(pool):
-    return StateFile(os.path.join(str(pool.path), STATE_FILE), "cowblock-streams", 1,
+    return StateFile(os.path.join(state_dir(pool), STATE_FILE), "cowblock-streams", 1,
                      lambda: {"received": {}, "partial": {}})
 
 

@@ -56,6 +56,22 @@ DEFAULT_SIZE = 10 * 2**30
 # Persistent JSON state
 
 
+def state_dir(pool) -> str:
+    """The directory that holds the state files kept beside ``pool``.
+
+    A pool at a URL (in RADOS) has no directory on this host, and state
+    kept on one host would not be seen by the others that share the pool:
+    the snapshotter and the Docker model refuse such a pool for now.
+    """
+    d = getattr(pool, "directory", str(pool.path))
+    if d is None:
+        raise InvalidArgumentError(
+            f"the snapshotter and the Docker model keep their state in files beside the "
+            f"pool, and the pool at {pool.path!r} has no directory: use them with a pool "
+            f"in a directory (RADOS pools serve devices only, for now)")
+    return str(d)
+
+
 class StateFile:
     """A small JSON document in a pool directory, replaced atomically.
 
@@ -295,7 +311,7 @@ class Snapshotter:
         self.default_size = default_size
         self._lock = threading.RLock()
         self._file = StateFile(
-            os.path.join(str(pool.path), f"snapshots.{namespace}.json"),
+            os.path.join(state_dir(pool), f"snapshots.{namespace}.json"),
             "cowblock-snapshotter", 1,
             lambda: {"namespace": namespace, "next_id": 1, "snapshots": {}, "pending": []})
         self._file.load()

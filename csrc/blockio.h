@@ -26,6 +26,12 @@ struct cb_io_ops {
      * when none.  Backends without the notion report every byte as data. */
     int (*next_data)(cb_io *io, uint64_t off, uint64_t *out, uint64_t *hole);
     void (*close)(cb_io *io);
+    /* Optional (NULL: the backend has none, and the pool flocks the file
+     * under cb_file_fd instead).  Take the store's writer lock (exclusive),
+     * or what a reader needs (nothing, for RADOS); CB_EBUSY, with the
+     * holder named in cb_corrupt_detail, when another writer holds it.
+     * Released by close. */
+    int (*lock)(cb_io *io, int exclusive);
 };
 
 struct cb_io {
@@ -36,6 +42,11 @@ struct cb_io {
 #define CB_IO_READONLY 2u
 #define CB_IO_DIRECT   4u  /* O_DIRECT; unaligned requests go through a bounce buffer */
 #define CB_IO_MMAP     8u  /* serve preads from a read-only shared mapping (below) */
+#define CB_IO_FENCED  16u  /* writes of [0, CB_IO_HEAD_BYTES) fail with CB_EFENCED once
+                            * another opener has written there (backends that can
+                            * share a store between hosts; the file backend relies on
+                            * its flock instead) */
+#define CB_IO_HEAD_BYTES 8192u /* the metadata's two superblock slots */
 
 /*
  * CB_IO_MMAP (opt-in, never together with CB_IO_DIRECT, which wins): the

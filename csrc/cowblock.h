@@ -79,7 +79,9 @@ extern "C" {
 #define CB_EEXTERNAL (-30688) /* external origin file missing, unusable or changed */
 #define CB_ECHECKSUM (-30687) /* data failed its checksum: see cb_bad_offset() */
 #define CB_ECLOSED   (-30686) /* pool closed (cb_pool_close), or being closed */
-#define CB_ERR_LAST  (-30686)
+#define CB_EFENCED   (-30685) /* this writer's lock was broken and another writer
+                               * committed (or it was blocklisted): the pool fails */
+#define CB_ERR_LAST  (-30685)
 
 /* ---- limits ----------------------------------------------------------- */
 #define CB_NAME_MAX       127          /* bytes of a device name, no NUL */
@@ -226,6 +228,25 @@ size_t cb_corrupt_detail(char *buf, size_t len, uint64_t *page);
  * result of one call may be fed to the next to checksum data in pieces).
  * The checksum the metadata and data checksums use; any thread, no lock. */
 uint32_t cb_crc32c(uint32_t crc, const void *buf, size_t len);
+/* The IO backends this build has, space-separated: "file", or "file rados"
+ * when built with librados.  Static storage. */
+const char *cb_backends(void);
+
+/* ---- locations -------------------------------------------------------- */
+/* Where a pool lives, the `path` of cb_pool_create and cb_pool_open: a
+ * directory (the file backend: DIR/meta and DIR/data, flock'ed), or
+ * "rados://POOL/NAME?conf=PATH" (the RADOS backend, when built: see
+ * blockio_rados.h), where the writer's lock is a RADOS lock and a writer
+ * whose lock was broken fails with CB_EFENCED instead of overwriting a
+ * newer commit.  A read-only open of a RADOS pool takes no lock: it sees
+ * the last commit made before it opened.  A malformed URL, or one of a
+ * backend this build lacks, gives CB_EINVAL (cb_corrupt_detail says why);
+ * CB_EBUSY from an open names the lock's holder there too. */
+/* Break the writer lock of the pool at location (a URL): its holder is
+ * blocklisted first, so that it cannot write after a new writer starts,
+ * then its lock is released.  holder (len bytes) names whom, "" if nobody
+ * held it.  CB_EINVAL for a directory: its flock dies with its process. */
+int cb_pool_unlock(const char *location, char *holder, size_t len);
 
 /* ---- pool ---------------------------------------------------------------
  * Every call below but create, open, close, retain and release fails with

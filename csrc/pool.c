@@ -22,7 +22,9 @@
  *    mapping  spacemap   csum    datafile    meta    (trees, counts, checksums,
  *       |         |       |         |         |       punch + sync, format)
  *       +---------+-------+---------+---------+
- *                     blockio       file backend (fault-injecting in tests)
+ *              blockio  blockio_rados   file backend (fault-injecting in tests) |
+ *                                   RADOS backend; backend.c picks one by the
+ *                                   pool's location when pool.c opens its stores
  *
  * States of a pool (p->failed, p->shut; read-only is fixed at open):
  *
@@ -55,8 +57,11 @@
  *   meta   the metadata file (see meta.h)
  *   data   the sparse data file, nblocks * block_size bytes long
  * The metadata file carries an flock: exclusive for a writer, shared for
- * read-only openers, so two processes never write one pool.
+ * read-only openers, so two processes never write one pool.  A pool at a
+ * URL (backend.h) keeps the two as that backend's stores, locked by the
+ * backend (for RADOS: a RADOS lock, and fenced superblock writes).
  */
+#include "backend.h"
 #include "pool.h"
 #include "check.h"
 #include "dump.h"
@@ -107,6 +112,8 @@ const char *cb_strerror(int code)
     case CB_EEXTERNAL: return "external origin file is missing or unreadable";
     case CB_ECHECKSUM: return "data failed its checksum";
     case CB_ECLOSED: return "pool is closed";
+    case CB_EFENCED: return "another writer took the pool over (this writer's lock was "
+                            "broken): its writes are refused";
     default:
         if (code < 0 && code > -4096)
             return strerror(-code); /* glibc: static strings for errno values */
@@ -119,15 +126,6 @@ static uint64_t now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static char *join(const char *dir, const char *name)
-{
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *s = malloc(n);
-    if (s)
-        snprintf(s, n, "%s/%s", dir, name);
-    return s;
 }
 
 static int valid_name(const char *name)
@@ -286,8 +284,10 @@ static int pool_alloc(const char *path, unsigned flags, struct cb_pool **out)
 static int pool_lock_file(struct cb_pool *p)
 {
     int fd = cb_file_fd(p->s.meta);
-    if (fd < 0)
-        return 0;
+    if (fd < 0) { /* not a file: the backend's own lock, if it has one */
+        cb_io *m = p->s.meta;
+        return m->ops->lock ? m->ops->lock(m, !(p->flags & CB_OPEN_READONLY)) : 0;
+    }
     int op = (p->flags & CB_OPEN_READONLY) ? LOCK_SH : LOCK_EX;
     if (flock(fd, op | LOCK_NB) != 0)
         return errno == EWOULDBLOCK ? CB_EBUSY : -errno;
@@ -296,19 +296,15 @@ static int pool_lock_file(struct cb_pool *p)
 
 static int open_files(struct cb_pool *p, unsigned ioflags)
 {
-    char *m = join(p->path, "meta"), *d = join(p->path, "data");
-    int rc = (m && d) ? 0 : CB_ENOMEM;
     unsigned ro = (p->flags & CB_OPEN_READONLY) ? CB_IO_READONLY : 0;
     unsigned direct = (p->flags & CB_OPEN_DIRECT) ? CB_IO_DIRECT : 0;
     unsigned map = (p->flags & CB_OPEN_MMAP) ? CB_IO_MMAP : 0; /* data file only */
-    if (!rc)
-        rc = cb_file_open(m, ioflags | ro, &p->s.meta);
+    int rc = cb_backend_open(p->path, "meta", ioflags | ro | CB_IO_FENCED, NULL, &p->s.meta);
     if (!rc)
         rc = pool_lock_file(p);
     if (!rc)
-        rc = cb_file_open(d, ioflags | ro | direct | map, &p->s.data.io);
-    free(m);
-    free(d);
+        rc = cb_backend_open(p->path, "data", ioflags | ro | direct | map, p->s.meta,
+                             &p->s.data.io);
     return rc;
 }
 
@@ -316,13 +312,10 @@ static int open_files(struct cb_pool *p, unsigned ioflags)
  * if it created it (then empty again).  Nothing else is touched. */
 static void remove_created(const char *path, int meta, int data, int dir)
 {
-    char *m = join(path, "meta"), *d = join(path, "data");
-    if (meta && m)
-        unlink(m);
-    if (data && d)
-        unlink(d);
-    free(m);
-    free(d);
+    if (meta)
+        (void)cb_backend_remove(path, "meta");
+    if (data)
+        (void)cb_backend_remove(path, "data");
     if (dir)
         rmdir(path);
 }
@@ -337,9 +330,12 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
         return CB_EINVAL;
     if (size / block_size > (1ull << 36))
         return CB_EINVAL;
-    int made_dir = mkdir(path, 0755) == 0;
-    if (!made_dir && errno != EEXIST)
-        return -errno;
+    int made_dir = 0;
+    if (!cb_backend_is_url(path)) {
+        made_dir = mkdir(path, 0755) == 0;
+        if (!made_dir && errno != EEXIST)
+            return -errno;
+    }
     struct cb_pool *p;
     int rc = pool_alloc(path, flags & ~CB_CREATE_CHECKSUMS, &p);
     if (rc) {

@@ -2,9 +2,17 @@
 
 * ``pool_path``: a path (not yet created) for a new pool under ``tmp_path``.
 * ``pool``: a fresh pool there (1 GiB capacity, 64 KiB blocks), closed after the test.
+* ``ceph``: a throwaway single-node Ceph cluster (tests/ceph_cluster.py) with a RADOS pool
+  ``cbtest``, started once per session on first use; tests using it skip, saying why, where
+  Ceph or this build's RADOS backend is missing.
+* ``location``: where a new pool goes, once per backend (``file``: a directory under
+  ``tmp_path``; ``rados``: a fresh ``rados://cbtest/NAME?conf=...`` URL).
 * ``--run-slow``: run the tests marked ``@pytest.mark.slow`` (skipped by default) and use the
   bigger hypothesis budgets (see ``run_slow``).
 """
+
+import itertools
+import os
 
 import pytest
 
@@ -55,3 +63,37 @@ def pool(pool_path):
         yield p
     finally:
         p.close()
+
+
+RADOS_POOL = "cbtest"
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def ceph():
+    import cowblock
+    from ceph_cluster import CephCluster, missing
+
+    why = missing()
+    if why:
+        pytest.skip(why)
+    if "rados" not in cowblock.backends():
+        pytest.skip("this build of cowblock has no RADOS backend (librados-dev was missing "
+                    "when it was built)")
+    with CephCluster() as cluster:
+        cluster.create_pool(RADOS_POOL)
+        yield cluster
+
+
+def rados_url(ceph, name=None, **query):
+    """A URL for a new pool in the session's cluster (unique name unless given)."""
+    name = name or f"t{os.getpid()}-{next(_names)}"
+    q = "".join(f"&{k}={v}" for k, v in query.items())
+    return f"rados://{RADOS_POOL}/{name}?conf={ceph.conf}{q}"
+
+
+@pytest.fixture(params=["file", "rados"])
+def location(request, tmp_path):
+    if request.param == "file":
+        return str(tmp_path / "pool")
+    return rados_url(request.getfixturevalue("ceph"))
