@@ -1,5 +1,5 @@
-"""nbdcopy throughput and fio 4 KiB random reads: cowblock serve against
-qemu-nbd and `nbdkit file`.
+"""nbdcopy throughput and fio 4 KiB random reads: cowblock serve and the
+cowblock nbdkit plugin against qemu-nbd and `nbdkit file`.
 
 The same bytes (a 1 GiB device written in full, and a raw file holding
 them) are copied from each server to ``null:`` by nbdcopy, the servers
@@ -7,12 +7,14 @@ interleaved round by round; the table gives the median of each.  The page
 cache is warm for all three (every one reads the same data once first).
 With ``--fio SECONDS``, fio (``--ioengine=nbd``) also reads 4 KiB at random
 offsets, queue depth 16, from each server, and the server CPU per request
-is given.
+is given.  cowblock serve (--readonly) and the plugin (readonly=true) both
+open the one pool read-only, side by side.
 
     .venv/bin/python bench/nbd_copy.py [--size 1G] [--rounds 5] [--fio 5] [--dir /var/tmp]
 
-Needs nbdcopy (libnbd-bin), qemu-nbd (qemu-utils) and nbdkit; a missing
-peer is left out of the table.
+Needs nbdcopy (libnbd-bin), qemu-nbd (qemu-utils) and nbdkit; the plugin is
+built into the scratch directory by csrc/nbdkit/build.py (needs
+nbdkit-plugin-dev).  A missing peer is left out of the table.
 """
 import argparse
 import os
@@ -48,6 +50,19 @@ def wait_socket(path, proc, timeout=30):
     raise RuntimeError(f"no server on {path}")
 
 
+def build_plugin(out_dir):
+    """csrc/nbdkit's plugin built into out_dir; None (and why) if it cannot be."""
+    build = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "csrc", "nbdkit", "build.py")
+    r = subprocess.run([sys.executable, build, "--out", out_dir], capture_output=True,
+                       text=True)
+    if r.returncode:
+        print(f"nbdkit cowblock: plugin not built, left out: {r.stderr.strip()}",
+              file=sys.stderr)
+        return None
+    return r.stdout.strip()
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -78,18 +93,27 @@ def main(argv=None):
                 piece = chunk[:min(len(chunk), size - off)]
                 dev.write(off, piece)
                 f.write(piece)
+        plugin = build_plugin(work) if shutil.which("nbdkit") else None
         commands = {
             "cowblock serve": [sys.executable, "-m", "cowblock", "--pool", pool_path, "serve",
-                               "--socket", os.path.join(work, "cb.sock"), "--exit-with-parent"],
+                               "--socket", os.path.join(work, "cb.sock"), "--exit-with-parent",
+                               "--readonly"],
+            "nbdkit cowblock": ["nbdkit", "-f", "--exit-with-parent", "-r", "-U",
+                                os.path.join(work, "plugin.sock"), str(plugin),
+                                f"pool={pool_path}", "readonly=true"],
             "qemu-nbd": ["qemu-nbd", "-f", "raw", "-r", "-t", "-e", "16", "-k",
                          os.path.join(work, "qemu.sock"), raw],
             "nbdkit file": ["nbdkit", "-f", "--exit-with-parent", "-r", "-U",
                             os.path.join(work, "nbdkit.sock"), "file", raw],
         }
+        if plugin is None:
+            del commands["nbdkit cowblock"]
         uris = {"cowblock serve": f"nbd+unix:///disk?socket={work}/cb.sock",
+                "nbdkit cowblock": f"nbd+unix:///disk?socket={work}/plugin.sock",
                 "qemu-nbd": f"nbd+unix:///?socket={work}/qemu.sock",
                 "nbdkit file": f"nbd+unix:///?socket={work}/nbdkit.sock"}
-        socks = {"cowblock serve": "cb.sock", "qemu-nbd": "qemu.sock",
+        socks = {"cowblock serve": "cb.sock", "nbdkit cowblock": "plugin.sock",
+                 "qemu-nbd": "qemu.sock",
                  "nbdkit file": "nbdkit.sock"}
         for name, cmd in commands.items():
             if shutil.which(cmd[0]) is None:

@@ -1,4 +1,5 @@
-"""Helpers of the NBD tests: a `cowblock serve` subprocess, an in-process
+"""Helpers of the NBD tests: a `cowblock serve` subprocess, the same pool
+served by nbdkit with the cowblock plugin (csrc/nbdkit), an in-process
 server on a thread, a raw-socket client built on the codec, and the skips
 for missing tools."""
 from __future__ import annotations
@@ -10,8 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -88,11 +91,16 @@ class ServerProcess:
         self.extra = list(extra)
         self.proc = None
 
+    def command(self):
+        return [sys.executable, "-m", "cowblock", "--pool", self.pool_path, "serve",
+                "--socket", self.socket, "--exit-with-parent", *self.extra]
+
+    def env(self):
+        return None  # the test's own: the server is under test, sanitizers and all
+
     def start(self):
-        cmd = [sys.executable, "-m", "cowblock", "--pool", self.pool_path, "serve",
-               "--socket", self.socket, "--exit-with-parent", *self.extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=self.env())
         self.log = []
         self._log_cond = threading.Condition()
         proc = self.proc
@@ -108,6 +116,9 @@ class ServerProcess:
         wait_for_socket(self.socket, self.proc)
         return self
 
+    def pid(self):
+        return self.proc.pid
+
     def wait_log(self, text, timeout=30):
         """Wait for a line of the server's stderr that contains ``text``."""
         deadline = time.monotonic() + timeout
@@ -121,12 +132,16 @@ class ServerProcess:
     def uri(self, name):
         return f"nbd+unix:///{name}?socket={self.socket}"
 
-    def stop(self, sig=signal.SIGTERM, timeout=60):
-        """Stop by pid; the exit code (negative: killed by a signal)."""
+    def send_signal(self, sig):
+        os.kill(self.pid(), sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=60, signalled=False):
+        """Stop by pid (``signalled``: the signal was sent already, only
+        wait); the exit code (negative: killed by a signal)."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
+        if self.proc.poll() is None and not signalled:
+            self.send_signal(sig)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -143,6 +158,116 @@ class ServerProcess:
 
     def kill(self):
         return self.stop(signal.SIGKILL)
+
+
+class NbdkitProcess(ServerProcess):
+    """``nbdkit --exit-with-parent -U SOCKET -P PIDFILE cowblock-plugin.so
+    pool=POOL`` in the foreground, stopped by the pid in its pid file.
+    ``-v`` makes the plugin's debug lines (the commit after a client left)
+    reach the log, but not under ``.ci/asan``: nbdkit 1.32 with ``-v`` and
+    the sanitizer runtime preloaded hangs in its exit after unloading the
+    plugin, so there the log has nbdkit's errors only (``wait_log`` skips)."""
+
+    def __init__(self, plugin, pool_path, sock, options=(), params=()):
+        super().__init__(pool_path, sock)
+        self.plugin = str(plugin)
+        self.pidfile = str(sock) + ".pid"
+        self.options, self.params = list(options), list(params)
+        self.verbose = not os.environ.get("COWBLOCK_SANITIZE")
+
+    def command(self):
+        return ["nbdkit", "--exit-with-parent", "-f", *(["-v"] if self.verbose else []),
+                "-U", self.socket,
+                "-P", self.pidfile, *self.options, self.plugin, f"pool={self.pool_path}",
+                *self.params]
+
+    def env(self):
+        return plugin_env()
+
+    def start(self):
+        super().start()
+        deadline = time.monotonic() + 30
+        while not self._pid() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self._pid() == self.proc.pid, f"pid file {self.pidfile}: {self._pid()}"
+        return self
+
+    def wait_log(self, text, timeout=30):
+        if not self.verbose:
+            pytest.skip("nbdkit's debug log needs -v, which hangs nbdkit's exit under "
+                        ".ci/asan")
+        super().wait_log(text, timeout)
+
+    def _pid(self):
+        try:
+            with open(self.pidfile) as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def pid(self):
+        """The pid nbdkit wrote (start checked that it is the process's)."""
+        pid = self._pid()
+        assert pid > 0, f"no pid in {self.pidfile}"  # never kill(0): the process group
+        return pid
+
+
+def plugin_env():
+    """nbdkit's environment.  Under ``.ci/asan`` (COWBLOCK_SANITIZE set) the
+    plugin is built with the sanitizers and, as with Python, the runtime must
+    come first in the process: nbdkit gets the preload that the tools do
+    not."""
+    if os.environ.get("COWBLOCK_SANITIZE"):
+        return dict(os.environ)
+    return client_env()
+
+
+_plugin = {}
+
+
+def build_plugin():
+    """Build csrc/nbdkit's plugin once per session into a temp dir (removed
+    at exit); skip when nbdkit or its plugin header is missing."""
+    if "path" not in _plugin:
+        if shutil.which("nbdkit") is None:
+            _plugin["skip"] = "nbdkit not installed (.ci/run installs nbdkit)"
+        elif not os.path.exists("/usr/include/nbdkit-plugin.h"):
+            _plugin["skip"] = ("nbdkit-plugin.h not installed (.ci/run installs "
+                               "nbdkit-plugin-dev)")
+        else:
+            out = tempfile.mkdtemp(prefix="cowblock-nbdkit-")
+            import atexit
+            atexit.register(shutil.rmtree, out, True)
+            build = Path(__file__).resolve().parent.parent / "csrc" / "nbdkit" / "build.py"
+            r = subprocess.run([sys.executable, str(build), "--out", out],
+                               capture_output=True, text=True, env=client_env())
+            if r.returncode:
+                raise AssertionError(f"building the nbdkit plugin failed:\n{r.stderr}")
+            _plugin["skip"] = None
+        _plugin["path"] = None if _plugin["skip"] else os.path.join(out, "cowblock-plugin.so")
+    if _plugin["skip"]:
+        pytest.skip(_plugin["skip"])
+    return _plugin["path"]
+
+
+SERVERS = ("serve", "nbdkit")
+
+
+def start_server(kind, pool_path, sock, readonly=False):
+    """A running server of ``kind`` (one of SERVERS) on ``pool_path``:
+    ``cowblock serve -v`` or nbdkit with the plugin, every export read-only
+    with ``readonly`` (``--readonly``; nbdkit's ``-r`` and the plugin's
+    ``readonly=true``, which opens the pool read-only)."""
+    if kind == "serve":
+        server = ServerProcess(pool_path, sock, "-v", *(["--readonly"] if readonly else []))
+    elif kind == "nbdkit":
+        server = NbdkitProcess(build_plugin(), pool_path, sock,
+                               options=["-r"] if readonly else [],
+                               params=["readonly=true"] if readonly else [])
+    else:
+        raise ValueError(f"no server {kind!r}: one of {SERVERS}")
+    server.kind = kind
+    return server.start()
 
 
 class ThreadServer:

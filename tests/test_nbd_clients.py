@@ -1,7 +1,11 @@
-"""`cowblock serve` against real NBD clients: qemu-img, qemu-io, nbdinfo,
-nbdcopy and libnbd (nbdsh's Python bindings) — each test skipped, saying
-why, when its tool is missing.  Servers run as `python -m cowblock serve`
-subprocesses in the test's temp dir and are stopped by pid."""
+"""`cowblock serve` and nbdkit with the cowblock plugin (csrc/nbdkit)
+against real NBD clients: qemu-img, qemu-io, nbdinfo, nbdcopy and libnbd
+(nbdsh's Python bindings) — each test skipped, saying why, when its tool
+is missing.  Servers run as subprocesses (`python -m cowblock serve`, or
+nbdkit) in the test's temp dir and are stopped by pid.  The tests of the
+`served` fixture run against both; those of serve's own behaviour (its
+--readonly, exports appearing in a pool that a Python process also holds)
+against `cowblock serve` only."""
 import concurrent.futures
 import json
 import random
@@ -12,8 +16,8 @@ import time
 import pytest
 
 import cowblock
-from nbd_support import (ServerProcess, ThreadServer, client_env, libnbd, need,
-                         need_libnbd_python, run)
+from nbd_support import (SERVERS, NbdkitProcess, ThreadServer, build_plugin, client_env,
+                         libnbd, need, need_libnbd_python, plugin_env, run, start_server)
 
 MiB = 1 << 20
 B = 64 * 1024
@@ -47,11 +51,11 @@ def make_pool(path):
     return content, extents
 
 
-@pytest.fixture
-def served(tmp_path):
+@pytest.fixture(params=SERVERS)
+def served(request, tmp_path):
     pool = tmp_path / "pool"
     content, extents = make_pool(pool)
-    server = ServerProcess(pool, tmp_path / "s.sock", "-v").start()
+    server = start_server(request.param, pool, tmp_path / "s.sock")
     server.content, server.extents, server.pool_path = content, extents, pool
     try:
         yield server
@@ -205,13 +209,56 @@ def test_new_device_appears_without_restart(tmp_path):
             srv.stop()
 
 
+def test_nbdkit_plugin_device_parameter_exports_one_device(tmp_path):
+    need_libnbd_python()
+    plugin = build_plugin()
+    pool = tmp_path / "pool"
+    content, _ = make_pool(pool)
+    server = NbdkitProcess(plugin, pool, tmp_path / "s.sock", params=["device=snap"]).start()
+    try:
+        out = libnbd(r"""
+h = nbd.NBD(); h.set_opt_mode(True); h.connect_uri(sys.argv[1])
+names = []
+h.opt_list(lambda name, desc: names.append(name) or 0)
+assert names == ["snap"], names
+h.set_export_name("disk")   # any name: the one device
+h.opt_go()
+assert h.is_read_only() and h.get_size() == 64 << 20
+print(h.pread(4, 3 * 65536 + 100).hex())
+""", f"nbd+unix:///?socket={server.socket}")
+        assert out.stdout.strip() == content["snap"][3 * B + 100:3 * B + 104].hex()
+    finally:
+        assert server.stop() == 0, server.stderr
+
+
+@pytest.mark.parametrize("params,message", [
+    ([], "the pool=DIR parameter is required"),
+    (["pool=PATH/nope"], "cannot open the pool"),
+    (["pool=PATH/pool", "device=missing"], "device 'missing' of pool"),
+    (["pool=PATH/pool", "device=a/b"], "is not a device name"),
+    (["pool=PATH/pool", "colour=blue"], "unknown parameter 'colour'"),
+])
+def test_nbdkit_plugin_refuses_bad_parameters(tmp_path, params, message):
+    need("nbdkit")
+    plugin = build_plugin()
+    make_pool(tmp_path / "pool")
+    params = [p.replace("PATH", str(tmp_path)) for p in params]
+    r = run(["nbdkit", "-f", "-U", str(tmp_path / "s.sock"), plugin, *params], timeout=30,
+            check=False, env=plugin_env())
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+
+
 # ----------------------------------------------------------------------- libnbd corners
 
 
 CORNERS = r"""
 import errno
-uri, ro_uri = sys.argv[1], sys.argv[2]
+uri, ro_uri, kind = sys.argv[1], sys.argv[2], sys.argv[3]
 MiB = 1 << 20
+# A read over the maximum that may not be fragmented: EOVERFLOW, as the spec
+# says a server SHOULD; nbdkit does not tell its plugins about DF, so the
+# plugin refuses such a read as it refuses any over the maximum.
+DF_OVER_MAXIMUM = errno.EOVERFLOW if kind == "serve" else errno.EINVAL
 
 def fails(err, fn, *args, **kw):
     try:
@@ -236,13 +283,18 @@ h.set_strict_mode(0)   # let libnbd send what a careful client never would
 fails(errno.EINVAL, h.pread, 4096, size - 100)
 fails(errno.ENOSPC, h.pwrite, b"x" * 4096, size - 100)
 fails(errno.EINVAL, h.pread, 33 * MiB, 0)
-fails(errno.EOVERFLOW, h.pread, 33 * MiB, 0, nbd.CMD_FLAG_DF)
+fails(DF_OVER_MAXIMUM, h.pread, 33 * MiB, 0, nbd.CMD_FLAG_DF)
 fails(errno.EINVAL, h.pread, 512, 0, 1 << 9)
 fails(errno.EINVAL, h.trim, 512, size)
 fails(errno.EINVAL, h.cache, 33 * MiB, 0)
-assert h.pread(0, 10) == b""                 # zero lengths are not errors
-h.pwrite(b"", 10)
-h.trim(0, 10)
+if kind == "serve":                          # zero lengths are not errors
+    assert h.pread(0, 10) == b""
+    h.pwrite(b"", 10)
+    h.trim(0, 10)
+else:   # the spec leaves them to the server: nbdkit refuses them itself
+    fails(errno.EINVAL, h.pread, 0, 10)
+    fails(errno.ENOSPC, h.pwrite, b"", 10)
+    fails(errno.EINVAL, h.trim, 0, 10)
 h.set_strict_mode(nbd.STRICT_MASK)
 
 # write, FUA, unaligned, DF read
@@ -338,7 +390,7 @@ print("corners ok")
 
 def test_libnbd_protocol_corners(served):
     need_libnbd_python()
-    out = libnbd(CORNERS, served.uri("disk"), served.uri("snap"))
+    out = libnbd(CORNERS, served.uri("disk"), served.uri("snap"), served.kind)
     assert "corners ok" in out.stdout
     assert served.stop() == 0
     reopen_check(served.pool_path)
@@ -373,12 +425,13 @@ def test_multi_conn_flush_on_one_connection_covers_the_others(served):
     assert got[2 * MiB:2 * MiB + 4096] == b"\x5b" * 4096
 
 
-def test_serve_readonly_exports_everything_read_only(tmp_path):
+@pytest.mark.parametrize("kind", SERVERS)
+def test_readonly_server_exports_everything_read_only(tmp_path, kind):
     need_libnbd_python()
     pool = tmp_path / "pool"
     content, _ = make_pool(pool)
     meta = (pool / "meta").read_bytes()
-    server = ServerProcess(pool, tmp_path / "s.sock", "--readonly").start()
+    server = start_server(kind, pool, tmp_path / "s.sock", readonly=True)
     try:
         out = libnbd(r"""
 h = nbd.NBD(); h.connect_uri(sys.argv[1])
@@ -405,7 +458,9 @@ h = nbd.NBD(); h.connect_uri(sys.argv[1])
 h.pwrite(b"\x77" * 8192, 12345)
 h.shutdown()            # NBD_CMD_DISC, no flush
 """, served.uri("disk"))
-    served.wait_log("committed 1 unflushed writes after the client left")
+    served.wait_log({"serve": "committed 1 unflushed writes after the client left",
+                     "nbdkit": "committed the unflushed writes to 'disk' after the client left",
+                     }[served.kind])
     assert served.kill() == -signal.SIGKILL
     assert reopen_check(served.pool_path)["disk"][12345:12345 + 8192] == b"\x77" * 8192
 
@@ -423,7 +478,14 @@ sys.stdin.read()
                               env=client_env())
     try:
         assert client.stdout.readline().strip() == "written"
-        assert served.stop(sig) == 0, served.stderr
+        if served.kind == "serve":   # drops the client, commits, exits
+            assert served.stop(sig) == 0, served.stderr
+        else:   # nbdkit lets a connected client finish before it exits
+            served.send_signal(sig)
+            time.sleep(0.5)
+            assert served.proc.poll() is None
+            client.stdin.close()
+            assert served.stop(sig, signalled=True) == 0, served.stderr
     finally:
         client.stdin.close()
         client.wait(30)
@@ -445,7 +507,7 @@ def test_sigkill_during_nbdcopy_keeps_what_was_flushed(served, tmp_path):
                              "--request-size=4096", str(tmp_path / "second.raw"),
                              served.uri("disk")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=client_env())
-    time.sleep(0.4)
+    time.sleep(0.15)  # nbdkit's plugin copies all of it in about 0.4 s here
     assert copy.poll() is None, "nbdcopy finished before the kill"
     assert served.kill() == -signal.SIGKILL
     copy.wait(60)
