@@ -760,13 +760,7 @@ class Store:
                 doc["images"][name] = {"top": made[-1], "created": now, "updated": now}
                 self._save(doc)
             except BaseException:
-                if staging is not None and staging in self.snapshotter:
-                    self.snapshotter.remove(staging)
-                for lid in reversed(made):  # records first, then their snapshots
-                    doc = self._doc()
-                    doc["layers"].pop(lid, None)
-                    self._save(doc)
-                    self.snapshotter.remove(f"layer/{lid}")
+                self._undo_layers(staging, made)
                 raise
             return Image(self, name)
 
@@ -1259,15 +1253,20 @@ class Store:
                                        "updated": time.time()}
                 self._save(doc)
             except BaseException:
-                if staging is not None and staging in self.snapshotter:
-                    self.snapshotter.remove(staging)
-                for lid in reversed(made):  # records first, then their snapshots
-                    doc = self._doc()
-                    doc["layers"].pop(lid, None)
-                    self._save(doc)
-                    self.snapshotter.remove(f"layer/{lid}")
+                self._undo_layers(staging, made)
                 raise
             return Image(self, name)
+
+    def _undo_layers(self, staging: str | None, made: list) -> None:
+        """Take back what a failed import or receive made: its staging snapshot, then the
+        layers in ``made``, newest first (each record before its snapshot)."""
+        if staging is not None and staging in self.snapshotter:
+            self.snapshotter.remove(staging)
+        for lid in reversed(made):
+            doc = self._doc()
+            doc["layers"].pop(lid, None)
+            self._save(doc)
+            self.snapshotter.remove(f"layer/{lid}")
 
     def df(self) -> dict:
         """Space used, like ``docker system df -v``: every figure in bytes,
