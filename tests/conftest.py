@@ -7,6 +7,11 @@
   Ceph or this build's RADOS backend is missing.
 * ``location``: where a new pool goes, once per backend (``file``: a directory under
   ``tmp_path``; ``rados``: a fresh ``rados://cbtest/NAME?conf=...`` URL).
+* ``backend``: once per backend, for tests that make several pools or damage their stores:
+  ``.name``, ``.ceph`` (None for files), ``.location(tag)`` for each new pool and
+  ``.stores(location)`` for raw access to its bytes (tests/rawstore.py).
+* ``pool`` parametrised indirectly (``@on_both_backends``): the same fresh pool, once in a
+  directory and once in RADOS.
 * ``--run-slow``: run the tests marked ``@pytest.mark.slow`` (skipped by default) and use the
   bigger hypothesis budgets (see ``run_slow``).
 """
@@ -55,10 +60,13 @@ def pool_path(tmp_path):
 
 
 @pytest.fixture
-def pool(pool_path):
+def pool(request, pool_path):
     import cowblock
 
-    p = cowblock.Pool.create(pool_path, size=POOL_SIZE, block_size=BLOCK_SIZE)
+    where = pool_path
+    if getattr(request, "param", "file") == "rados":
+        where = rados_url(request.getfixturevalue("ceph"))
+    p = cowblock.Pool.create(where, size=POOL_SIZE, block_size=BLOCK_SIZE)
     try:
         yield p
     finally:
@@ -97,3 +105,37 @@ def location(request, tmp_path):
     if request.param == "file":
         return str(tmp_path / "pool")
     return rados_url(request.getfixturevalue("ceph"))
+
+
+class Backend:
+    """One backend of the parametrised tests: where their pools go, and raw access."""
+
+    def __init__(self, name, tmp_path, ceph=None):
+        self.name = name
+        self.tmp_path = tmp_path
+        self.ceph = ceph
+
+    def location(self, tag="pool"):
+        """A fresh location for a new pool (tag names the directory of a file pool)."""
+        if self.name == "file":
+            return str(self.tmp_path / tag)
+        return rados_url(self.ceph)
+
+    def stores(self, location):
+        import rawstore
+
+        return rawstore.open_stores(location, self.ceph)
+
+    def __repr__(self):
+        return self.name
+
+
+@pytest.fixture(params=["file", "rados"])
+def backend(request, tmp_path):
+    if request.param == "file":
+        return Backend("file", tmp_path)
+    return Backend("rados", tmp_path, request.getfixturevalue("ceph"))
+
+
+# A test taking the ``pool`` fixture runs on both backends with this mark.
+on_both_backends = pytest.mark.parametrize("pool", ["file", "rados"], indirect=True)
