@@ -203,6 +203,14 @@ osd fast shutdown = false
                        "perf", "dump")
         return json.loads(out)["bluestore"]["bluestore_allocated"]
 
+    def bytes_received(self):
+        """Bytes of client ops the OSD has taken in (writes' payloads and the like: its
+        admin socket's op_in_bytes counter), for tests of what a client writes."""
+        import json
+        out = self.cmd("ceph", "--admin-daemon", os.path.join(self.dir, "run", "osd.0.asok"),
+                       "perf", "dump")
+        return json.loads(out)["osd"]["op_in_bytes"]
+
     def start(self):
         why = missing()
         if why:
