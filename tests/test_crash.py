@@ -210,3 +210,24 @@ def test_kill_before_flush_leaks_no_block(backend):
         assert r.errors == 0, r.messages
         assert r.ok, f"leak after a crash before flush: {r.messages}"
     assert rawstore.check_objects(backend.stores(where)) == []
+
+
+def test_object_check_catches_strays(ceph):
+    """The harness's RADOS object check is able to fail: an object past a store's end, one
+    of no store, a head without its xattrs and an oversized stripe are each named."""
+    from conftest import rados_url
+
+    where = rados_url(ceph)
+    with cowblock.Pool.create(where, size=64 << 20) as p:
+        p.create_device("a", 1 << 20).write(0, b"x" * 5000)
+    stores = rawstore.open_stores(where, ceph)
+    assert rawstore.check_objects(stores) == []
+    osize, _ = stores.layout("data")
+    stores.put_object(stores.oid("data", (64 << 20) // osize + 3), b"stray")
+    stores.put_object(stores.name + ".data.not-a-stripe", b"?")
+    stores.put_object(stores.oid("meta", 0), bytes(osize + 1))
+    problems = " | ".join(rawstore.check_objects(stores))
+    assert "past the store's end" in problems and "not a stripe" in problems, problems
+    assert "more than the object size" in problems, problems
+    stores.rados("rmxattr", stores.head("meta"), "cb.seq")
+    assert "cb.seq unreadable" in " | ".join(rawstore.check_objects(stores))
