@@ -671,6 +671,8 @@ class Runner:
         return ("; ".join(problems) or None), outcome
 
     def report(self, seed):
+        if self.shape.backend == "rados":
+            self.case.remove_pool()
         lines = [f"{self.name}: {self.n} cases (seed {seed})"]
         lines += [f"    {k}: {v}" for k, v in sorted(self.tally.items())]
         print("\n".join(lines))

@@ -8,7 +8,7 @@ The harness and the minimal cases run once per backend (the ``backend`` fixture)
 directory, and pools in RADOS (the test cluster), where the writer's librados client dies
 with aio writes in flight and inside the guarded superblock write.
 
-Rounds: 20 by default (RADOS: 12), 500 with ``--run-slow``, or ``COWBLOCK_CRASH_ROUNDS=N``
+Rounds: 20 by default, 500 with ``--run-slow``, or ``COWBLOCK_CRASH_ROUNDS=N``
 (which wins).
 The long run on its own: ``python -m tests.crashlib --rounds 5000`` from the repository root.
 """
@@ -43,10 +43,11 @@ def test_crash_rounds(tmp_path, run_slow, backend):
     """The main run.  Data, device-set and check-error failures stop it at once; leaks (free
     blocks still holding data after a crash) are counted and repaired so the run goes on,
     and are asserted at the end.  On RADOS each round also checks the pool's objects."""
-    n = rounds(run_slow, default=20 if backend.name == "file" else 12)
-    # 7 rounds per pool (RADOS: 4): the default rounds see block sizes 64 KiB, 4 KiB, and
-    # 16 KiB (with O_DIRECT on files; crashlib.BLOCK_SIZES), with and without checksums
-    h = crashlib.Harness(tmp_path, pool_every=7 if backend.name == "file" else 4,
+    n = rounds(run_slow)
+    # 7 rounds per pool: the default 20 rounds see block sizes 64 KiB, 4 KiB, and 16 KiB with
+    # O_DIRECT (crashlib.BLOCK_SIZES; every third pool is opened with O_DIRECT, on files:
+    # RADOS has no page cache to bypass)
+    h = crashlib.Harness(tmp_path, pool_every=7,
                          strict_leaks=False, keep_failed=str(tmp_path / "failed"),
                          ceph=backend.ceph)
     stats = h.run(n)
