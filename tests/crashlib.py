@@ -489,7 +489,6 @@ class Harness:
 
     def _fresh_pool(self):
         import cowblock
-
         import rawstore
 
         self.npool = getattr(self, "npool", 0) + 1

@@ -15,10 +15,10 @@ RADOS objects of a ``rados://POOL/NAME`` pool, laid out as csrc/blockio_rados.h 
 object ``NAME.S`` keeps the xattrs ``cb.osize``, ``cb.head``, ``cb.size``, ``cb.seq`` and,
 for the meta store, bytes ``[0, cb.head)`` of the store (the two superblock slots) as its own
 data; byte ``X >= cb.head`` lives in object ``NAME.S.%016x`` (``X // cb.osize``) at
-``X % cb.osize``; an absent object reads as zeros.  It drives the ``rados`` command, never
-librados in the test process: the tests fork, and a process that forks after using librados
-gives children that hang.  It also lists, removes, truncates and copies objects and sets
-xattrs, for damage only a RADOS store can have.
+``X % cb.osize``; an absent object reads as zeros.  It drives the ``rados`` command rather
+than a librados binding of its own, so that it reads and writes the objects as any other
+client would, behind the back of the pool under test.  It also lists, removes, truncates and
+copies objects and sets xattrs, for damage only a RADOS store can have.
 """
 import os
 import subprocess

@@ -27,7 +27,7 @@ What each outcome must be:
 Backends: every shape is built twice, in a directory and in RADOS (the test cluster), and
 every case runs on both; the damage goes through tests/rawstore.py (bytes at an offset of the
 "meta" or "data" store, whatever holds them).  On RADOS the child cannot be forked from the
-test process (which has used librados: a child that then connects hangs), so a server
+test process (which has used librados: a child that then connects can hang), so a server
 process that never opens a pool forks the children (``ForkServer``).  Cases about files as
 such (truncation, a FIFO or a directory in place of a store) stay file-only; the damage only
 RADOS can have (an object removed or cut short, bad xattrs on a head) has tests of its own.
@@ -262,7 +262,7 @@ def isolated(fn, *args, timeout=CHILD_TIMEOUT, memory=CHILD_MEMORY):
 class ForkServer:
     """``isolated()`` in a process of its own that never opens a pool, for pools in RADOS:
     the test process has used librados, and a child forked from it that connects a client
-    of its own hangs.  One JSON line per call each way; a crashed child is reported by the
+    of its own can hang.  One JSON line per call each way; a crashed child is reported by the
     server as ``isolated()`` reports it."""
 
     def __init__(self):
