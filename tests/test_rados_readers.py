@@ -56,6 +56,8 @@ def test_reader_keeps_its_commit_while_the_writer_frees_and_reuses(ceph):
             assert w.check().ok
             assert w.stats()["held_blocks"] == 16   # not free yet: counted as used
             assert w.used == 116 * B
+            held = [r for r in w.dump()["free_log"]["runs"] if "held_since" in r]
+            assert sum(r["count"] for r in held) == 16
         # the reader is gone: the next commit gives the layer's blocks back
         churn(w, "more", 20, b"more....")
         assert w.check().ok
