@@ -291,9 +291,10 @@ static void punch_runs(struct cb_store *p, const uint64_t *runs, size_t nruns, u
  *      generation a registered reader pins (m); blocks freed by g are
  *      released (punched, or kept for reuse) only if m >= g, else held:
  *      busy, never punched, listed in the free log with their age, until a
- *      later commit finds m >= g.  A reader registers before it trusts a
- *      superblock (pool.c: pin, then check the superblock did not move),
- *      so a writer that published after the registration sees it.
+ *      later commit finds m >= g.  A reader registers (at a generation no
+ *      newer than any it may load) before it reads the superblock it loads
+ *      (pool.c: pin, then load), so the writer's question after each
+ *      commit published from then on finds it.
  * Metadata pages are not held: a reader loads all of them at open, and a
  * page reused under a load carries a newer generation than the superblock
  * the reader loads, which the load refuses (pool.c then loads again).
@@ -858,9 +859,13 @@ static int load_externals(struct loader *L, const unsigned char *sb)
     return 0;
 }
 
+/* (gen, start, count) by generation, then start: the order the free log
+ * keeps them in (each page's runs ascending, load_freelog checks it) */
 static int cmp_triple(const void *a, const void *b)
 {
-    return cmp_u64(a, b); /* by generation (the first of the three) */
+    const uint64_t *x = a, *y = b;
+    int c = cmp_u64(x, y);
+    return c ? c : cmp_u64(x + 1, y + 1);
 }
 
 /* The free log's runs of commits before the one loaded: held for readers
