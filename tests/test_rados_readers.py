@@ -8,6 +8,7 @@ whatever the writer does.  ``Pool.refresh()`` moves it on; a reader whose
 lease lapsed gets StaleError, never another commit's bytes.  Every test
 here needs the throwaway cluster (the ``ceph`` fixture skips without it).
 """
+import json
 import signal
 import subprocess
 import sys
@@ -58,6 +59,10 @@ def test_reader_keeps_its_commit_while_the_writer_frees_and_reuses(ceph):
             assert w.used == 116 * B
             held = [r for r in w.dump()["free_log"]["runs"] if "held_since" in r]
             assert sum(r["count"] for r in held) == 16
+            info = subprocess.run([sys.executable, "-m", "cowblock", "--pool", url, "--json",
+                                   "pool", "info"], capture_output=True, text=True, timeout=60)
+            assert info.returncode == 0, info.stderr
+            assert json.loads(info.stdout)["held"] == 16 * B
         # the reader is gone: the next commit gives the layer's blocks back
         churn(w, "more", 20, b"more....")
         assert w.check().ok
