@@ -390,6 +390,27 @@ class Pool:
         """Make everything written so far durable (the durability point)."""
         self._handle().flush()
 
+    def refresh(self):
+        """Move a read-only opener to the writer's newest commit; return its generation.
+
+        A pool opened ``readonly=True`` at a ``rados://`` URL reads the
+        commit that was newest when it opened (or last refreshed), whatever
+        the writer on another host does meanwhile: it is registered as that
+        commit's reader, under a lease renewed in the background, and the
+        writer holds back every block that commit reaches. ``refresh()``
+        registers it at the newest commit and loads it; open :class:`Device`
+        objects read their devices as that commit has them (one the writer
+        deleted raises :class:`NotFoundError`).
+
+        If the lease lapsed (the process stalled or lost the cluster for a
+        whole lease, ``lease=`` in the URL, 30 s by default), reads raise
+        :class:`StaleError` instead of returning what the writer may have
+        reused since; ``refresh()`` is what makes them work again.  On a
+        writer, or a reader of a pool in a directory (whose lock keeps
+        writers out), it changes nothing.
+        """
+        return self._handle().refresh()
+
     # -- devices ------------------------------------------------------------------
 
     def create_device(self, name, size, *, external=None):
@@ -498,7 +519,7 @@ class Pool:
             "reads", "bytes_read", "writes", "bytes_written", "data_bytes_written",
             "copyups", "copyup_bytes", "commits", "punched_blocks", "generation",
             "time", "ndevices", "used_blocks", "meta_pages", "meta_file_pages",
-            "checksum_failures", "kept_blocks")}
+            "checksum_failures", "kept_blocks", "held_blocks")}
         out["checksums"] = bool(st.checksums)
         out["block_size"] = self._block_size
         out["size"] = self._size

@@ -32,6 +32,23 @@ struct cb_io_ops {
      * holder named in cb_corrupt_detail, when another writer holds it.
      * Released by close. */
     int (*lock)(cb_io *io, int exclusive);
+    /* Optional, all three or none (NULL: readers cannot share the store
+     * with a writer, as the file backend's flock ensures).  The reader
+     * table of a store that readers on other hosts share with a writer:
+     *   pin         register this (read-only) opener as a reader of
+     *               generation gen, or move its registration to gen; held
+     *               under a lease the backend renews.  With forget, also
+     *               drops what the opener cached of the store, so that the
+     *               next reads see the store as it is now.
+     *   pin_valid   0 while the registration's lease holds by this host's
+     *               clock (with a margin), CB_ESTALE once it may have
+     *               lapsed: from then on a writer may reuse what the
+     *               pinned generation reaches.  Sticky until the next pin.
+     *   oldest_pin  the oldest generation a live reader has pinned, or
+     *               UINT64_MAX when no reader is registered. */
+    int (*pin)(cb_io *io, uint64_t gen, int forget);
+    int (*pin_valid)(cb_io *io);
+    int (*oldest_pin)(cb_io *io, uint64_t *gen);
 };
 
 struct cb_io {

@@ -39,6 +39,9 @@
 #define RIO_MAX_OSIZE (32u << 20)
 #define RIO_NAME_MAX 96
 #define RIO_LOCK "cowblock"
+#define RIO_READERS "cowblock.readers"
+#define RIO_READER_TAG "cowblock"
+#define RIO_READER_LEASE 30u  /* a reader's lease when the writer's is 0 (none) */
 #define LOST(r) __atomic_load_n(&(r)->lost, __ATOMIC_ACQUIRE)
 
 /* ---- the location ---------------------------------------------------------- */
@@ -245,6 +248,15 @@ struct rio {
     int stop;              /* tells renewer to end (under lease_mu) */
     pthread_mutex_t lease_mu;
     pthread_cond_t lease_cv;
+    /* The reader table (read-only openers of the meta store): a shared
+     * lock RIO_READERS on the head whose cookie names the pinned
+     * generation.  pin_until is when the lease may lapse, by this host's
+     * monotonic clock (ns); pin_lost is sticky until the next pin.  All
+     * three under lease_mu. */
+    int pinned;
+    char pin_cookie[160];
+    uint64_t pin_until;
+    int pin_lost;
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -642,7 +654,15 @@ static int r_punch(cb_io *io, uint64_t off, uint64_t len)
 
 static int r_size(cb_io *io, uint64_t *out)
 {
-    *out = ((struct rio *)io)->size;
+    struct rio *r = (struct rio *)io;
+    /* a reader of the meta store sees it grow as the writer commits (the
+     * writer persists a new size before the superblock that needs it) */
+    if ((r->flags & CB_IO_READONLY) && r->fenced) {
+        int rc = get_xattr_u64(r, "cb.size", &r->size);
+        if (rc)
+            return rc;
+    }
+    *out = r->size;
     return 0;
 }
 
@@ -741,23 +761,81 @@ static uint64_t mono_s(void)
     return (uint64_t)ts.tv_sec;
 }
 
-/* Renew the lock every lease / 3 s.  A renewal that fails for a whole
- * lease means another writer may have it now: the store is fenced. */
+static unsigned reader_lease(const struct rio *r)
+{
+    return r->lease ? r->lease : RIO_READER_LEASE;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* How long before the lease's end by this host's clock a reader stops
+ * trusting it: the OSD starts the lease when it takes the request, after
+ * this host sent it, so only a difference in clock rates (a tenth) and a
+ * late wake-up of the reader's thread (up to 1 s) are covered.  Renewals
+ * come every lease / 3, well inside what is left. */
+static uint64_t pin_margin_ns(const struct rio *r)
+{
+    uint64_t lease = (uint64_t)reader_lease(r) * 1000000000ull;
+    return lease / 10 + (lease / 4 < 1000000000ull ? lease / 4 : 1000000000ull);
+}
+
+/* Take (flags 0) or renew (LIBRADOS_LOCK_FLAG_MUST_RENEW) the reader
+ * lock under cookie; on success *sent is when the request left. */
+static int lock_pin(struct rio *r, const char *cookie, uint8_t flags, uint64_t *sent)
+{
+    struct timeval dur = {(time_t)reader_lease(r), 0};
+    *sent = mono_ns();
+    return rados_lock_shared(r->ctx, r->head, RIO_READERS, cookie, RIO_READER_TAG,
+                             "cowblock reader", &dur, flags);
+}
+
+/* One round of the reader's renewal (lease_mu held, dropped meanwhile). */
+static void renew_pin(struct rio *r)
+{
+    if (!r->pinned || r->pin_lost)
+        return;
+    char cookie[sizeof r->pin_cookie];
+    memcpy(cookie, r->pin_cookie, sizeof cookie);
+    pthread_mutex_unlock(&r->lease_mu);
+    uint64_t sent;
+    int rc = lock_pin(r, cookie, LIBRADOS_LOCK_FLAG_MUST_RENEW, &sent);
+    pthread_mutex_lock(&r->lease_mu);
+    if (strcmp(cookie, r->pin_cookie))
+        return; /* pinned anew meanwhile */
+    if (rc >= 0 && sent + (uint64_t)reader_lease(r) * 1000000000ull > r->pin_until + pin_margin_ns(r))
+        r->pin_until = sent + (uint64_t)reader_lease(r) * 1000000000ull - pin_margin_ns(r);
+    else if (rc == -ENOENT || rc == -ESHUTDOWN || mono_ns() >= r->pin_until)
+        r->pin_lost = 1; /* lapsed: a writer may have reused what it reached */
+}
+
+/* Renew the writer's lock, or the reader's pin, every lease / 3 s.  A
+ * writer's renewal that fails for a whole lease means another writer may
+ * have the lock now: the store is fenced. */
 static void *renew_main(void *arg)
 {
     struct rio *r = arg;
     uint64_t last_ok = mono_s();
+    unsigned lease = r->locked ? r->lease : reader_lease(r);
     pthread_mutex_lock(&r->lease_mu);
     while (!r->stop) {
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
-        uint64_t ns = (uint64_t)until.tv_nsec + (uint64_t)r->lease * 1000000000ull / 3;
+        uint64_t ns = (uint64_t)until.tv_nsec + (uint64_t)lease * 1000000000ull / 3;
         until.tv_sec += (time_t)(ns / 1000000000ull);
         until.tv_nsec = (long)(ns % 1000000000ull);
         while (!r->stop && pthread_cond_timedwait(&r->lease_cv, &r->lease_mu, &until) == 0)
             ;
         if (r->stop)
             break;
+        if (!r->locked) {
+            renew_pin(r);
+            continue;
+        }
         pthread_mutex_unlock(&r->lease_mu);
         struct timeval dur = {(time_t)r->lease, 0};
         int rc = rados_lock_exclusive(r->ctx, r->head, RIO_LOCK, r->cookie, "cowblock writer",
@@ -873,6 +951,8 @@ static void r_close(cb_io *io)
         int rc = drain(r);
         if (!rc && !LOST(r) && !(r->flags & CB_IO_READONLY) && r->size != r->size_saved)
             (void)head_op(r, NULL, 0, 0, 0);
+        if (r->pinned && !r->pin_lost)
+            (void)rados_unlock(r->ctx, r->head, RIO_READERS, r->pin_cookie);
         if (r->locked && !LOST(r)) { /* a clean close: nobody to fence after it */
             (void)rados_setxattr(r->ctx, r->head, "cb.writer", "", 0);
             (void)rados_unlock(r->ctx, r->head, RIO_LOCK, r->cookie);
@@ -892,6 +972,121 @@ static void r_close(cb_io *io)
     free(r);
 }
 
+/* ---- the reader table ---------------------------------------------------------- */
+
+/* Drop the read-only opener's copies of the meta store's objects. */
+static void forget_cache(struct rio *r)
+{
+    pthread_mutex_lock(&r->mu);
+    for (uint64_t i = 0; i < r->ncache; i++) {
+        free(r->cache[i]);
+        r->cache[i] = NULL;
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static int r_pin(cb_io *io, uint64_t gen, int forget)
+{
+    struct rio *r = (struct rio *)io;
+    if (!(r->flags & CB_IO_READONLY) || !r->fenced)
+        return CB_EINVAL;
+    char host[64] = "?", cookie[sizeof r->pin_cookie];
+    unsigned char rnd[8] = {0};
+    gethostname(host, sizeof host - 1);
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+        memset(rnd, 0, sizeof rnd);
+    snprintf(cookie, sizeof cookie, "g%llu pid %d on %s %02x%02x%02x%02x%02x%02x%02x%02x",
+             (unsigned long long)gen, (int)getpid(), host, rnd[0], rnd[1], rnd[2], rnd[3],
+             rnd[4], rnd[5], rnd[6], rnd[7]);
+    uint64_t sent;
+    int rc = lock_pin(r, cookie, 0, &sent);
+    if (rc < 0)
+        return map_err(rc);
+    if (forget)
+        forget_cache(r);
+    pthread_mutex_lock(&r->lease_mu);
+    char old[sizeof r->pin_cookie];
+    int had = r->pinned && !r->pin_lost;
+    memcpy(old, r->pin_cookie, sizeof old);
+    memcpy(r->pin_cookie, cookie, sizeof cookie);
+    r->pin_until = sent + (uint64_t)reader_lease(r) * 1000000000ull - pin_margin_ns(r);
+    r->pinned = 1;
+    r->pin_lost = 0;
+    pthread_mutex_unlock(&r->lease_mu);
+    /* the new registration is in place before the old one goes, so a
+     * writer never sees this reader unregistered */
+    if (had)
+        (void)rados_unlock(r->ctx, r->head, RIO_READERS, old);
+    if (!r->renewing) {
+        if ((rc = pthread_create(&r->renewer, NULL, renew_main, r)))
+            return -rc;
+        r->renewing = 1;
+    }
+    return 0;
+}
+
+static int r_pin_valid(cb_io *io)
+{
+    struct rio *r = (struct rio *)io;
+    pthread_mutex_lock(&r->lease_mu);
+    if (r->pinned && !r->pin_lost && mono_ns() >= r->pin_until)
+        r->pin_lost = 1;
+    int rc = r->pinned && r->pin_lost ? CB_ESTALE : 0;
+    pthread_mutex_unlock(&r->lease_mu);
+    return rc;
+}
+
+/* The generation a reader cookie names ("g<gen> ..."); 0 (holding every
+ * generation back) for one this backend did not write. */
+static uint64_t cookie_gen(const char *c)
+{
+    uint64_t g = 0;
+    if (*c++ != 'g')
+        return 0;
+    size_t n = strspn(c, "0123456789");
+    return parse_u64(c, n, &g) ? 0 : g;
+}
+
+static int r_oldest_pin(cb_io *io, uint64_t *gen)
+{
+    struct rio *r = (struct rio *)io;
+    size_t cap = 4096;
+    for (;;) {
+        char *buf = malloc(4 * cap);
+        if (!buf)
+            return CB_ENOMEM;
+        int excl;
+        size_t tl = cap, cl = cap, kl = cap, al = cap;
+        ssize_t n = rados_list_lockers(r->ctx, r->head, RIO_READERS, &excl, buf, &tl,
+                                       buf + cap, &cl, buf + 2 * cap, &kl, buf + 3 * cap, &al);
+        if (n == -ERANGE && cap < (64u << 20)) {
+            free(buf);
+            cap *= 4;
+            continue;
+        }
+        if (n == -ENOENT || n == 0) {
+            free(buf);
+            *gen = UINT64_MAX;
+            return 0;
+        }
+        if (n < 0) {
+            free(buf);
+            return map_err((int)n);
+        }
+        uint64_t oldest = UINT64_MAX;
+        const char *c = buf + 2 * cap, *end = c + (kl < cap ? kl : cap);
+        for (ssize_t i = 0; i < n && c < end; i++) {
+            uint64_t g = cookie_gen(c);
+            if (g < oldest)
+                oldest = g;
+            c += strnlen(c, (size_t)(end - c)) + 1;
+        }
+        free(buf);
+        *gen = oldest;
+        return 0;
+    }
+}
+
 static const struct cb_io_ops rados_ops = {
     .pread = r_pread,
     .pwrite = r_pwrite,
@@ -902,6 +1097,9 @@ static const struct cb_io_ops rados_ops = {
     .next_data = r_next_data,
     .close = r_close,
     .lock = r_lock,
+    .pin = r_pin,
+    .pin_valid = r_pin_valid,
+    .oldest_pin = r_oldest_pin,
 };
 
 static int open_ctx(const char *url, const char *store, struct rio *peer, struct rurl *u,

@@ -81,7 +81,9 @@ extern "C" {
 #define CB_ECLOSED   (-30686) /* pool closed (cb_pool_close), or being closed */
 #define CB_EFENCED   (-30685) /* this writer's lock was broken and another writer
                                * committed (or it was blocklisted): the pool fails */
-#define CB_ERR_LAST  (-30685)
+#define CB_ESTALE    (-30684) /* a read-only opener's reader lease lapsed: what it read
+                               * may have been reused; cb_pool_refresh moves it on */
+#define CB_ERR_LAST  (-30684)
 
 /* ---- limits ----------------------------------------------------------- */
 #define CB_NAME_MAX       127          /* bytes of a device name, no NUL */
@@ -127,6 +129,8 @@ typedef struct cb_stat {
     uint64_t checksums;                   /* 1 if the pool keeps data checksums */
     uint64_t checksum_failures;           /* sub-blocks that failed verification */
     uint64_t kept_blocks;                 /* free blocks kept allocated for reuse */
+    uint64_t held_blocks;                 /* freed blocks held for readers of older commits
+                                           * (counted in used_blocks: not yet free) */
 } cb_stat;
 
 /* One device's description.  name is NUL-terminated. */
@@ -238,8 +242,15 @@ const char *cb_backends(void);
  * "rados://POOL/NAME?conf=PATH" (the RADOS backend, when built: see
  * blockio_rados.h), where the writer's lock is a RADOS lock and a writer
  * whose lock was broken fails with CB_EFENCED instead of overwriting a
- * newer commit.  A read-only open of a RADOS pool takes no lock: it sees
- * the last commit made before it opened.  A malformed URL, or one of a
+ * newer commit.  A read-only open of a RADOS pool takes no lock: it
+ * registers in the pool's reader table as a reader of the newest commit,
+ * under a lease renewed in the background, and reads that commit, whatever
+ * the writer does meanwhile (the writer holds back the blocks a registered
+ * reader's commit reaches, and copies up instead of writing a committed
+ * block in place); cb_pool_refresh moves it to a newer commit.  Once its
+ * lease may have lapsed (the process stalled or lost the cluster for a
+ * whole lease), its reads fail with CB_ESTALE, never returning data of
+ * another commit, until cb_pool_refresh succeeds.  A malformed URL, or one of a
  * backend this build lacks, gives CB_EINVAL (cb_corrupt_detail says why);
  * CB_EBUSY from an open names the lock's holder there too. */
 /* Break the writer lock of the pool at location (a URL): its holder is
@@ -329,6 +340,20 @@ void cb_pool_release(cb_pool *pool);
  *   record written once to a fresh page) and the blocks it freed, plus up
  *   to three fdatasyncs; nothing at all when nothing changed. */
 int cb_pool_flush(cb_pool *pool);
+/* Move a read-only opener of a RADOS pool to the writer's newest commit:
+ * register as its reader, load it, and re-attach open device handles to
+ * their devices in it (a handle whose device the writer deleted gets
+ * CB_ENOENT from then on).  *generation (may be NULL) gets the generation
+ * now read.  On a writer, or a reader of a pool in a directory (its flock
+ * keeps every writer out), it changes nothing and gives the generation.
+ * Errors: CB_ECORRUPT, CB_ENOMEM, -errno, CB_EBUSY (the writer committed
+ * faster than the registration could settle); after such an error the
+ * old commit is no longer safe to read: reads fail with CB_ESTALE until a
+ * refresh succeeds.
+ * Lock: exclusive.
+ * Cost: what an open costs (every metadata page once), plus a few round
+ *   trips to the cluster. */
+int cb_pool_refresh(cb_pool *pool, uint64_t *generation);
 /* Keep up to max_blocks freed data blocks allocated in the data file
  * instead of punching them out once the commit that freed them is durable,
  * and hand them out first to later writes, which then land in space the
