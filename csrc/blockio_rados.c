@@ -1120,7 +1120,8 @@ static int doc_read(struct rio *r, const char *const *keys, size_t nkeys, char *
                     rc = CB_ENOMEM;
                     break;
                 }
-                memcpy(vals[i], v, vl);
+                if (vl)
+                    memcpy(vals[i], v, vl);
                 vals[i][vl] = 0;
                 lens[i] = vl;
             }

@@ -204,7 +204,10 @@ def test_documents_too_big_or_misnamed_are_refused(ceph):
         assert p.read_document("big.json") == (0, None)
         p.write_document("edge.json", b"y" * (8 * MiB))    # the limit itself fits
         assert p.read_document("edge.json")[1] == b"y" * (8 * MiB)
-        assert p.documents() == ["edge.json"]
+        p.write_document("empty.json", b"")
+        gen, data = p.read_document("empty.json")
+        assert gen > 0 and data == b""
+        assert p.documents() == ["edge.json", "empty.json"]
         p.create_device("d", MiB)                          # the pool still works
         p.flush()
 
