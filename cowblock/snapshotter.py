@@ -175,7 +175,14 @@ class StateFile:
         doc["format"] = self.kind
         doc["version"] = self.version
         data = json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
-        self._doc, self._stamp = doc, self._store(data)
+        try:
+            stamp = self._store(data)
+        except BaseException:
+            # callers change the cached document in place before they save
+            # it: after a failed save the next load reads what is stored
+            self._doc = self._stamp = None
+            raise
+        self._doc, self._stamp = doc, stamp
 
 
 class PoolDocument(StateFile):

@@ -286,3 +286,17 @@ def test_cli_model_on_a_rados_pool(ceph, tmp_path):
                        text=True, env=env, timeout=120)
     assert r.returncode != 0 and "model.json" in r.stdout + r.stderr
     assert "not valid JSON" in r.stdout + r.stderr
+
+
+def test_a_refused_update_leaves_the_model_as_it_was(ceph):
+    """A save past the size limit is refused before anything is written, and the
+    snapshotter forgets the change it had made to its cached copy."""
+    with cowblock.Pool.create(rados_url(ceph), size=64 * MiB) as p:
+        sn = Snapshotter(p, default_size=MiB)
+        sn.prepare("a", labels={"k": "v"})
+        with pytest.raises(cowblock.InvalidArgumentError, match="8 MiB"):
+            sn.update("a", {"big": "x" * (9 * MiB)})
+        assert sn.stat("a").labels == {"k": "v"}
+        assert Snapshotter(p).stat("a").labels == {"k": "v"}
+        sn.update("a", {"k": "w"})                       # the pool still works
+        assert Snapshotter(p).stat("a").labels == {"k": "w"}
