@@ -7,6 +7,7 @@ Their state documents live in the omap of the pool's meta head object (cowblock.
 a writer whose lock was broken cannot change a document after a newer writer took over, and
 a writer killed mid-update leaves the old or the new document, never a mix.
 """
+import hashlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import pytest
 
 import cowblock
 from conftest import RADOS_POOL, rados_url
+from cowblock import model
 from cowblock.model import Store
 from cowblock.snapshotter import Snapshotter
 
@@ -71,6 +73,7 @@ WRITER = textwrap.dedent("""
 
 READER = textwrap.dedent("""
     import hashlib, json, sys, cowblock
+    from cowblock import model
     from cowblock.model import Store
     url = sys.argv[1]
     out = {}
@@ -82,7 +85,7 @@ READER = textwrap.dedent("""
         out["image_sha"] = hashlib.sha256(img.device.read(0, img.size)).hexdigest()
         out["containers"] = sorted(c.name for c in s.containers())
         out["web"] = s.container("web").device.read(0, 15).decode()
-        out["check"] = __import__("cowblock.model").model.check(p)
+        out["check"] = model.check(p)
         try:
             s.create_container("nope", "app:1")
             out["mutate"] = "allowed"
@@ -105,7 +108,6 @@ def test_a_reader_process_sees_the_model_a_writer_built(ceph, tmp_path):
         assert len(got["layers"]) == 2 and sorted(got["layers"]) == got["all_layers"]
         expect = bytearray(base)
         expect[MiB:MiB + 900] = b"layer-two" * 100
-        import hashlib
         assert got["image_sha"] == hashlib.sha256(expect).hexdigest()
         assert got["containers"] == ["web"]
         assert got["web"] == "container-bytes"
@@ -171,7 +173,6 @@ def test_a_fenced_writer_cannot_change_the_model(ceph, tmp_path):
     with cowblock.Pool.open(url) as p, Store(p) as s:
         assert [c.name for c in s.containers()] == ["newer"]
         assert [i.name for i in s.images()] == ["app"]
-        from cowblock import model
         assert model.check(p) == []
 
 
