@@ -414,6 +414,46 @@ class PoolHandle:
         finally:
             lib.cb_free(out[0])
 
+    def doc_get(self, name, known_gen):
+        """``cb_pool_doc_get``: ``(generation, bytes)``; generation 0 when there is
+        no such document, bytes None when it is still ``known_gen``."""
+        out = ffi.new("char **")
+        length = ffi.new("size_t *")
+        gen = ffi.new("uint64_t *")
+        rc = lib.cb_pool_doc_get(self._p, name, known_gen, out, length, gen)
+        if rc:
+            _raise_located(rc, f"read document {name.decode()!r} of pool {self.path!r}")
+        if out[0] == ffi.NULL:
+            return gen[0], None
+        try:
+            return gen[0], ffi.unpack(out[0], length[0])
+        finally:
+            lib.cb_free(out[0])
+
+    def doc_put(self, name, data):
+        """``cb_pool_doc_put``: replace document ``name`` (bytes) with ``data``
+        atomically, fenced; its new generation."""
+        gen = ffi.new("uint64_t *")
+        rc = lib.cb_pool_doc_put(self._p, name, data, len(data), gen)
+        if rc:
+            _raise_located(rc, f"write document {name.decode()!r} of pool {self.path!r}")
+        return gen[0]
+
+    def doc_list(self):
+        """``cb_pool_doc_list``: the names of the pool's documents (str), sorted."""
+        out = ffi.new("char **")
+        length = ffi.new("size_t *")
+        rc = lib.cb_pool_doc_list(self._p, out, length)
+        if rc:
+            _raise_located(rc, f"list the documents of pool {self.path!r}")
+        if out[0] == ffi.NULL:
+            return []
+        try:
+            raw = ffi.unpack(out[0], length[0])
+        finally:
+            lib.cb_free(out[0])
+        return sorted(n.decode() for n in raw.split(b"\0") if n)
+
     def scrub(self, max_damage, rate):
         """A :class:`Scrub` of this pool, not started."""
         return Scrub(self, max_damage, rate)

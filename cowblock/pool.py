@@ -8,6 +8,7 @@ with their origin until one side writes to it.
 import dataclasses
 import json
 import os
+import re
 import threading
 import weakref
 
@@ -603,6 +604,35 @@ class Pool:
         (``"uncommitted"`` says whether there are any).
         """
         return json.loads(self._handle().dump())
+
+    # -- documents ----------------------------------------------------------------
+
+    def read_document(self, name, known_generation=0):
+        """Document ``name`` kept in the pool's store (a pool at a URL; see
+        ``cowblock.h``, "Documents"), as it is now: ``(generation, data)``.
+        Generation 0: there is no such document; data None: the document is
+        still at ``known_generation``.  A pool in a directory keeps its
+        documents as files beside it instead (InvalidArgumentError here)."""
+        return self._handle().doc_get(_doc_name(name), known_generation)
+
+    def write_document(self, name, data):
+        """Replace document ``name`` with ``data`` (bytes) in one atomic,
+        fenced op, after every write made before it, and return its new
+        generation.  Flush first: this does not commit.  PoolFailedError
+        when another writer took the pool over (the document is unchanged);
+        InvalidArgumentError past the size limit (8 MiB)."""
+        return self._handle().doc_put(_doc_name(name), bytes(data))
+
+    def documents(self):
+        """The names of the documents kept in the pool's store, sorted."""
+        return self._handle().doc_list()
+
+
+def _doc_name(name):
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9._-]{1,64}$", name):
+        raise errors.InvalidArgumentError(
+            f"invalid document name {name!r}: 1..64 of A-Z a-z 0-9 . _ -")
+    return name.encode()
 
 
 def _disk_bytes(path):

@@ -49,6 +49,23 @@ struct cb_io_ops {
     int (*pin)(cb_io *io, uint64_t gen, int forget);
     int (*pin_valid)(cb_io *io);
     int (*oldest_pin)(cb_io *io, uint64_t *gen);
+    /* Optional, all three or none (NULL: the store keeps no documents; a
+     * pool in a directory keeps its documents as files beside it, written by
+     * the binding).  Small named documents (the snapshotter's and the Docker
+     * model's JSON, cowblock.h "Documents") kept in the store itself, so
+     * that every host sharing it sees them.  doc_put replaces one whole
+     * document in one atomic op, fenced like the superblock (CB_EFENCED,
+     * sticky, once another writer took over) and ordered after every write
+     * queued before it; *gen gets the document's new generation.  doc_get
+     * sets *gen to the document's generation (0: no such document) and, when
+     * it differs from known, *data (malloc'd; free()) and *len to its
+     * bytes, read in one op with the generation; *data stays NULL
+     * otherwise.  doc_list gives the names, each NUL-terminated, back to
+     * back in *names (malloc'd, NULL when none) and their bytes in *len. */
+    int (*doc_get)(cb_io *io, const char *name, uint64_t known, char **data, size_t *len,
+                   uint64_t *gen);
+    int (*doc_put)(cb_io *io, const char *name, const void *data, size_t len, uint64_t *gen);
+    int (*doc_list)(cb_io *io, char **names, size_t *len);
 };
 
 struct cb_io {

@@ -1086,6 +1086,11 @@ static int r_oldest_pin(cb_io *io, uint64_t *gen)
         return 0;
     }
 }
+/* documents: the section at the end of this file */
+static int r_doc_get(cb_io *io, const char *name, uint64_t known, char **data, size_t *len,
+                     uint64_t *gen);
+static int r_doc_put(cb_io *io, const char *name, const void *data, size_t len, uint64_t *gen);
+static int r_doc_list(cb_io *io, char **names, size_t *len);
 
 static const struct cb_io_ops rados_ops = {
     .pread = r_pread,
@@ -1100,6 +1105,9 @@ static const struct cb_io_ops rados_ops = {
     .pin = r_pin,
     .pin_valid = r_pin_valid,
     .oldest_pin = r_oldest_pin,
+    .doc_get = r_doc_get,
+    .doc_put = r_doc_put,
+    .doc_list = r_doc_list,
 };
 
 static int open_ctx(const char *url, const char *store, struct rio *peer, struct rurl *u,
@@ -1235,4 +1243,260 @@ int cb_rados_break_lock(const char *url, char *holder, size_t len)
     rados_shutdown(cl);
     return rc < 0 ? rc : 0;
 }
+/* ---- documents (blockio.h doc_*, cowblock.h "Documents") ----------------------
+ *
+ * Each document of a pool is two omap entries of the meta head NAME.meta:
+ *   cb.doc.DOC   its bytes
+ *   cb.gen.DOC   its generation, decimal: the cb.seq the put set
+ * Why the head's omap: a RADOS op is atomic on one object only, and the
+ * fence (cb.seq, an xattr of the head) must be asserted by the very op that
+ * changes the document, or a writer whose lock was broken could still
+ * write one after a newer writer took over.  So a put is the same guarded
+ * op as a superblock write -- cmpxattr cb.seq == what this opener last saw,
+ * set it to seq + 1 -- with the two omap entries set in it; it leaves the
+ * superblock bytes and cb.size alone.  A separate object per document
+ * could not be guarded by the head's cb.seq, and a generation kept inside
+ * each document's object would fence nothing.  omap rather than xattrs:
+ * values of megabytes are what omap is for, and reading one key does not
+ * read the others.  The generation is the new cb.seq, which only grows
+ * (every put and commit of every writer bumps it under the fence), so
+ * two versions of one document never share a generation, and a reader can
+ * tell a change by reading cb.gen.DOC alone (one small read) before it
+ * reads the document with its generation in one read op, which RADOS runs
+ * atomically against the writer's ops on the head.  Readers (read-only
+ * openers included) take no lock and read the head as it is now. */
+
+#define DOC_KEY_MAX (CB_DOC_NAME_MAX + 8)
+#define DOC_LIST_STEP 1000
+
+static void doc_keys(const char *name, char *doc, char *gen)
+{
+    snprintf(doc, DOC_KEY_MAX, "cb.doc.%s", name);
+    snprintf(gen, DOC_KEY_MAX, "cb.gen.%s", name);
+}
+
+static int doc_parse_gen(struct rio *r, const char *name, const char *val, size_t n,
+                         uint64_t *out)
+{
+    if (parse_u64(val, n, out) || *out == 0) {
+        cb_meta_bad(0, 0, "RADOS object '%s': the generation of document '%s' is malformed",
+                    r->head, name);
+        return CB_ECORRUPT;
+    }
+    return 0;
+}
+
+/* Read the omap values of keys[0..nkeys) of the head in one op: vals[i]
+ * (malloc'd, or NULL when the key is absent) and lens[i]. */
+static int doc_read(struct rio *r, const char *const *keys, size_t nkeys, char **vals,
+                    size_t *lens)
+{
+    for (size_t i = 0; i < nkeys; i++) {
+        vals[i] = NULL;
+        lens[i] = 0;
+    }
+    rados_read_op_t op = rados_create_read_op();
+    if (!op)
+        return CB_ENOMEM;
+    rados_omap_iter_t it = NULL;
+    int prval = 0;
+    rados_read_op_omap_get_vals_by_keys(op, keys, nkeys, &it, &prval);
+    int rc = rados_read_op_operate(op, r->ctx, r->head, 0);
+    if (rc >= 0 && prval < 0)
+        rc = prval;
+    if (rc >= 0) {
+        for (;;) {
+            char *k, *v;
+            size_t vl;
+            if ((rc = rados_omap_get_next(it, &k, &v, &vl)) < 0 || !k)
+                break;
+            for (size_t i = 0; i < nkeys; i++) {
+                if (strcmp(k, keys[i]) || vals[i])
+                    continue;
+                if (!(vals[i] = malloc(vl + 1))) {
+                    rc = CB_ENOMEM;
+                    break;
+                }
+                if (vl)
+                    memcpy(vals[i], v, vl);
+                vals[i][vl] = 0;
+                lens[i] = vl;
+            }
+            if (rc)
+                break;
+        }
+    }
+    if (it)
+        rados_omap_get_end(it);
+    rados_release_read_op(op);
+    if (rc < 0) {
+        for (size_t i = 0; i < nkeys; i++) {
+            free(vals[i]);
+            vals[i] = NULL;
+        }
+        return rc == CB_ENOMEM ? rc : map_err(rc);
+    }
+    return 0;
+}
+
+static int r_doc_get(cb_io *io, const char *name, uint64_t known, char **data, size_t *len,
+                     uint64_t *gen)
+{
+    struct rio *r = (struct rio *)io;
+    char dkey[DOC_KEY_MAX], gkey[DOC_KEY_MAX];
+    doc_keys(name, dkey, gkey);
+    *data = NULL;
+    *len = 0;
+    *gen = 0;
+    const char *gonly[1] = {gkey};
+    char *v[2];
+    size_t l[2];
+    int rc = doc_read(r, gonly, 1, v, l);
+    if (rc)
+        return rc;
+    if (!v[0])
+        return 0; /* no such document */
+    rc = doc_parse_gen(r, name, v[0], l[0], gen);
+    free(v[0]);
+    if (rc || *gen == known)
+        return rc;
+    /* changed: the bytes and their generation, together */
+    const char *both[2] = {dkey, gkey};
+    if ((rc = doc_read(r, both, 2, v, l)))
+        return rc;
+    if (!v[1]) { /* removed by hand meanwhile */
+        free(v[0]);
+        *gen = 0;
+        return 0;
+    }
+    rc = doc_parse_gen(r, name, v[1], l[1], gen);
+    free(v[1]);
+    if (!rc && !v[0]) {
+        cb_meta_bad(0, 0, "RADOS object '%s' has a generation for document '%s' but not "
+                    "the document", r->head, name);
+        rc = CB_ECORRUPT;
+    }
+    if (rc) {
+        free(v[0]);
+        *gen = 0;
+        return rc;
+    }
+    *data = v[0];
+    *len = l[0];
+    return 0;
+}
+
+static int r_doc_put(cb_io *io, const char *name, const void *data, size_t len, uint64_t *gen)
+{
+    struct rio *r = (struct rio *)io;
+    if (r->flags & CB_IO_READONLY)
+        return -EBADF;
+    if (!r->fenced)
+        return CB_EINVAL; /* documents live on the meta store's head only */
+    if (LOST(r))
+        return LOST(r);
+    int rc = drain(r); /* after every write queued before it, as a commit is */
+    if (rc)
+        return rc;
+    char dkey[DOC_KEY_MAX], gkey[DOC_KEY_MAX], cur[24], next[24];
+    doc_keys(name, dkey, gkey);
+    uint64_t nseq = r->seq + 1;
+    snprintf(cur, sizeof cur, "%llu", (unsigned long long)r->seq);
+    snprintf(next, sizeof next, "%llu", (unsigned long long)nseq);
+    rados_write_op_t op = rados_create_write_op();
+    if (!op)
+        return CB_ENOMEM;
+    rados_write_op_cmpxattr(op, "cb.seq", LIBRADOS_CMPXATTR_OP_EQ, cur, strlen(cur));
+    rados_write_op_setxattr(op, "cb.seq", next, strlen(next));
+    const char *keys[2] = {dkey, gkey};
+    const char *vals[2] = {data, next};
+    size_t lens[2] = {len, strlen(next)};
+    rados_write_op_omap_set(op, keys, vals, lens, 2);
+    rc = rados_write_op_operate(op, r->ctx, r->head, NULL, 0);
+    rados_release_write_op(op);
+    if (rc == -ECANCELED || rc == -ENODATA) {
+        /* another opener changed the head since this one last did */
+        __atomic_store_n(&r->lost, CB_EFENCED, __ATOMIC_RELEASE);
+        return CB_EFENCED;
+    }
+    if (rc < 0) {
+        rc = map_err(rc);
+        if (rc == CB_EFENCED)
+            __atomic_store_n(&r->lost, rc, __ATOMIC_RELEASE);
+        return rc;
+    }
+    r->seq = nseq;
+    *gen = nseq;
+    return 0;
+}
+
+static int r_doc_list(cb_io *io, char **names, size_t *len)
+{
+    struct rio *r = (struct rio *)io;
+    char *out = NULL, *after = NULL; /* the last key seen */
+    size_t used = 0, cap = 0;
+    int rc = 0;
+    unsigned char more = 1;
+    *names = NULL;
+    *len = 0;
+    while (!rc && more) {
+        rados_read_op_t op = rados_create_read_op();
+        if (!op) {
+            rc = CB_ENOMEM;
+            break;
+        }
+        rados_omap_iter_t it = NULL;
+        int prval = 0;
+        more = 0;
+        rados_read_op_omap_get_vals2(op, after ? after : "", "cb.gen.", DOC_LIST_STEP, &it, &more, &prval);
+        rc = rados_read_op_operate(op, r->ctx, r->head, 0);
+        if (rc >= 0 && prval < 0)
+            rc = prval;
+        rc = rc < 0 ? map_err(rc) : 0;
+        while (!rc) {
+            char *k, *v;
+            size_t vl;
+            if ((rc = rados_omap_get_next(it, &k, &v, &vl)) < 0) {
+                rc = map_err(rc);
+                break;
+            }
+            if (!k)
+                break;
+            size_t kl = strlen(k);
+            free(after);
+            if (!(after = strdup(k))) {
+                rc = CB_ENOMEM;
+                break;
+            }
+            if (kl <= 7 || kl >= DOC_KEY_MAX)
+                continue; /* not one of ours (too long for a document name) */
+            if (used + kl - 7 + 1 > cap) {
+                size_t ncap = cap ? 2 * cap : 256;
+                while (ncap < used + kl)
+                    ncap *= 2;
+                char *n = realloc(out, ncap);
+                if (!n) {
+                    rc = CB_ENOMEM;
+                    break;
+                }
+                out = n;
+                cap = ncap;
+            }
+            memcpy(out + used, k + 7, kl - 7 + 1);
+            used += kl - 7 + 1;
+        }
+        if (it)
+            rados_omap_get_end(it);
+        rados_release_read_op(op);
+    }
+    free(after);
+    if (rc) {
+        free(out);
+        return rc;
+    }
+    *names = out;
+    *len = used;
+    return 0;
+}
+
 #endif /* CB_HAVE_RADOS */

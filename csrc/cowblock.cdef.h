@@ -111,6 +111,14 @@ int cb_pool_scrub(cb_pool *pool, cb_scrub *progress, cb_scrub_bad *bad,
                   size_t n, size_t *count);
 void cb_free(void *ptr);
 
+#define CB_DOC_NAME_MAX ...
+#define CB_DOC_MAX ...
+int cb_pool_doc_get(cb_pool *pool, const char *name, uint64_t known_gen, char **data,
+                    size_t *len, uint64_t *gen);
+int cb_pool_doc_put(cb_pool *pool, const char *name, const void *data, size_t len,
+                    uint64_t *gen);
+int cb_pool_doc_list(cb_pool *pool, char **names, size_t *len);
+
 int cb_dev_open(cb_pool *pool, const char *name, cb_dev **out);
 void cb_dev_close(cb_dev *dev);
 int cb_dev_info(cb_dev *dev, cb_devinfo *out);

@@ -480,6 +480,52 @@ int cb_pool_scrub(cb_pool *pool, cb_scrub *progress, cb_scrub_bad *bad,
 /* Release memory the library handed out (cb_pool_dump).  NULL is a no-op. */
 void cb_free(void *ptr);
 
+/* ---- documents ------------------------------------------------------------
+ * Small named documents a binding keeps with the pool: the snapshotter's and
+ * the Docker model's JSON.  A pool in a directory has none here (its binding
+ * keeps them as files beside the pool's: CB_EINVAL, cb_corrupt_detail says
+ * so); a pool in RADOS keeps each in the omap of its metadata head object
+ * (blockio_rados.h), so that every host that opens the pool sees them.
+ * Names: 1..CB_DOC_NAME_MAX of [A-Za-z0-9._-].  A document is at most
+ * CB_DOC_MAX bytes: the whole of it goes in one RADOS op. */
+#define CB_DOC_NAME_MAX 64
+#define CB_DOC_MAX (8u << 20)
+/* Document `name` as the store has it now (not as of the pool's open: a
+ * read-only opener sees another host's later puts).  *gen gets its
+ * generation, 0 if there is no such document; when that differs from
+ * known_gen, *data (malloc'd, released with cb_free) and *len get its
+ * bytes, read together with the generation in one atomic read; otherwise
+ * *data is NULL (the caller's copy of generation known_gen is current).
+ * Errors: CB_EINVAL (NULL argument, bad name, a pool in a directory),
+ *   CB_ECORRUPT (the generation is malformed, or names no document),
+ *   CB_ENOMEM, -errno (e.g. -ETIMEDOUT from the cluster).
+ * Lock: shared.  Cost: one round trip to the store; two when it changed. */
+int cb_pool_doc_get(cb_pool *pool, const char *name, uint64_t known_gen, char **data,
+                    size_t *len, uint64_t *gen);
+/* Replace document `name` with len bytes of data, atomically: a reader
+ * gets the whole old or the whole new document, never a mix, whatever
+ * happens to this process meanwhile.  Ordered after every write made
+ * before it (flush first to make the devices it names durable: the put
+ * does not commit).  Fenced like a commit: a writer whose lock was broken
+ * and whose pool another writer has written since gets CB_EFENCED and the
+ * document is unchanged.  Any failure but CB_EINVAL fails the pool, as a
+ * failed commit does (the store's state is not known).  *gen (if not NULL)
+ * gets the new generation: the pool's fence sequence, which every put and
+ * every commit increases, so two versions of a document never share one.
+ * Errors: CB_EINVAL (NULL argument, bad name, len > CB_DOC_MAX: the detail
+ *   names the limit; a pool in a directory), CB_EFENCED, CB_ENOMEM, -errno.
+ * Lock: exclusive.  Cost: one synchronous round trip, after the writes in
+ *   flight have completed. */
+int cb_pool_doc_put(cb_pool *pool, const char *name, const void *data, size_t len,
+                    uint64_t *gen);
+/* The names of every document, each NUL-terminated, back to back in *names
+ * (malloc'd, released with cb_free; NULL when there are none), *len bytes
+ * in all.
+ * Errors: CB_EINVAL (NULL argument, a pool in a directory), CB_ENOMEM,
+ *   -errno.
+ * Lock: shared.  Cost: one round trip per 1000 documents. */
+int cb_pool_doc_list(cb_pool *pool, char **names, size_t *len);
+
 /* ---- devices --------------------------------------------------------------
  * A cb_dev is a handle on one device.  A handle stays valid until
  * cb_dev_close, whatever happens to its device or its pool meanwhile; it

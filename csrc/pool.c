@@ -1247,3 +1247,89 @@ int cb_dev_usage(cb_dev *h, cb_usage *out)
     int rc = dev_enter(h, SHARED);
     return rc ? rc : pool_leave(h->pool, cb_thin_dev_usage(&h->pool->s, h->rec, out));
 }
+
+/* ---- documents (cowblock.h "Documents") -------------------------------------
+ * The store's own: the meta store's backend keeps them (blockio.h doc_*),
+ * or has none (the file backend: the binding keeps files beside the pool). */
+
+static int doc_name_ok(const char *name)
+{
+    size_t n = name ? strnlen(name, CB_DOC_NAME_MAX + 1) : 0;
+    if (n == 0 || n > CB_DOC_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* The pool's meta store, if it keeps documents; else the detail says why. */
+static cb_io *doc_store(struct cb_pool *p)
+{
+    cb_io *m = p->s.meta;
+    if (m->ops->doc_get && m->ops->doc_put && m->ops->doc_list)
+        return m;
+    cb_meta_bad(0, 0, "the pool in '%.200s' keeps no documents in its store (a pool in a "
+                "directory keeps them as files beside it)", p->path);
+    return NULL;
+}
+
+int cb_pool_doc_get(cb_pool *p, const char *name, uint64_t known_gen, char **data,
+                    size_t *len, uint64_t *gen)
+{
+    if (!p || !data || !len || !gen)
+        return CB_EINVAL;
+    *data = NULL;
+    *len = 0;
+    *gen = 0;
+    if (!doc_name_ok(name))
+        return CB_EINVAL;
+    int rc = pool_enter(p, SHARED);
+    if (rc)
+        return rc;
+    cb_io *m = doc_store(p);
+    return pool_leave(p, m ? m->ops->doc_get(m, name, known_gen, data, len, gen) : CB_EINVAL);
+}
+
+int cb_pool_doc_put(cb_pool *p, const char *name, const void *data, size_t len, uint64_t *gen)
+{
+    if (!p || (!data && len))
+        return CB_EINVAL;
+    if (!doc_name_ok(name))
+        return CB_EINVAL;
+    if (len > CB_DOC_MAX) {
+        cb_meta_bad(0, 0, "document '%s' is %zu bytes, more than the %u bytes "
+                    "(CB_DOC_MAX, 8 MiB) one op of the store may carry", name, len,
+                    (unsigned)CB_DOC_MAX);
+        return CB_EINVAL;
+    }
+    int rc = pool_enter(p, MUTATE);
+    if (rc)
+        return rc;
+    cb_io *m = doc_store(p);
+    if (!m)
+        return pool_leave(p, CB_EINVAL);
+    uint64_t g = 0;
+    rc = m->ops->doc_put(m, name, data ? data : "", len, &g);
+    if (rc)
+        return pool_leave(p, pool_fail(p, rc));
+    if (gen)
+        *gen = g;
+    return pool_leave(p, 0);
+}
+
+int cb_pool_doc_list(cb_pool *p, char **names, size_t *len)
+{
+    if (!p || !names || !len)
+        return CB_EINVAL;
+    *names = NULL;
+    *len = 0;
+    int rc = pool_enter(p, SHARED);
+    if (rc)
+        return rc;
+    cb_io *m = doc_store(p);
+    return pool_leave(p, m ? m->ops->doc_list(m, names, len) : CB_EINVAL);
+}
