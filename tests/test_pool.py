@@ -8,7 +8,6 @@ import time
 import pytest
 
 import cowblock
-from conftest import on_both_backends
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -276,8 +275,8 @@ def test_snapshot_allocates_nothing(pool):
     assert snaps[9].read(B, B) == a.read(B, B)
 
 
-@on_both_backends
-def test_4k_write_into_snapshot_allocates_exactly_one_block(pool):
+def test_4k_write_into_snapshot_allocates_exactly_one_block(backend_pool):
+    pool = backend_pool  # once per backend
     a = pool.create_device("a", 4 * B)
     a.write(0, rnd(4 * B, 3))
     s = pool.snapshot("a", "s")
@@ -296,9 +295,9 @@ def test_4k_write_into_snapshot_allocates_exactly_one_block(pool):
     assert s.read(0, 4 * B) == bytes(expect)
 
 
-@on_both_backends
-def test_4k_write_into_snapshot_copies_little(pool):
+def test_4k_write_into_snapshot_copies_little(backend_pool):
     """DESIGN.md section 4 / invariant 7: a 4 KiB write into a shared block writes ~4 KiB."""
+    pool = backend_pool  # once per backend
     a = pool.create_device("a", 4 * B)
     a.write(0, rnd(4 * B, 4))
     pool.flush()
@@ -517,11 +516,11 @@ def test_usage_full_block_write_into_snapshot(pool):
     assert _u(pool, "s") == (4 * B, 1 * B, 3 * B)
 
 
-@on_both_backends
-def test_usage_partial_copy_up_keeps_origin_reference(pool):
+def test_usage_partial_copy_up_keeps_origin_reference(backend_pool):
     """A 4 KiB write into a shared block: the snapshot references its new block N (exclusive)
     AND still the origin block B1 for the sub-blocks it has not rewritten (DESIGN.md section 4),
     so B1 stays shared until the snapshot rewrites every sub-block."""
+    pool = backend_pool  # once per backend
     a = pool.create_device("a", 8 * B)
     a.write(0, rnd(4 * B, 10))
     s = pool.snapshot("a", "s")
@@ -539,8 +538,8 @@ def test_usage_partial_copy_up_keeps_origin_reference(pool):
     assert s.read(B, B) == b"\x01" * 4096 + b"\x02" * (B - 4096)
 
 
-@on_both_backends
-def test_usage_after_origin_deleted(pool):
+def test_usage_after_origin_deleted(backend_pool):
+    pool = backend_pool  # once per backend
     a = pool.create_device("a", 8 * B)
     a.write(0, rnd(4 * B, 11))
     s = pool.snapshot("a", "s")
