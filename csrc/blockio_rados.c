@@ -385,8 +385,12 @@ static int get_xattr_u64(struct rio *r, const char *name, uint64_t *out)
 {
     char buf[32];
     int n = rados_getxattr(r->ctx, r->head, name, buf, sizeof buf - 1);
+    if (n == -ENODATA) {
+        cb_meta_bad(0, 0, "RADOS object '%s' has no %s attribute", r->head, name);
+        return CB_ECORRUPT;
+    }
     if (n < 0)
-        return n == -ENODATA ? CB_ECORRUPT : map_err(n);
+        return map_err(n);
     if (parse_u64(buf, (size_t)n, out)) {
         cb_meta_bad(0, 0, "RADOS object '%s' has a malformed %s attribute", r->head, name);
         return CB_ECORRUPT;
@@ -1170,6 +1174,14 @@ int cb_rados_open(const char *url, const char *store, unsigned flags, cb_io *pee
             cb_meta_bad(0, 0, "RADOS object '%s' records an object size of %llu and a "
                         "head of %llu bytes", r->head, (unsigned long long)r->osize,
                         (unsigned long long)hb);
+            rc = CB_ECORRUPT;
+        } else if (!rc && peer && ((struct rio *)peer)->osize != r->osize) {
+            /* both stores are made with one object size: a head that says
+             * otherwise would map offsets to the wrong objects */
+            cb_meta_bad(0, 0, "RADOS objects '%s' and '%s' record different object sizes "
+                        "(%llu and %llu bytes)", ((struct rio *)peer)->head, r->head,
+                        (unsigned long long)((struct rio *)peer)->osize,
+                        (unsigned long long)r->osize);
             rc = CB_ECORRUPT;
         }
         r->head_bytes = hb;

@@ -20,6 +20,9 @@ Pitfalls this works around:
 - a memstore OSD stops accepting writes for good once it holds 95% of
   ``memstore_device_bytes``: the store is sized far above what tests write
   (memstore takes memory only for what is written);
+- a monitor batches map changes for ``paxos propose interval`` (1 s): every blocklist
+  (a writer taking over from a dead one, ``pool unlock --force``) waited that long, so the
+  cluster proposes after 0.05 s;
 - librados in a process that then forks gives children that hang (they share
   the messenger's nonce): this module never opens a librados client itself,
   it drives the cluster through the ``ceph`` and ``rados`` commands.
@@ -168,6 +171,7 @@ osd crush chooseleaf type = 0
 mon allow pool size one = true
 mon allow pool delete = true
 mon warn on pool no redundancy = false
+paxos propose interval = 0.05
 {self._store_conf()}
 osd data = {d}/osd$id
 mon data = {d}/mon
@@ -198,6 +202,14 @@ osd fast shutdown = false
         out = self.cmd("ceph", "--admin-daemon", os.path.join(self.dir, "run", "osd.0.asok"),
                        "perf", "dump")
         return json.loads(out)["bluestore"]["bluestore_allocated"]
+
+    def bytes_received(self):
+        """Bytes of client ops the OSD has taken in (writes' payloads and the like: its
+        admin socket's op_in_bytes counter), for tests of what a client writes."""
+        import json
+        out = self.cmd("ceph", "--admin-daemon", os.path.join(self.dir, "run", "osd.0.asok"),
+                       "perf", "dump")
+        return json.loads(out)["osd"]["op_in_bytes"]
 
     def start(self):
         why = missing()

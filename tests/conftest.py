@@ -8,6 +8,9 @@
 * ``location``: where a new pool goes, once per backend (``file``: a directory under
   ``tmp_path``; ``rados``: a fresh ``rados://cbtest/NAME?conf=...`` URL).
 * ``backend_pool``: a fresh pool (as ``pool``) at ``location``: once per backend.
+* ``backend``: once per backend, for tests that make several pools or damage their stores:
+  ``.name``, ``.ceph`` (None for files), ``.location(tag)`` for each new pool and
+  ``.stores(location)`` for raw access to its bytes (tests/rawstore.py).
 * ``read_state`` / ``write_state``: the raw text of a pool's state document (``model.json``,
   ``snapshots.NS.json``, ...), a file beside a pool in a directory or a document in a RADOS
   pool's store; ``state_where`` names it as error messages do.
@@ -139,3 +142,33 @@ def write_state(pool, name, text):
             fh.write(text)
     else:
         pool.write_document(name, text.encode())
+
+
+class Backend:
+    """One backend of the parametrised tests: where their pools go, and raw access."""
+
+    def __init__(self, name, tmp_path, ceph=None):
+        self.name = name
+        self.tmp_path = tmp_path
+        self.ceph = ceph
+
+    def location(self, tag="pool"):
+        """A fresh location for a new pool (tag names the directory of a file pool)."""
+        if self.name == "file":
+            return str(self.tmp_path / tag)
+        return rados_url(self.ceph)
+
+    def stores(self, location):
+        import rawstore
+
+        return rawstore.open_stores(location, self.ceph)
+
+    def __repr__(self):
+        return self.name
+
+
+@pytest.fixture(params=["file", "rados"])
+def backend(request, tmp_path):
+    if request.param == "file":
+        return Backend("file", tmp_path)
+    return Backend("rados", tmp_path, request.getfixturevalue("ceph"))

@@ -35,6 +35,13 @@ sometimes during interpreter start-up, sometimes just after the writer starts ``
 The summary counts where they landed (from the op log, and for kills inside a flush whether
 the new superblock was already written).
 
+Backends: the pools are directories by default; ``Harness(..., ceph=CLUSTER)`` puts them in
+RADOS instead (``rados://`` URLs in the test cluster, tests/ceph_cluster.py), so the writer's
+client is SIGKILLed with aio writes in flight and mid-way through the guarded superblock
+write.  The killed writer's lock outlives it (until its lease lapses): the parent breaks it
+(``Pool.unlock``, which blocklists the dead client first) before it reopens, and after the
+verify it also checks the pool's RADOS objects (rawstore.check_objects).
+
 Standalone: ``python -m tests.crashlib --rounds 5000`` (from the repository root) or
 ``python tests/crashlib.py --rounds 5000``; ``--help`` lists the knobs.
 """
@@ -102,14 +109,14 @@ def describe_slot(raw16, addr):
     return f"round {r} op {o} via device code {d}{note} [{raw16.hex()}]"
 
 
-def committed_generation(pool_dir):
-    """Generation of the newest superblock on disk (meta.h: slots at pages 0 and 1, header
-    generation at byte 16, "cowblock" at 32), read raw: a figure for the statistics only
-    (did a kill inside a flush land after its commit point?).  None if unreadable."""
+def committed_generation(stores):
+    """Generation of the newest superblock stored (meta.h: slots at pages 0 and 1, header
+    generation at byte 16, "cowblock" at 32), read raw (``stores``: rawstore.open_stores):
+    a figure for the statistics only (did a kill inside a flush land after its commit
+    point?).  None if unreadable."""
     try:
-        with open(os.path.join(pool_dir, "meta"), "rb") as f:
-            head = f.read(8192)
-    except OSError:
+        head = stores.read("meta", 0, 8192)
+    except (OSError, RuntimeError):
         return None
     gens = [int.from_bytes(head[o + 16:o + 24], "little")
             for o in (0, 4096) if head[o + 32:o + 40] == b"cowblock"]
@@ -249,6 +256,7 @@ def writer_main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0]) as f:
         spec = json.load(f)
+    _die_with_parent(spec.get("parent"))
     log = os.open(spec["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def note(s, sync=False):
@@ -417,6 +425,7 @@ class Stats:
     leaked_blocks: int = 0
     leaky_rounds: int = 0
     checks: int = 0
+    object_checks: int = 0       # RADOS pools: objects checked after a reopen
     phases: dict = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
 
@@ -427,17 +436,23 @@ class Stats:
                 f"{self.bytes_verified / MiB:.1f} MiB verified, unflushed bytes found new "
                 f"{self.maybe_bytes_new} / old {self.maybe_bytes_old}; "
                 f"leaked blocks after crashes: {self.leaked_blocks} in {self.leaky_rounds} rounds; "
-                f"kills landed: {phases}")
+                + (f"RADOS objects checked {self.object_checks} times; "
+                   if self.object_checks else "")
+                + f"kills landed: {phases}")
 
 
-def _die_with_parent():
-    """In the writer, before exec: SIGKILL it if the harness dies (no orphaned writers)."""
+def _die_with_parent(parent):
+    """In the writer, first thing: SIGKILL it if the harness dies (no orphaned writers).  Done
+    here rather than between fork and exec: the harness may hold librados threads, and code
+    run in a child before exec could wait for ever on a lock one of them held."""
     try:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001 - not Linux: the op budget still ends it
         pass
+    if parent and os.getppid() != parent:  # the harness died before the prctl
+        os._exit(3)
 
 
 class CrashFailure(AssertionError):
@@ -449,7 +464,7 @@ class Harness:
     counted, repaired with ``check(repair=True)`` and the run goes on)."""
 
     def __init__(self, workdir, seed=None, pool_every=10, max_delay=0.35,
-                 strict_leaks=True, keep_failed=None, verbose=False):
+                 strict_leaks=True, keep_failed=None, verbose=False, ceph=None):
         import cowblock  # noqa: F401 - fail early if the core is not built
 
         del cowblock
@@ -463,6 +478,7 @@ class Harness:
         self.strict_leaks = strict_leaks
         self.keep_failed = keep_failed
         self.verbose = verbose
+        self.ceph = ceph             # a CephCluster: pools in RADOS, else in workdir
         self.stats = Stats()
         self.startup = 0.35          # seconds from spawn to "S", measured as we go
         self.pool = None
@@ -473,18 +489,27 @@ class Harness:
 
     def _fresh_pool(self):
         import cowblock
+        import rawstore
 
         self.npool = getattr(self, "npool", 0) + 1
-        self.pool = os.path.join(self.workdir, f"pool{self.npool}")
-        old = os.path.join(self.workdir, f"pool{self.npool - 1}")
-        shutil.rmtree(old, ignore_errors=True)
+        if self.ceph is None:
+            self.pool = os.path.join(self.workdir, f"pool{self.npool}")
+            shutil.rmtree(os.path.join(self.workdir, f"pool{self.npool - 1}"), ignore_errors=True)
+        else:
+            from conftest import rados_url
+
+            if self.pool is not None:
+                self.stores.remove_pool()
+            self.pool = rados_url(self.ceph)
+        self.stores = rawstore.open_stores(self.pool, self.ceph)
         bs = BLOCK_SIZES[(self.npool - 1) % len(BLOCK_SIZES)]
         # every other pool keeps data checksums
         with cowblock.Pool.create(self.pool, size=4096 * bs, block_size=bs,
                                   checksums=self.npool % 2 == 0):
             pass
         self.block_size = bs
-        self.direct = self.npool % 3 == 0   # every third pool: the writer uses O_DIRECT
+        # every third pool: the writer uses O_DIRECT (RADOS has no page cache to bypass)
+        self.direct = self.npool % 3 == 0 and self.ceph is None
         # pools 2, 3 of every 4: the writer keeps freed blocks for reuse (punch-free)
         self.keep_freed = (64 * bs) if self.npool % 4 in (2, 3) else 0
         self.devices = []            # [DevMeta]
@@ -508,6 +533,7 @@ class Harness:
         spec = os.path.join(self.workdir, "spec.json")
         with open(spec, "w") as f:
             json.dump({"pool": self.pool, "log": log, "seed": seed, "round": self.rnd,
+                       "parent": os.getpid(),
                        "devices": [d.as_json() for d in self.devices],
                        "next_code": self.next_code, "max_ops": 200000,
                        "direct": self.direct, "keep_freed": self.keep_freed}, f)
@@ -516,7 +542,7 @@ class Harness:
         mode = self.rng.random()
         t0 = time.monotonic()
         proc = subprocess.Popen([sys.executable, WRITER, spec], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+                                stderr=subprocess.PIPE)
         try:
             if mode < 0.05:
                 time.sleep(self.rng.uniform(0, self.startup * 1.3))
@@ -533,6 +559,13 @@ class Harness:
             proc.kill()
             proc.wait()
             raise
+        if self.ceph is not None:
+            # The dead writer's RADOS lock would keep the reopen out until its lease (30 s)
+            # lapses: break it now, as `cowblock pool unlock --force` does.  That blocklists
+            # the dead client first, so an op of its still on the wire cannot land later.
+            import cowblock
+
+            cowblock.Pool.unlock(self.pool)
         records = self._read_log(log)
         ran_out = proc.returncode == 0 and records and records[-1][0] == "X"
         if proc.returncode != -signal.SIGKILL and not ran_out:
@@ -604,7 +637,7 @@ class Harness:
         if self.tamper:
             self.tamper(self, model)
         problems = []
-        on_disk = committed_generation(self.pool)  # before open, which may commit itself
+        on_disk = committed_generation(self.stores)  # before open, which may commit itself
         committed = bool(gens) and on_disk is not None and on_disk > gens[-1]
         try:
             pool = cowblock.Pool.open(self.pool)
@@ -670,6 +703,13 @@ class Harness:
         if problems:
             self._fail(tag, problems)
         pool.close()
+        if self.ceph is not None:
+            import rawstore
+
+            problems = rawstore.check_objects(self.stores)
+            st.object_checks += 1
+            if problems:
+                self._fail(tag, ["RADOS objects after the reopen: " + "; ".join(problems)])
         # what the next round starts from: the pool as it is now
         self.devices = [model.meta[n] for n in sorted(contents)]
         self.baseline = contents
@@ -707,7 +747,7 @@ class Harness:
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(self.workdir, dest)
             kept = f"\n(pool, spec and op log kept in {dest})"
-        raise CrashFailure(f"crash round failed ({tag}):\n" + "\n".join(problems) + kept)
+        raise CrashFailure(f"crash round failed ({tag}, pool {self.pool}):\n" + "\n".join(problems) + kept)
 
     # -- many rounds ---------------------------------------------------------------
 

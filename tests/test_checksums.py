@@ -3,7 +3,9 @@
 The crash, power-loss and fault-injection harnesses run pools with and
 without checksums too (crashlib, test_powerloss, test_faults); this file
 checks the feature itself: that damage is caught and named, never
-returned, and never laundered into a fresh block by a copy-up.
+returned, and never laundered into a fresh block by a copy-up.  The feature's tests run on
+both backends (the ``backend`` fixture), the damage written through tests/rawstore.py into
+the data file or the data store's RADOS objects.
 """
 import json
 import os
@@ -20,8 +22,10 @@ BS = 64 * 1024
 SUB = 4096
 
 
-def make(tmp_path, block_size=BS, checksums=True, name="pool"):
-    return cowblock.Pool.create(tmp_path / name, size=256 * block_size,
+def make(where, block_size=BS, checksums=True, name="pool"):
+    """A pool at ``where``: a Backend (a fresh location there) or a directory."""
+    loc = where.location(name) if hasattr(where, "location") else where / name
+    return cowblock.Pool.create(loc, size=256 * block_size,
                                 block_size=block_size, checksums=checksums)
 
 
@@ -32,6 +36,12 @@ def flip(path, offset, mask=0x01):
         b = f.read(1)
         f.seek(offset)
         f.write(bytes([b[0] ^ mask]))
+
+
+def cowblock_dir(tmp_path):
+    """The file backend alone, for tests that are about the feature, not the store."""
+    from conftest import Backend
+    return Backend("file", tmp_path)
 
 
 def block_of(pool, name, vblock):
@@ -48,6 +58,7 @@ def block_of(pool, name, vblock):
 
 
 def test_off_by_default_and_remembered(tmp_path):
+    # files only: it measures the data file's length
     with make(tmp_path, checksums=False, name="plain") as p:
         assert p.checksums is False
         assert p.stats()["checksums"] is False
@@ -63,13 +74,14 @@ def test_off_by_default_and_remembered(tmp_path):
 
 
 @pytest.mark.parametrize("block_size", [4096, 16384, 65536, 1 << 20])
-def test_random_ops_match_a_model_and_scrub_clean(tmp_path, block_size):
+def test_random_ops_match_a_model_and_scrub_clean(backend, block_size):
     """Partial writes, copy-ups, discards, snapshots and flushes in a random
     mix read back exactly, across a reopen, and scrub finds nothing."""
     rng = random.Random(block_size)
     size = 24 * block_size
     model = {"a": bytearray(size)}
-    with make(tmp_path, block_size) as p:
+    with make(backend, block_size) as p:
+        where = p.path
         p.create_device("a", size)
         for step in range(300):
             name = rng.choice(sorted(model))
@@ -102,7 +114,7 @@ def test_random_ops_match_a_model_and_scrub_clean(tmp_path, block_size):
         for name, want in model.items():
             assert p.device(name).read(0, size) == want, name
         assert p.check().ok
-    with cowblock.Pool.open(tmp_path / "pool") as p:
+    with cowblock.Pool.open(where) as p:
         for name, want in model.items():
             assert p.device(name).read(0, size) == want, name
         report = p.scrub()
@@ -111,10 +123,10 @@ def test_random_ops_match_a_model_and_scrub_clean(tmp_path, block_size):
         assert p.stats()["checksum_failures"] == 0
 
 
-def test_committed_blocks_are_not_rewritten(tmp_path):
+def test_committed_blocks_are_not_rewritten(backend):
     """After a flush, a write to a block the device alone holds copies up:
     the committed bytes (and so their checksums) stay as they were."""
-    with make(tmp_path) as p:
+    with make(backend) as p:
         d = p.create_device("d", 4 * BS)
         d.write(0, b"a" * BS)
         d.write(0, b"b" * 10)   # same transaction: in place
@@ -129,22 +141,23 @@ def test_committed_blocks_are_not_rewritten(tmp_path):
         assert d.read(0, BS) == b"c" * 10 + b"a" * (SUB - 10) + b"d" * (BS - SUB)
 
 
-def damaged_pool(tmp_path):
+def damaged_pool(backend):
     """A pool whose device "a" has a bit flipped in its second sub-block,
-    which snapshot "s" shares; returns (path, data block)."""
-    path = tmp_path / "pool"
-    with make(tmp_path) as p:
+    which snapshot "s" shares; returns (location, data block, its stores)."""
+    with make(backend) as p:
+        path = p.path
         a = p.create_device("a", 8 * BS)
         a.write(0, bytes(range(256)) * (2 * BS // 256))
         p.snapshot("a", "s")
         p.flush()
         block = block_of(p, "a", 0)
-    flip(path / "data", block * BS + SUB + 123)
-    return path, block
+    stores = backend.stores(path)
+    stores.flip("data", block * BS + SUB + 123)
+    return path, block, stores
 
 
-def test_damaged_read_raises_naming_the_offset(tmp_path):
-    path, _ = damaged_pool(tmp_path)
+def test_damaged_read_raises_naming_the_offset(backend):
+    path, _, _ = damaged_pool(backend)
     want = bytes(range(256)) * (2 * BS // 256)
     with cowblock.Pool.open(path) as p:
         a = p.device("a")
@@ -170,10 +183,10 @@ def test_damaged_read_raises_naming_the_offset(tmp_path):
         assert p.check().ok
 
 
-def test_copy_up_does_not_launder_damage(tmp_path):
+def test_copy_up_does_not_launder_damage(backend):
     """A write that copies up the damaged sub-block from the shared block
     fails rather than writing the bad bytes under a fresh checksum."""
-    path, block = damaged_pool(tmp_path)
+    path, block, _ = damaged_pool(backend)
     with cowblock.Pool.open(path) as p:
         s = p.device("s")
         with pytest.raises(cowblock.ChecksumError) as exc:
@@ -194,9 +207,9 @@ def test_copy_up_does_not_launder_damage(tmp_path):
             "a", SUB, SUB, block, 1, "checksum")
 
 
-def test_scrub_names_every_damage(tmp_path):
-    path, block = damaged_pool(tmp_path)
-    flip(path / "data", (block + 1) * BS + 5 * SUB)  # a's second block, sub-block 5
+def test_scrub_names_every_damage(backend):
+    path, block, stores = damaged_pool(backend)
+    stores.flip("data", (block + 1) * BS + 5 * SUB)  # a's second block, sub-block 5
     with cowblock.Pool.open(path) as p:
         seen = []
         report = p.scrub(progress=lambda done, total: seen.append((done, total)))
@@ -210,7 +223,7 @@ def test_scrub_names_every_damage(tmp_path):
 
 
 def test_scrub_progress_error_stops_it(tmp_path):
-    path, _ = damaged_pool(tmp_path)
+    path, _, _ = damaged_pool(cowblock_dir(tmp_path))
     with cowblock.Pool.open(path) as p:
         def boom(done, total):
             raise RuntimeError("stop")
@@ -273,10 +286,10 @@ def test_close_from_another_thread_stops_a_scrub(tmp_path):
         p.scrub()
 
 
-def test_damaged_table_is_caught_too(tmp_path):
-    path, block = damaged_pool(tmp_path)
+def test_damaged_table_is_caught_too(backend):
+    path, block, stores = damaged_pool(backend)
     table = 256 * BS
-    flip(path / "data", table + 4 * (block * 16 + 3))  # the checksum of sub-block 3
+    stores.flip("data", table + 4 * (block * 16 + 3))  # the checksum of sub-block 3
     with cowblock.Pool.open(path) as p:
         with pytest.raises(cowblock.ChecksumError) as exc:
             p.device("a").read(3 * SUB, 10)
@@ -293,6 +306,7 @@ def test_scrub_without_checksums_reads_back(tmp_path):
 
 
 def test_truncated_table_is_refused(tmp_path):
+    # files only: a data file cut short (a RADOS store's cb.size: test_corrupt)
     with make(tmp_path) as p:
         p.create_device("a", BS).write(0, b"x")
     os.truncate(tmp_path / "pool" / "data", 256 * BS + 100)

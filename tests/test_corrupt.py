@@ -24,6 +24,15 @@ What each outcome must be:
   allocation, errors are CowblockErrors" is asserted, and writes, snapshots, deletes, a commit
   and a reopen are run on top to reach more code.
 
+Backends: every shape is built twice, in a directory and in RADOS (the test cluster), and
+every case runs on both; the damage goes through tests/rawstore.py (bytes at an offset of the
+"meta" or "data" store, whatever holds them).  On RADOS the child cannot be forked from the
+test process (which has used librados: a child that then connects can hang), so a server
+process that never opens a pool forks the children (``ForkServer``).  Cases about files as
+such (truncation, a FIFO or a directory in place of a store) stay file-only; the damage only
+RADOS can have (an object removed or cut short, bad xattrs on a head) has tests of its own.
+The random budgets are smaller on RADOS, where a case costs about ten times more.
+
 ``--run-slow`` multiplies the budgets (every header bit of every page, thousands of random
 cases); ``COWBLOCK_CORRUPT_SEED`` fixes the random seed (printed with each test's tally).
 """
@@ -36,10 +45,14 @@ import random
 import resource
 import signal
 import stat
+import subprocess
+import sys
 
 import pytest
 
 import cowblock
+import rawstore
+from conftest import rados_url
 
 PAGE = 4096
 KiB = 1024
@@ -161,7 +174,7 @@ def probe(path, windows, writable, exercise):
     try:
         pool = cowblock.Pool.open(path, readonly=not writable)
     except cowblock.CorruptError as exc:
-        return {"open": "corrupt", "error": type(exc).__name__}
+        return {"open": "corrupt", "error": f"{type(exc).__name__}: {exc}"}
     except cowblock.CowblockError as exc:
         return {"open": "error", "error": f"{type(exc).__name__}: {exc}"}
     res = {"open": "ok", "writable": writable}
@@ -246,6 +259,53 @@ def isolated(fn, *args, timeout=CHILD_TIMEOUT, memory=CHILD_MEMORY):
     return json.loads(data)
 
 
+class ForkServer:
+    """``isolated()`` in a process of its own that never opens a pool, for pools in RADOS:
+    the test process has used librados, and a child forked from it that connects a client
+    of its own can hang.  One JSON line per call each way; a crashed child is reported by the
+    server as ``isolated()`` reports it."""
+
+    def __init__(self):
+        here = os.path.dirname(os.path.abspath(__file__))
+        code = (f"import sys; sys.path.insert(0, {here!r}); import test_corrupt; "
+                "test_corrupt.serve()")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def __call__(self, fn, *args, timeout=CHILD_TIMEOUT):
+        self.proc.stdin.write(json.dumps([fn.__name__, args, timeout]) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the fork server died (exit status {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def serve():
+    for line in sys.stdin:
+        name, args, timeout = json.loads(line)
+        sys.stdout.write(json.dumps(isolated(globals()[name], *args, timeout=timeout)) + "\n")
+        sys.stdout.flush()
+
+
+@pytest.fixture(scope="module")
+def fork_server():
+    servers = []
+
+    def get():
+        if not servers:
+            servers.append(ForkServer())
+        return servers[0]
+
+    yield get
+    for srv in servers:
+        srv.close()
+
+
 # --------------------------------------------------------------------------- pool shapes
 
 def sparse_copy(src, dst):
@@ -267,10 +327,13 @@ def sparse_copy(src, dst):
 
 
 class Shape:
-    """A small real pool, its metadata at each commit, and what every device read then."""
+    """A small real pool, its metadata at each commit, and what every device read then.
+    ``path``: its location (a directory or a rados:// URL); ``stores``: raw access to it."""
 
-    def __init__(self, path):
+    def __init__(self, path, stores):
         self.path = str(path)
+        self.stores = stores
+        self.backend = stores.backend
         self.windows = {}
         self.states = {}   # generation -> read_state
         self.metas = {}    # generation -> metadata file bytes
@@ -280,8 +343,7 @@ class Shape:
         pool.flush()
         gen = pool.stats()["generation"]
         self.states[gen] = read_state(pool, self.windows)
-        with open(os.path.join(self.path, "meta"), "rb") as f:
-            self.metas[gen] = f.read()
+        self.metas[gen] = self.stores.read("meta")
         self.gen = gen
         return gen
 
@@ -289,8 +351,7 @@ class Shape:
         """Inventory of the pages the newest superblock reaches (by type and level)."""
         # close() committed once more to clear the free log: put the recorded last
         # generation back (the data file is the same), so the shape keeps its free log
-        with open(os.path.join(self.path, "meta"), "wb") as f:
-            f.write(self.metas[self.gen])
+        self.stores.replace("meta", self.metas[self.gen])
         with cowblock.Pool.open(self.path, readonly=True) as pool:
             d = pool.dump()
         self.dump = d
@@ -345,14 +406,14 @@ class Shape:
         return max(older) if older else None
 
 
-def build_mixed(path):
+def build_mixed(path, stores, tmpdir):
     """Snapshots (ro and rw), copy-up entries with origins, a partial-block entry, an external
     origin with a written and a discarded block, a 1 TiB device (tree depth 3), two
     device-table pages, a deleted device, and a last commit whose free log spans two pages.
     The last commit only adds: nothing the commit before it shows is changed."""
     rng = random.Random(7)
-    s = Shape(path)
-    ext_file = os.path.join(os.path.dirname(str(path)), "external.img")
+    s = Shape(path, stores)
+    ext_file = os.path.join(str(tmpdir), "external.img")
     with open(ext_file, "wb") as f:
         f.write(rng.randbytes(40 * KiB + 512))
     huge_at = [0, (1 << 30) + BS, (1 << 40) - BS]
@@ -393,12 +454,12 @@ def build_mixed(path):
     return s.finish()
 
 
-def build_history(path, checksums=False):
+def build_history(path, stores, checksums=False):
     """Six commits that only ever add (no frees, no in-place overwrite of a committed
     block): any older metadata file still describes its generation's data exactly.  With
     checksums, the same on a pool that verifies its data (incompat bit, checksum table)."""
     rng = random.Random(11)
-    s = Shape(path)
+    s = Shape(path, stores)
     with cowblock.Pool.create(path, size=4 * MiB, block_size=BS, checksums=checksums) as pool:
         s.record(pool)
         a = pool.create_device("a", 256 * KiB)
@@ -417,33 +478,105 @@ def build_history(path, checksums=False):
     return s.finish()
 
 
-def build_empty(path):
-    s = Shape(path)
+def build_empty(path, stores):
+    s = Shape(path, stores)
     with cowblock.Pool.create(path, size=1 * MiB, block_size=BS) as pool:
         s.record(pool)
     return s.finish()
 
 
+def build_shapes(root, backend, ceph=None):
+    def where(name):
+        loc = str(root / name) if backend == "file" else rados_url(ceph)
+        return loc, rawstore.open_stores(loc, ceph)
+
+    return {"mixed": build_mixed(*where("mixed"), root),
+            "history": build_history(*where("history")),
+            "empty": build_empty(*where("empty")),
+            "history-checksums": build_history(*where("history-checksums"), checksums=True)}
+
+
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    return {"mixed": build_mixed(root / "mixed"), "history": build_history(root / "history"),
-            "empty": build_empty(root / "empty"),
-            "history-checksums": build_history(root / "history-checksums", checksums=True)}
+def file_shapes(tmp_path_factory):
+    return build_shapes(tmp_path_factory.mktemp("shapes"), "file")
+
+
+@pytest.fixture(scope="module")
+def rados_shapes(tmp_path_factory, ceph):
+    return build_shapes(tmp_path_factory.mktemp("rados-shapes"), "rados", ceph)
+
+
+@pytest.fixture(scope="module", params=["file", "rados"])
+def shapes(request):
+    return request.getfixturevalue(f"{request.param}_shapes")
 
 
 # --------------------------------------------------------------------------- running cases
 
 class Runner:
-    """Writes one damaged copy of a shape, probes it in a child, judges the outcome."""
+    """Writes one damaged copy of a shape, probes it in a child, judges the outcome.
 
-    def __init__(self, shape, workdir, name):
+    Files: a fresh directory per case (the metadata written whole, the data file linked, or
+    copied for a case that writes).  RADOS: one case pool, an object-for-object copy of the
+    shape's, into which each case writes only the pages it changes (and puts back the pages
+    the case before it changed); after a case that writes, the whole copy is made again."""
+
+    def __init__(self, shape, workdir, name, fork_server=None):
         self.shape = shape
         self.dir = os.path.join(str(workdir), "case")
         self.name = name
         self.tally = collections.Counter()
         self.failures = []
         self.n = 0
+        self.isolated = isolated
+        if shape.backend == "rados":
+            assert fork_server is not None, "a RADOS shape needs the fork_server fixture"
+            self.isolated = fork_server()
+            self.case = rawstore.open_stores(rados_url(shape.stores.ceph), shape.stores.ceph)
+            self.dir = self.case.url
+            self.held = None   # the case pool's metadata bytes; None: copy the shape again
+
+    def _write_rados(self, raw, writable):
+        """Make the case pool's metadata ``raw`` (RADOS), writing only what differs."""
+        st, old = self.case, self.shape.metas[self.shape.gen]
+        if self.held is None:
+            self.shape.stores.copy_to(self.case)
+            self.held = old
+        held = self.held
+        n = max(len(raw), len(held))
+        changed = [p for p in range(0, n, PAGE) if raw[p:p + PAGE] != held[p:p + PAGE]]
+        runs = []
+        for p in changed:
+            if runs and runs[-1][1] == p:
+                runs[-1][1] = p + PAGE
+            else:
+                runs.append([p, p + PAGE])
+        for lo, hi in runs:
+            want = bytes(raw[lo:hi])
+            st.write("meta", lo, want + bytes(min(hi, n) - lo - len(want)))
+        if len(raw) != len(held):
+            st.set_xattr("meta", "cb.size", len(raw))
+        # a case that writes changes objects and heads this one does not know: copy again
+        self.held = None if writable or len(raw) != len(old) else bytes(raw)
+
+    def _write_files(self, raw, writable, data_size):
+        sh = self.shape
+        os.makedirs(self.dir, exist_ok=True)
+        for f in ("meta", "data"):
+            try:
+                os.unlink(os.path.join(self.dir, f))
+            except FileNotFoundError:
+                pass
+        with open(os.path.join(self.dir, "meta"), "wb") as f:
+            f.write(raw)
+        src = os.path.join(sh.path, "data")
+        dst = os.path.join(self.dir, "data")
+        if writable or data_size is not None:
+            sparse_copy(src, dst)
+            if data_size is not None:
+                os.truncate(dst, data_size)
+        else:
+            os.link(src, dst)  # read-only opens never write
 
     def run(self, label, meta, kind, *, writable=False, exercise=False, data=None,
             data_size=None):
@@ -457,23 +590,12 @@ class Runner:
         # (a truncated metadata file puts a slot's recorded size out of bounds)
         self._slots_touched = {s for s in (0, 1) if len(raw) < len(old)
                                or raw[s * PAGE:(s + 1) * PAGE] != old[s * PAGE:(s + 1) * PAGE]}
-        os.makedirs(self.dir, exist_ok=True)
-        for f in ("meta", "data"):
-            try:
-                os.unlink(os.path.join(self.dir, f))
-            except FileNotFoundError:
-                pass
-        with open(os.path.join(self.dir, "meta"), "wb") as f:
-            f.write(raw)
-        src = os.path.join(sh.path, "data")
-        dst = os.path.join(self.dir, "data")
-        if writable or exercise or data_size is not None:
-            sparse_copy(src, dst)
-            if data_size is not None:
-                os.truncate(dst, data_size)
+        if sh.backend == "rados":
+            assert data_size is None, "data_size cuts a file: file shapes only"
+            self._write_rados(raw, writable or exercise)
         else:
-            os.link(src, dst)  # read-only opens never write
-        res = isolated(probe, self.dir, sh.windows, writable or exercise, exercise)
+            self._write_files(raw, writable or exercise, data_size)
+        res = self.isolated(probe, self.dir, sh.windows, writable or exercise, exercise)
         self.n += 1
         verdict, outcome = self._judge(res, kind)
         self.tally[f"{kind}: {outcome}"] += 1
@@ -549,6 +671,8 @@ class Runner:
         return ("; ".join(problems) or None), outcome
 
     def report(self, seed):
+        if self.shape.backend == "rados":
+            self.case.remove_pool()
         lines = [f"{self.name}: {self.n} cases (seed {seed})"]
         lines += [f"    {k}: {v}" for k, v in sorted(self.tally.items())]
         print("\n".join(lines))
@@ -556,8 +680,11 @@ class Runner:
             f"\n... {len(self.failures)} failures in all" if len(self.failures) > 40 else "")
 
 
-def budget(run_slow, fast, slow):
-    return slow if run_slow else fast
+def budget(run_slow, fast, slow, sh=None, rados=None):
+    """The number of cases: ``rados`` (when given) instead of ``fast`` for a RADOS shape."""
+    if run_slow:
+        return slow
+    return rados if rados is not None and sh is not None and sh.backend == "rados" else fast
 
 
 # --------------------------------------------------------------------------- the tests
@@ -581,21 +708,21 @@ def test_shapes_cover_every_page_type(shapes):
     assert len(sh.states) == 3
 
 
-def test_undamaged_copies_open(shapes, tmp_path):
+def test_undamaged_copies_open(shapes, tmp_path, fork_server):
     for name, sh in shapes.items():
-        run = Runner(sh, tmp_path, name)
+        run = Runner(sh, tmp_path, name, fork_server)
         run.run("as is (read-only)", sh.meta, "must_open")
         run.run("as is (writable)", sh.meta, "must_open", writable=True)
         run.run("as is (exercised)", sh.meta, "no_crash", exercise=True)
         run.report(0)
 
 
-def test_bit_flips(shapes, tmp_path, run_slow):
+def test_bit_flips(shapes, tmp_path, run_slow, fork_server):
     seed = seed_for("flips")
     rng = random.Random(seed)
     sh = shapes["mixed"]
-    run = Runner(sh, tmp_path, "bit flips")
-    per_page = budget(run_slow, 4, 40)
+    run = Runner(sh, tmp_path, "bit flips", fork_server)
+    per_page = budget(run_slow, 4, 40, sh, rados=1)
     for page in sorted(sh.reachable) + [1 - sh.slot]:
         kind = sh.pages.get(page, ("super-old",))[0]
         offsets = [rng.randrange(0, 32)] + [rng.randrange(PAGE) for _ in range(per_page - 1)]
@@ -606,12 +733,12 @@ def test_bit_flips(shapes, tmp_path, run_slow):
             bit = rng.randrange(8)
             m.b[page * PAGE + off] ^= 1 << bit
             run.run(f"{kind} page {page} byte {off} bit {bit}", m, "auto")
-    for _ in range(budget(run_slow, 40, 2000)):  # anywhere in the file, reachable or not
+    for _ in range(budget(run_slow, 40, 2000, sh, rados=10)):  # anywhere, reachable or not
         m = sh.meta.copy()
         off = rng.randrange(len(m.b))
         m.b[off] ^= 1 << rng.randrange(8)
         run.run(f"random byte {off}", m, "auto")
-    for _ in range(budget(run_slow, 10, 200)):  # several flips at once
+    for _ in range(budget(run_slow, 10, 200, sh, rados=3)):  # several flips at once
         m = sh.meta.copy()
         for _ in range(rng.randrange(2, 50)):
             m.b[rng.randrange(len(m.b))] ^= 1 << rng.randrange(8)
@@ -619,14 +746,14 @@ def test_bit_flips(shapes, tmp_path, run_slow):
     run.report(seed)
 
 
-def test_bit_flips_other_shapes(shapes, tmp_path, run_slow):
+def test_bit_flips_other_shapes(shapes, tmp_path, run_slow, fork_server):
     seed = seed_for("flips-other")
     rng = random.Random(seed)
     for name in ("history", "empty", "history-checksums"):
         sh = shapes[name]
-        run = Runner(sh, tmp_path, f"bit flips ({name})")
+        run = Runner(sh, tmp_path, f"bit flips ({name})", fork_server)
         for page in sorted(sh.reachable):
-            for _ in range(budget(run_slow, 3, 30)):
+            for _ in range(budget(run_slow, 3, 30, sh, rados=1)):
                 m = sh.meta.copy()
                 off = rng.randrange(PAGE)
                 m.b[page * PAGE + off] ^= 1 << rng.randrange(8)
@@ -634,13 +761,13 @@ def test_bit_flips_other_shapes(shapes, tmp_path, run_slow):
         run.report(seed)
 
 
-def test_zeroed_ranges_and_garbage(shapes, tmp_path, run_slow):
+def test_zeroed_ranges_and_garbage(shapes, tmp_path, run_slow, fork_server):
     seed = seed_for("zero")
     rng = random.Random(seed)
     sh = shapes["mixed"]
-    run = Runner(sh, tmp_path, "zeroed ranges and garbage")
+    run = Runner(sh, tmp_path, "zeroed ranges and garbage", fork_server)
     size = len(sh.meta.b)
-    for _ in range(budget(run_slow, 30, 600)):
+    for _ in range(budget(run_slow, 30, 600, sh, rados=8)):
         m = sh.meta.copy()
         off = rng.randrange(size)
         length = rng.choice([1, 8, 32, 100, PAGE, 3 * PAGE, rng.randrange(1, 2 * PAGE)])
@@ -662,8 +789,10 @@ def test_zeroed_ranges_and_garbage(shapes, tmp_path, run_slow):
     run.report(seed)
 
 
-def test_truncation(shapes, tmp_path, run_slow):
-    sh = shapes["mixed"]
+def test_truncation(file_shapes, tmp_path, run_slow):
+    # files only: cutting a file short; a RADOS store's length is its head's cb.size, and its
+    # objects cut short or removed are test_rados_objects_damaged's
+    sh = file_shapes["mixed"]
     run = Runner(sh, tmp_path, "truncation")
     n = sh.meta.npages
     step = 1 if run_slow else max(1, n // 20)
@@ -679,9 +808,9 @@ def test_truncation(shapes, tmp_path, run_slow):
     run.report(0)
 
 
-def test_superblock_slots(shapes, tmp_path):
+def test_superblock_slots(shapes, tmp_path, fork_server):
     sh = shapes["mixed"]
-    run = Runner(sh, tmp_path, "superblock slots")
+    run = Runner(sh, tmp_path, "superblock slots", fork_server)
     cur, old = sh.slot, 1 - sh.slot
     page = lambda m, p: bytes(m.b[p * PAGE:(p + 1) * PAGE])  # noqa: E731
 
@@ -727,14 +856,14 @@ def test_superblock_slots(shapes, tmp_path):
     run.report(0)
 
 
-def test_older_generations(shapes, tmp_path):
+def test_older_generations(shapes, tmp_path, fork_server):
     """An older metadata file copied over the newest (as a careless backup restore would)."""
     for name in ("history", "history-checksums"):
-        _older_generations(shapes[name], tmp_path, name)
+        _older_generations(shapes[name], tmp_path, name, fork_server)
 
 
-def _older_generations(sh, tmp_path, name):
-    run = Runner(sh, tmp_path, f"older generations ({name})")
+def _older_generations(sh, tmp_path, name, fork_server):
+    run = Runner(sh, tmp_path, f"older generations ({name})", fork_server)
     for gen, raw in sorted(sh.metas.items()):
         res = run.run(f"metadata of generation {gen}", raw, "no_crash")
         r = res.get("ok", {})
@@ -924,9 +1053,9 @@ def _ext_path_cases(sh, tmp_path):
     return out
 
 
-def test_crafted_pages(shapes, tmp_path):
+def test_crafted_pages(shapes, tmp_path, fork_server):
     sh = shapes["mixed"]
-    run = Runner(sh, tmp_path, "crafted pages (valid checksums)")
+    run = Runner(sh, tmp_path, "crafted pages (valid checksums)", fork_server)
     for label, m, kind in _crafted(sh):
         if kind == "must_open_rw":
             run.run(label, m, "must_open", writable=True)
@@ -972,19 +1101,19 @@ def _fields(sh, page, rng):
     return hdr
 
 
-def test_random_sealed_mutations(shapes, tmp_path, run_slow):
+def test_random_sealed_mutations(shapes, tmp_path, run_slow, fork_server):
     """Structure-aware fuzzing: one to three fields of reachable pages set to interesting values,
     pages resealed.  Invalid results must be refused; valid ones must survive use."""
     seed = seed_for("sealed")
     rng = random.Random(seed)
     sh = shapes["mixed"]
-    run = Runner(sh, tmp_path, "random sealed mutations")
+    run = Runner(sh, tmp_path, "random sealed mutations", fork_server)
     pages = sorted(sh.reachable)
     interesting = sorted(set(pages)) + [0, 1, 2, 3, 127, 128, 255, 508, 4096, 0xFFFF, 1 << 31,
                                         (1 << 32) - 1, 1 << 32, 1 << 36, 1 << 56, (1 << 63), M64,
                                         sh.sb["nblocks"], sh.sb["nblocks"] - 1, sh.sb["meta_pages"],
                                         sh.sb["time"], sh.sb["time"] + 1, sh.gen, sh.gen + 1]
-    for _ in range(budget(run_slow, 120, 4000)):
+    for _ in range(budget(run_slow, 120, 4000, sh, rados=30)):
         m = sh.meta.copy()
         touched = set()
         for _ in range(rng.choice([1, 1, 1, 2, 3])):
@@ -1001,14 +1130,14 @@ def test_random_sealed_mutations(shapes, tmp_path, run_slow):
     run.report(seed)
 
 
-def test_garbage_with_valid_headers(shapes, tmp_path, run_slow):
+def test_garbage_with_valid_headers(shapes, tmp_path, run_slow, fork_server):
     """Random payloads behind a correct header and checksum, in every reachable page."""
     seed = seed_for("garbage")
     rng = random.Random(seed)
     sh = shapes["mixed"]
-    run = Runner(sh, tmp_path, "sealed garbage payloads")
+    run = Runner(sh, tmp_path, "sealed garbage payloads", fork_server)
     for page in sorted(sh.reachable):
-        for _ in range(budget(run_slow, 2, 20)):
+        for _ in range(budget(run_slow, 2, 20, sh, rados=1)):
             m = sh.meta.copy()
             start = rng.choice([32, 40, 48, 64, rng.randrange(32, PAGE)])
             m.put_bytes(page, start, rng.randbytes(PAGE - start))
@@ -1017,17 +1146,30 @@ def test_garbage_with_valid_headers(shapes, tmp_path, run_slow):
     run.report(seed)
 
 
-def test_missing_files(shapes, tmp_path):
+def test_missing_stores(shapes, tmp_path, fork_server):
+    """A store not there at all (its file, or its head object, gone): NotFoundError."""
     sh = shapes["empty"]
     for missing in ("meta", "data"):
-        d = tmp_path / missing
-        d.mkdir()
-        for f in ("meta", "data"):
-            if f != missing:
-                sparse_copy(os.path.join(sh.path, f), str(d / f))
-        res = isolated(probe, str(d), {}, False, False)
+        if sh.backend == "file":
+            d = str(tmp_path / missing)
+            os.mkdir(d)
+            for f in ("meta", "data"):
+                if f != missing:
+                    sparse_copy(os.path.join(sh.path, f), os.path.join(d, f))
+            res = isolated(probe, d, {}, False, False)
+        else:
+            case = rawstore.open_stores(rados_url(sh.stores.ceph), sh.stores.ceph)
+            sh.stores.copy_to(case)
+            case.remove_object(case.head(missing))
+            d = case.url
+            res = fork_server()(probe, d, {}, False, False)
         assert res == {"ok": {"open": "error", "error": res["ok"]["error"]}}, res
         assert res["ok"]["error"].startswith("NotFoundError"), res
+
+
+def test_directory_as_meta(file_shapes, tmp_path):
+    # files only: a directory where the metadata file should be
+    sh = file_shapes["empty"]
     d = tmp_path / "dir-as-meta"
     d.mkdir()
     (d / "meta").mkdir()
@@ -1039,9 +1181,10 @@ def test_missing_files(shapes, tmp_path):
 
 
 @pytest.mark.parametrize("which", ["meta", "data"])
-def test_fifo_pool_files_do_not_hang(shapes, tmp_path, which):
-    """A FIFO where a pool file should be: a blocking open(2) would wait for ever."""
-    sh = shapes["empty"]
+def test_fifo_pool_files_do_not_hang(file_shapes, tmp_path, which):
+    """A FIFO where a pool file should be: a blocking open(2) would wait for ever (files
+    only: a RADOS store is objects)."""
+    sh = file_shapes["empty"]
     d = tmp_path / "pool"
     d.mkdir()
     for f in ("meta", "data"):
@@ -1054,11 +1197,12 @@ def test_fifo_pool_files_do_not_hang(shapes, tmp_path, which):
     assert res["ok"]["open"] != "ok", res
 
 
-@pytest.fixture(scope="module")
-def wide(tmp_path_factory):
+@pytest.fixture(scope="module", params=["file", "rados"])
+def wide(request, tmp_path_factory):
     """More than 512 tree nodes: the loader's node table grows (rehashes) while it loads."""
-    path = tmp_path_factory.mktemp("wide") / "pool"
-    s = Shape(path)
+    ceph = request.getfixturevalue("ceph") if request.param == "rados" else None
+    path = tmp_path_factory.mktemp("wide") / "pool" if ceph is None else rados_url(ceph)
+    s = Shape(path, rawstore.open_stores(path, ceph))
     leaves = 600
     with cowblock.Pool.create(path, size=8 * MiB, block_size=4 * KiB) as pool:
         dev = pool.create_device("wide", leaves * 127 * 4 * KiB)
@@ -1072,9 +1216,9 @@ def wide(tmp_path_factory):
     return s.finish()
 
 
-def test_wide_tree(wide, tmp_path):
+def test_wide_tree(wide, tmp_path, fork_server):
     sh = wide
-    run = Runner(sh, tmp_path, "wide tree (node table rehash)")
+    run = Runner(sh, tmp_path, "wide tree (node table rehash)", fork_server)
     assert len(sh.nodes) > 512
     leaves = sorted(p for p, lvl in sh.nodes.items() if lvl == 0)
     run.run("as is", sh.meta, "must_open")
@@ -1092,3 +1236,104 @@ def test_wide_tree(wide, tmp_path):
             m.put(interior[0], 32 + 8 * i, 8, leaves[0])
     run.run("all children -> one leaf", m.seal(interior[0]), "no_crash", exercise=True)
     run.report(0)
+
+
+# --------------------------------------------------------------------------- RADOS objects
+
+
+def _rados_case(sh):
+    """A fresh object-for-object copy of a RADOS shape to damage."""
+    case = rawstore.open_stores(rados_url(sh.stores.ceph), sh.stores.ceph)
+    sh.stores.copy_to(case)
+    return case
+
+
+def _expect_corrupt(fork_server, case, *, windows=None, says=None):
+    res = fork_server()(probe, case.url, windows or {}, False, False)
+    assert "crash" not in res and "exception" not in res, res
+    r = res["ok"]
+    assert r["open"] in ("corrupt", "error"), r
+    what = r["error"].partition(": ")[2]
+    assert len(what) > 10, f"no clear message: {r}"
+    if says:
+        assert says in what, r
+    return r
+
+
+def test_rados_objects_damaged(rados_shapes, fork_server):
+    """Damage only a store of objects can have: an object of the metadata removed or cut
+    short, a data object of a checksummed pool removed or cut short.  Each is refused or
+    reported (CorruptError, ChecksumError naming the device offset), never a crash and never
+    other bytes than were written."""
+    sh = rados_shapes["mixed"]
+    osize, head = sh.stores.layout("meta")
+    page = max(p for p in sh.reachable if p * PAGE >= head)     # a page in a stripe object
+    oid = sh.stores.object_of("meta", page * PAGE)
+    case = _rados_case(sh)
+    case.remove_object(oid.replace(sh.stores.name, case.name, 1))
+    _expect_corrupt(fork_server, case)
+    case = _rados_case(sh)
+    case.truncate_object(oid.replace(sh.stores.name, case.name, 1), page * PAGE % osize)
+    _expect_corrupt(fork_server, case)
+    # a head object cut short: the superblock slots read as zeros
+    case = _rados_case(sh)
+    case.truncate_object(case.head("meta"), 100)
+    _expect_corrupt(fork_server, case)
+
+    # checksummed data: a data object removed, another cut short
+    sh = rados_shapes["history-checksums"]
+    want = sh.states[sh.gen]
+    for how in ("remove", "truncate"):
+        case = _rados_case(sh)
+        first = case.oid("data", 0)
+        if how == "remove":
+            case.remove_object(first)
+        else:
+            case.truncate_object(first, 4 * KiB + 100)
+        res = fork_server()(probe, case.url, {}, False, False)
+        r = res["ok"]
+        assert r["open"] == "ok", res          # the metadata is intact
+        assert r["reads"]["a"] == "error:ChecksumError", (how, r)
+        for name, digest in r["reads"].items():   # what reads, reads right
+            assert digest in (want[name], "error:ChecksumError"), (how, name)
+        scrub = fork_server()(scrub_report, case.url)["ok"]
+        assert scrub["bad"] > 0 and scrub["first"].split("@")[0] in want, (how, scrub)
+
+
+def scrub_report(url):
+    with cowblock.Pool.open(url, readonly=True) as pool:
+        rep = pool.scrub()
+        first = rep.damage[0] if rep.damage else None
+        return {"bad": rep.bad, "first": f"{first.device}@{first.offset}" if first else ""}
+
+
+@pytest.mark.parametrize("store, key, value, says", [
+    ("meta", "cb.osize", "1000", "object size of 1000"),
+    ("meta", "cb.osize", "x", "malformed cb.osize"),
+    # a valid size, the wrong one: offsets would map to the wrong objects (the data store
+    # spans more than 64 KiB; the meta store does not, but it must agree with the data's)
+    ("meta", "cb.osize", str(64 * KiB), "different object sizes"),
+    ("data", "cb.osize", str(64 * KiB), "different object sizes"),
+    ("data", "cb.osize", str(8 * MiB), "different object sizes"),
+    ("meta", "cb.head", "4096", "head of 4096"),
+    ("meta", "cb.head", "0", None),                     # superblocks looked for in a stripe
+    ("meta", "cb.size", "4096", None),                  # shorter than the pages it holds
+    ("meta", "cb.size", "", "malformed cb.size"),
+    ("meta", "cb.seq", "-1", "malformed cb.seq"),
+    ("data", "cb.size", "65536", None),                 # shorter than the pool's blocks
+    ("data", "cb.osize", str(1 << 40), "object size of"),
+])
+def test_rados_head_xattrs_damaged(rados_shapes, fork_server, store, key, value, says):
+    """A head whose xattrs lie about its store: a clear CorruptError, never a crash."""
+    case = _rados_case(rados_shapes["history"])
+    case.set_xattr(store, key, value)
+    r = _expect_corrupt(fork_server, case, says=says)
+    assert r["open"] == "corrupt", r
+
+
+@pytest.mark.parametrize("key", ["cb.osize", "cb.head", "cb.size", "cb.seq"])
+def test_rados_head_xattr_missing(rados_shapes, fork_server, key):
+    case = _rados_case(rados_shapes["history"])
+    case.rados("rmxattr", case.head("meta"), key)
+    r = _expect_corrupt(fork_server, case, says=key)
+    assert r["open"] == "corrupt", r

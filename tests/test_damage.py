@@ -1,6 +1,8 @@
 """Damage that must be reported, and where (issue 8, defect 11): a bad superblock slot, the
 page and structure behind "metadata is corrupt", a truncated data file, an external origin
-edited underneath.  ``check`` is the oracle, ``check(repair=True)`` rewrites what it can."""
+edited underneath.  ``check`` is the oracle, ``check(repair=True)`` rewrites what it can.
+The metadata damage runs on both backends (the ``backend`` fixture; bytes changed through
+tests/rawstore.py), the damage to files as such (truncation) on files."""
 
 import os
 
@@ -23,14 +25,18 @@ def make_pool(path, external=None):
     return path
 
 
-def meta(path):
-    with open(os.path.join(path, "meta"), "rb") as f:
-        return Meta(f.read())
+def meta(stores):
+    return Meta(stores.read("meta"))
 
 
-def write_meta(path, m):
-    with open(os.path.join(path, "meta"), "r+b") as f:
-        f.write(m.b)
+def write_meta(stores, m):
+    stores.write("meta", 0, bytes(m.b))
+
+
+def made(backend, external=None):
+    """A pool made by make_pool at a fresh location: (location, its stores)."""
+    path = make_pool(backend.location("p"), external=external)
+    return path, backend.stores(path)
 
 
 def slots(path):
@@ -53,10 +59,10 @@ def errors(report):
     ("copy", "records its address as page"),
     ("parity", "does not belong in slot"),
 ])
-def test_bad_superblock_slot_is_reported(tmp_path, damage, why):
-    path = make_pool(str(tmp_path / "p"))
+def test_bad_superblock_slot_is_reported(backend, damage, why):
+    path, stores = made(backend)
     cur, other = slots(path)
-    m = meta(path)
+    m = meta(stores)
     if damage == "garbage":
         m.put_bytes(other, 1000, b"garbage!")
     elif damage == "zeros":
@@ -67,7 +73,7 @@ def test_bad_superblock_slot_is_reported(tmp_path, damage, why):
         m.put_bytes(other, 0, bytes(m.b[cur * PAGE:(cur + 1) * PAGE]))
         if damage == "parity":
             m.edit(other, 8, 8, other)
-    write_meta(path, m)
+    write_meta(stores, m)
     with cowblock.Pool.open(path, readonly=True) as pool:
         report = pool.check()
         assert pool.device("base").read(0, 4) == b"xxxx"
@@ -77,12 +83,10 @@ def test_bad_superblock_slot_is_reported(tmp_path, damage, why):
     assert why in msg
 
 
-def test_damaged_newest_slot_is_reported_after_the_fallback(tmp_path):
-    path = make_pool(str(tmp_path / "p"))
+def test_damaged_newest_slot_is_reported_after_the_fallback(backend):
+    path, stores = made(backend)
     cur, other = slots(path)
-    m = meta(path)
-    m.b[cur * PAGE + 2000] ^= 0x40
-    write_meta(path, m)
+    stores.flip("meta", cur * PAGE + 2000, 0x40)
     with cowblock.Pool.open(path, readonly=True) as pool:
         assert pool.stats()["generation"] % 2 == other  # opened from the older slot
         report = pool.check()
@@ -90,14 +94,12 @@ def test_damaged_newest_slot_is_reported_after_the_fallback(tmp_path):
     assert f"superblock slot {cur} " in msg and "bad checksum" in msg
 
 
-def test_repair_rewrites_the_bad_slot_from_the_current_one(tmp_path):
-    path = make_pool(str(tmp_path / "p"))
+def test_repair_rewrites_the_bad_slot_from_the_current_one(backend):
+    path, stores = made(backend)
     with cowblock.Pool.open(path) as pool:
         other = 1 - pool.stats()["generation"] % 2
         gen = pool.stats()["generation"]
-        with open(os.path.join(path, "meta"), "r+b") as f:  # damaged while open
-            f.seek(other * PAGE + 100)
-            f.write(b"garbage!")
+        stores.write("meta", other * PAGE + 100, b"garbage!")  # damaged while open
         assert pool.check().errors == 1
         report = pool.check(repair=True)
         assert report.errors == 0 and report.repaired == 1
@@ -112,12 +114,10 @@ def test_repair_rewrites_the_bad_slot_from_the_current_one(tmp_path):
         assert pool.device("base").read(0, 4) == b"xxxx"
 
 
-def test_writable_open_over_a_bad_slot_says_so(tmp_path):
-    path = make_pool(str(tmp_path / "p"))
+def test_writable_open_over_a_bad_slot_says_so(backend):
+    path, stores = made(backend)
     cur, other = slots(path)
-    m = meta(path)
-    m.put_bytes(other, 1000, b"garbage!")
-    write_meta(path, m)
+    stores.write("meta", other * PAGE + 1000, b"garbage!")
     with cowblock.Pool.open(path) as pool:  # its commit rewrites the bad slot
         report = pool.check()
     assert report.errors == 0
@@ -125,9 +125,8 @@ def test_writable_open_over_a_bad_slot_says_so(tmp_path):
                "opened" in m for m in report.messages), report.messages
 
 
-def test_new_pool_slot_never_written_is_not_damage(tmp_path):
-    path = str(tmp_path / "p")
-    pool = cowblock.Pool.create(path, size=64 * MiB, block_size=BS)
+def test_new_pool_slot_never_written_is_not_damage(backend):
+    pool = cowblock.Pool.create(backend.location("p"), size=64 * MiB, block_size=BS)
     try:
         # generation 1, slot 0 still zeros until the first commit
         assert pool.stats()["generation"] == 1
@@ -138,23 +137,23 @@ def test_new_pool_slot_never_written_is_not_damage(tmp_path):
 
 # -- what "corrupt" names ------------------------------------------------------
 
-def test_corrupt_error_names_page_offset_and_structure(tmp_path):
-    path = make_pool(str(tmp_path / "p"))
-    m = meta(path)
+def test_corrupt_error_names_page_offset_and_structure(backend, tmp_path):
+    path, stores = made(backend)
+    m = meta(stores)
     leaves = [p for p in range(2, m.npages) if m.type(p) == T_LEAF]
     with cowblock.Pool.open(path, readonly=True) as pool:
         gen = pool.stats()["generation"]
     # the leaf the newest generation reaches
     leaf = max(leaves, key=lambda p: m.get(p, 16, 8) if m.get(p, 16, 8) <= gen else -1)
-    m.b[leaf * PAGE + 300] ^= 0x01
-    write_meta(path, m)
+    stores.flip("meta", leaf * PAGE + 300)
     with pytest.raises(cowblock.CorruptError) as info:
         cowblock.Pool.open(path, readonly=True)
     msg = str(info.value)
     assert (f"metadata page {leaf} (offset {hex(leaf * PAGE)}, a mapping leaf): bad checksum "
             f"(in the mapping tree of device 'base')") in msg, msg
     assert info.value.page == leaf and info.value.offset == leaf * PAGE
-    # the detail belongs to that failure only: the next error does not repeat it
+    # the detail belongs to that failure only: the next error (a file pool's metadata
+    # truncated) does not repeat it
     with pytest.raises(cowblock.CorruptError) as again:
         with cowblock.Pool.create(str(tmp_path / "q"), size=MiB, block_size=BS):
             pass
@@ -164,6 +163,7 @@ def test_corrupt_error_names_page_offset_and_structure(tmp_path):
 
 
 def test_truncated_data_file_is_named_as_such(tmp_path):
+    # files only: a file cut short (a RADOS data store shorter than its blocks: below)
     path = make_pool(str(tmp_path / "p"))
     data = os.path.join(path, "data")
     os.truncate(data, MiB)
@@ -247,3 +247,19 @@ def test_reattaching_a_changed_origin_makes_a_new_record(tmp_path):
         assert dev.read(BS, 4) == b"AAAA"
         with pytest.raises(cowblock.ExternalOriginError):
             pool.device("base").read(BS, 4)
+
+
+def test_short_rados_data_store_is_named_as_such(ceph, tmp_path):
+    """The RADOS form of a truncated data file: a data head whose cb.size says the store is
+    shorter than the pool's blocks."""
+    from conftest import Backend
+
+    backend = Backend("rados", tmp_path, ceph)
+    path, stores = made(backend)
+    stores.set_xattr("data", "cb.size", MiB)
+    with pytest.raises(cowblock.CorruptError) as info:
+        cowblock.Pool.open(path, readonly=True)
+    msg = str(info.value)
+    assert "metadata" not in msg
+    assert f"is {MiB} bytes, shorter than the {64 * MiB} bytes" in msg, msg
+    assert info.value.page is None

@@ -3,7 +3,8 @@
 Random create / snapshot (rw and ro) / write (unaligned, crossing blocks) / discard / delete /
 flush / close+reopen (read-write or read-only), comparing every read byte for byte with the
 model, checking used <= size, pool.check(), and that deleting everything gives every block
-back. Small pools and devices so it runs fast; --run-slow gives it a much bigger budget."""
+back. Small pools and devices so it runs fast; --run-slow gives it a much bigger budget.
+It runs once per backend: pools in a directory, and pools in RADOS (a smaller budget)."""
 
 import shutil
 import tempfile
@@ -27,10 +28,12 @@ MAX_DEVICES = 6
 
 
 class PoolMachine(RuleBasedStateMachine):
+    new_location = None  # a callable giving a fresh pool location (None: a temp directory)
+
     def __init__(self):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="cb-stateful-")
-        self.path = self.dir + "/pool"
+        self.path = self.dir + "/pool" if self.new_location is None else self.new_location()
         self.pool = None
         self.bs = None
         self.model = {}  # name -> bytearray
@@ -234,7 +237,7 @@ class PoolMachine(RuleBasedStateMachine):
         assert sum(du.exclusive for du in u.devices.values()) <= used
 
 
-def _settings(run_slow):
+def _settings(run_slow, rados=False):
     if run_slow:
         return settings(
             max_examples=1000,
@@ -243,12 +246,18 @@ def _settings(run_slow):
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         )
     return settings(
-        max_examples=60,
+        max_examples=40 if rados else 60,
         stateful_step_count=40,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
 
 
-def test_pool_against_model(run_slow):
-    run_state_machine_as_test(PoolMachine, settings=_settings(run_slow))
+def test_pool_against_model(run_slow, backend):
+    machine = PoolMachine
+    if backend.name == "rados":
+        from conftest import rados_url
+
+        machine = type("RadosPoolMachine", (PoolMachine,),
+                       {"new_location": staticmethod(lambda: rados_url(backend.ceph))})
+    run_state_machine_as_test(machine, settings=_settings(run_slow, backend.name == "rados"))
