@@ -423,9 +423,11 @@ int cb_check_rest(struct cb_checker *c, int repair)
     uint64_t dsize;
     if ((rc = p->data.io->ops->size(p->data.io, &dsize)))
         return rc;
+    char name[CB_PATH_MAX + 32];
     if (dsize < cb_geometry_data_span(&p->geo))
-        errorf(c, "data file '%s/data' is %llu bytes, shorter than the %llu bytes the "
-               "pool's %llu blocks of %u bytes%s need (truncated?)", p->path,
+        errorf(c, "%s is %llu bytes, shorter than the %llu bytes the "
+               "pool's %llu blocks of %u bytes%s need (truncated?)",
+               cb_store_data_name(p, name, sizeof name),
                (unsigned long long)dsize, (unsigned long long)cb_geometry_data_span(&p->geo),
                (unsigned long long)p->nblocks, p->block_size,
                p->csum_on ? " and their checksums" : "");

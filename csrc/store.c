@@ -67,6 +67,15 @@ int cb_store_geometry(struct cb_store *s, uint32_t block_size, uint64_t nblocks,
     return s->zero && s->scratch ? 0 : CB_ENOMEM;
 }
 
+const char *cb_store_data_name(const struct cb_store *s, char *buf, size_t len)
+{
+    if (strstr(s->path, "://"))
+        snprintf(buf, len, "data store of '%s'", s->path);
+    else
+        snprintf(buf, len, "data file '%s/data'", s->path);
+    return buf;
+}
+
 struct cb_devrec *cb_store_find(struct cb_store *s, const char *name)
 {
     CB_MUST_READ(s);

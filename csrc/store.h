@@ -135,6 +135,9 @@ void cb_store_init(struct cb_store *s);
 void cb_store_destroy(struct cb_store *s);
 /* Set the geometry and allocate the buffers sized by the block size. */
 int cb_store_geometry(struct cb_store *s, uint32_t block_size, uint64_t nblocks, int csum_on);
+/* The data store, for messages: "data file 'DIR/data'" for a pool in a
+ * directory, "data store of 'URL'" for one at a URL.  Returns buf. */
+const char *cb_store_data_name(const struct cb_store *s, char *buf, size_t len);
 /* Record for a name, or NULL.  Shared lock. */
 struct cb_devrec *cb_store_find(struct cb_store *s, const char *name);
 /* Mark a device's table page dirty.  Exclusive lock. */

@@ -1054,8 +1054,10 @@ int cb_txn_load(struct cb_store *p, int readonly)
         goto out;
     if (dsize < cb_geometry_data_span(&p->geo)) {
         /* not metadata damage: the data file lost its tail */
-        cb_meta_bad(0, 0, "data file '%s/data' is %llu bytes, shorter than the %llu bytes "
-                    "the pool's %llu blocks of %u bytes%s need (truncated?)", p->path,
+        char name[CB_PATH_MAX + 32];
+        cb_meta_bad(0, 0, "%s is %llu bytes, shorter than the %llu bytes "
+                    "the pool's %llu blocks of %u bytes%s need (truncated?)",
+                    cb_store_data_name(p, name, sizeof name),
                     (unsigned long long)dsize, (unsigned long long)cb_geometry_data_span(&p->geo),
                     (unsigned long long)p->nblocks, p->block_size,
                     p->csum_on ? " and their checksums" : "");

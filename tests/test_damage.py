@@ -262,4 +262,5 @@ def test_short_rados_data_store_is_named_as_such(ceph, tmp_path):
     msg = str(info.value)
     assert "metadata" not in msg
     assert f"is {MiB} bytes, shorter than the {64 * MiB} bytes" in msg, msg
+    assert msg.count("data store of 'rados://") == 1 and "/data'" not in msg, msg
     assert info.value.page is None
