@@ -744,6 +744,16 @@ static int r_next_data(cb_io *io, uint64_t off, uint64_t *out, uint64_t *hole)
     return 0;
 }
 
+/* The OSD could not decode a lock's record (the xattr lock.NAME on the head
+ * is damaged): say how to clear it rather than give a bare EIO. */
+static int bad_lock_record(const char *pool, const char *oid, const char *lock)
+{
+    cb_meta_bad(0, 0, "the record of lock '%s' on RADOS object '%s' is damaged (the OSD "
+                "cannot decode it); if no writer is running, remove it with `rados -p %s "
+                "rmxattr %s lock.%s` and open again", lock, oid, pool, oid, lock);
+    return CB_ECORRUPT;
+}
+
 /* The holder of the writer lock, for messages: "client.N at ADDR (cookie)". */
 static void describe_holder(rados_ioctx_t ctx, const char *oid, char *buf, size_t len)
 {
@@ -918,6 +928,12 @@ static int r_lock(cb_io *io, int exclusive)
     struct timeval dur = {(time_t)r->lease, 0};
     int rc = rados_lock_exclusive(r->ctx, r->head, RIO_LOCK, r->cookie, desc,
                                   r->lease ? &dur : NULL, 0);
+    if (rc == -EIO) {
+        char pool[256];
+        if (rados_ioctx_get_pool_name(r->ctx, pool, sizeof pool) < 0)
+            snprintf(pool, sizeof pool, "POOL");
+        return bad_lock_record(pool, r->head, RIO_LOCK);
+    }
     if (rc == -EBUSY || rc == -EEXIST) {
         char who[700];
         describe_holder(r->ctx, r->head, who, sizeof who);
@@ -1239,7 +1255,9 @@ int cb_rados_break_lock(const char *url, char *holder, size_t len)
                                    cookies, &kl, addrs, &al);
     if (len)
         holder[0] = 0;
-    if (n < 0) {
+    if (n == -EIO) {
+        rc = bad_lock_record(u.pool, head, RIO_LOCK);
+    } else if (n < 0) {
         rc = (int)n;
     } else if (n > 0) {
         snprintf(holder, len, "%.200s at %.200s (%.200s)", clients, addrs, cookies);
@@ -1253,7 +1271,7 @@ int cb_rados_break_lock(const char *url, char *holder, size_t len)
     }
     rados_ioctx_destroy(ctx);
     rados_shutdown(cl);
-    return rc < 0 ? rc : 0;
+    return rc < 0 ? (rc == CB_ECORRUPT ? rc : map_err(rc)) : 0;
 }
 /* ---- documents (blockio.h doc_*, cowblock.h "Documents") ----------------------
  *

@@ -601,3 +601,19 @@ def test_readers_open_while_a_writer_commits(ceph):
     finally:
         w.kill()
         w.wait()
+
+
+def test_damaged_lock_record_says_how_to_clear_it(ceph):
+    """A lock record the OSD cannot decode gave a bare EIO from every writable
+    open and from `pool unlock --force`."""
+    url = rados_url(ceph)
+    cowblock.Pool.create(url, size=4 * MiB, block_size=B).close()
+    head = name_of(url) + ".meta"
+    ceph.cmd("rados", "-p", RADOS_POOL, "setxattr", head, "lock.cowblock", "garbage")
+    for call in (lambda: cowblock.Pool.open(url), lambda: cowblock.Pool.unlock(url)):
+        with pytest.raises(cowblock.CorruptError) as info:
+            call()
+        assert f"rados -p {RADOS_POOL} rmxattr {head} lock.cowblock" in str(info.value)
+    ceph.cmd("rados", "-p", RADOS_POOL, "rmxattr", head, "lock.cowblock")
+    with cowblock.Pool.open(url) as p:
+        assert p.check().ok
