@@ -248,6 +248,7 @@ static void f_close(cb_io *io)
 static const struct cb_io_ops file_ops = {
     f_pread, f_pwrite, f_sync, f_punch, f_size, f_truncate, f_next_data, f_close,
     NULL, /* lock: the pool flocks the descriptor */
+    NULL, /* preadv: one pread per piece (the page cache serves them) */
 };
 
 int cb_file_open(const char *path, unsigned flags, cb_io **out)

@@ -34,6 +34,8 @@
 
 #define RIO_MAX_OPS 64
 #define RIO_MAX_BYTES (64u << 20)
+#define RIO_READ_CHUNK (1u << 20) /* largest read op: a large read is many in flight */
+#define RIO_MAX_READS 32          /* read ops one pread keeps in flight */
 #define RIO_DEFAULT_OSIZE (4u << 20)
 #define RIO_MIN_OSIZE (64u << 10)
 #define RIO_MAX_OSIZE (32u << 20)
@@ -475,50 +477,120 @@ static int cached_object(struct rio *r, uint64_t idx, const char **out)
     return 0;
 }
 
-static int r_pread(cb_io *io, void *buf, size_t len, uint64_t off)
+/* One aio read of a call to r_preadv. */
+struct rread {
+    rados_completion_t comp;
+    char *dst;
+    size_t len;
+};
+
+/* Wait for read q and release it; what the object did not hold (past its
+ * end, or no object at all) reads as zeros. */
+static int read_end(struct rread *q)
+{
+    rados_aio_wait_for_complete(q->comp);
+    int got = rados_aio_get_return_value(q->comp);
+    rados_aio_release(q->comp);
+    if (got == -ENOENT)
+        got = 0;
+    if (got < 0)
+        return map_err(got);
+    if ((size_t)got < q->len)
+        memset(q->dst + got, 0, q->len - (size_t)got);
+    return 0;
+}
+
+/* A synchronous read of [in, in + n) of object `name`, zero-filled. */
+static int read_sync(struct rio *r, const char *name, char *p, size_t n, uint64_t in)
+{
+    int got = rados_read(r->ctx, name, p, n, in);
+    if (got == -ENOENT)
+        got = 0;
+    if (got < 0)
+        return map_err(got);
+    if ((size_t)got < n)
+        memset(p + got, 0, n - (size_t)got);
+    return 0;
+}
+
+/* Every piece is cut at object ends (and into ops of at most
+ * RIO_READ_CHUNK) and read with aio, up to RIO_MAX_READS at once, the
+ * oldest waited for first when that many are out; the call returns only
+ * once every op it queued has completed, so a read that spans objects is
+ * whole before the caller sees it.  Each op sees every write queued before
+ * it (RADOS orders one client's ops on one object).  All state is the
+ * call's own: preads run concurrently from many threads.  The head (the
+ * meta store's superblocks) and a read-only meta store's object copies
+ * are read synchronously, as before. */
+static int r_preadv(cb_io *io, const struct cb_io_vec *v, size_t nv)
 {
     struct rio *r = (struct rio *)io;
-    char *p = buf;
     int cache = (r->flags & CB_IO_READONLY) && r->fenced;
-    while (len) {
-        char oid[sizeof r->head + 20];
-        const char *name;
-        uint64_t in, n;
-        if (off < r->head_bytes) {
-            name = r->head;
-            in = off;
-            n = r->head_bytes - off;
-        } else {
-            oid_of(r, off >> r->oshift, oid, sizeof oid);
-            name = oid;
-            in = off & (r->osize - 1);
-            n = r->osize - in;
-        }
-        if (n > len)
-            n = len;
-        if (cache && name == oid) {
-            const char *obj;
-            int rc = cached_object(r, off >> r->oshift, &obj);
-            if (rc)
-                return rc;
-            memcpy(p, obj + in, (size_t)n);
+    struct rread q[RIO_MAX_READS];
+    size_t first = 0, queued = 0;
+    int err = 0;
+    for (size_t i = 0; i < nv && !err; i++) {
+        char *p = v[i].buf;
+        size_t len = v[i].len;
+        uint64_t off = v[i].off;
+        while (len && !err) {
+            char oid[sizeof r->head + 20];
+            uint64_t in, n;
+            if (off < r->head_bytes) {
+                n = r->head_bytes - off < len ? r->head_bytes - off : len;
+                err = read_sync(r, r->head, p, (size_t)n, off);
+            } else if (cache) {
+                const char *obj;
+                in = off & (r->osize - 1);
+                n = r->osize - in < len ? r->osize - in : len;
+                if (!(err = cached_object(r, off >> r->oshift, &obj)))
+                    memcpy(p, obj + in, (size_t)n);
+            } else {
+                in = off & (r->osize - 1);
+                n = r->osize - in < len ? r->osize - in : len;
+                if (n > RIO_READ_CHUNK)
+                    n = RIO_READ_CHUNK;
+                if (queued == RIO_MAX_READS) {
+                    err = read_end(&q[first]);
+                    first = (first + 1) % RIO_MAX_READS;
+                    queued--;
+                    if (err)
+                        break;
+                }
+                struct rread *x = &q[(first + queued) % RIO_MAX_READS];
+                x->dst = p;
+                x->len = (size_t)n;
+                int rc = rados_aio_create_completion2(NULL, NULL, &x->comp);
+                if (rc < 0) {
+                    err = map_err(rc);
+                    break;
+                }
+                oid_of(r, off >> r->oshift, oid, sizeof oid);
+                rc = rados_aio_read(r->ctx, oid, x->comp, p, (size_t)n, in);
+                if (rc < 0) {
+                    rados_aio_release(x->comp);
+                    err = map_err(rc);
+                    break;
+                }
+                queued++;
+            }
             p += n;
             off += n;
             len -= (size_t)n;
-            continue;
         }
-        int got = rados_read(r->ctx, name, p, (size_t)n, in);
-        if (got == -ENOENT)
-            got = 0;
-        if (got < 0)
-            return map_err(got);
-        if ((uint64_t)got < n) /* past the object's end, or no object: zeros */
-            memset(p + got, 0, (size_t)(n - (uint64_t)got));
-        p += n;
-        off += n;
-        len -= (size_t)n;
     }
-    return 0;
+    for (; queued; queued--, first = (first + 1) % RIO_MAX_READS) {
+        int rc = read_end(&q[first]);
+        if (!err)
+            err = rc;
+    }
+    return err;
+}
+
+static int r_pread(cb_io *io, void *buf, size_t len, uint64_t off)
+{
+    struct cb_io_vec v = {buf, len, off};
+    return r_preadv(io, &v, 1);
 }
 
 static int r_pwrite(cb_io *io, const void *buf, size_t len, uint64_t off)
@@ -902,6 +974,7 @@ static const struct cb_io_ops rados_ops = {
     .next_data = r_next_data,
     .close = r_close,
     .lock = r_lock,
+    .preadv = r_preadv,
 };
 
 static int open_ctx(const char *url, const char *store, struct rio *peer, struct rurl *u,
