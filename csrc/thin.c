@@ -260,8 +260,8 @@ static int read_range(struct cb_store *p, struct cb_devrec *d, char *dst, uint64
     return 0;
 }
 
-/* On an error, pieces already collected are still read (run_flush), so
- * that no read is in flight into the caller's buffer once this returns. */
+/* Pieces are only collected until run_flush reads them (and returns once
+ * they are read): on an error, the ones not read yet are dropped. */
 int cb_thin_read(struct cb_store *p, struct cb_devrec *d, void *buf,
                  uint64_t len, uint64_t off)
 {
@@ -269,8 +269,7 @@ int cb_thin_read(struct cb_store *p, struct cb_devrec *d, void *buf,
     struct run r;
     r.n = 0;
     int rc = read_range(p, d, buf, len, off, &r);
-    int f = run_flush(p, &r);
-    return rc ? rc : f;
+    return rc ? rc : run_flush(p, &r);
 }
 
 int cb_thin_read_blocks(struct cb_store *p, struct cb_devrec *d, const uint64_t *idx,
@@ -283,8 +282,7 @@ int cb_thin_read_blocks(struct cb_store *p, struct cb_devrec *d, const uint64_t 
     for (size_t i = 0; i < n && !rc; i++)
         rc = read_range(p, d, (char *)buf + i * (size_t)p->block_size, p->block_size,
                         idx[i] << p->block_shift, &r);
-    int f = run_flush(p, &r);
-    return rc ? rc : f;
+    return rc ? rc : run_flush(p, &r);
 }
 
 /* ---- writing ------------------------------------------------------------ */
