@@ -260,9 +260,15 @@ struct rio {
      * once, and serves every later read from that copy: one RADOS read of
      * an object is atomic with respect to the writer's writes to it, so the
      * pages a reader loads come from one moment of each object, not from
-     * page reads spread over the writer's next commits.  Freed at close. */
+     * page reads spread over the writer's next commits.  Freed at close.
+     * The writer does the same from taking the lock until its first write,
+     * punch or truncate (which frees the copies and stops it: `wrote`), so
+     * that loading the metadata at open is a read per object, not one
+     * round trip per page; nothing else writes the store meanwhile.
+     * Under mu: cache, ncache, wrote. */
     char **cache;          /* by object index, NULL if not read yet */
     uint64_t ncache;
+    int wrote;
 
     char *scan;            /* next_data's copy of object scan_idx (osize bytes) */
     uint64_t scan_idx, scan_len;
@@ -432,27 +438,51 @@ static int head_op(struct rio *r, const void *buf, size_t n, uint64_t off, int c
     return 0;
 }
 
-/* Object idx of a read-only fenced store, read whole on first use. */
-static int cached_object(struct rio *r, uint64_t idx, const char **out)
+/* Whether reads of the store's objects go through `cache` (see there). */
+static int caching(struct rio *r)
+{
+    if (!r->fenced)
+        return 0;
+    if (r->flags & CB_IO_READONLY)
+        return 1;
+    pthread_mutex_lock(&r->mu);
+    int on = r->locked && !r->wrote;
+    pthread_mutex_unlock(&r->mu);
+    return on;
+}
+
+/* The writer's first change of the store: no more copies. */
+static void stop_caching(struct rio *r)
 {
     pthread_mutex_lock(&r->mu);
-    if (idx >= r->ncache) {
-        uint64_t n = idx + 1 > 2 * r->ncache ? idx + 1 : 2 * r->ncache;
-        char **c = realloc(r->cache, n * sizeof *c);
-        if (!c) {
-            pthread_mutex_unlock(&r->mu);
-            return CB_ENOMEM;
-        }
-        memset(c + r->ncache, 0, (n - r->ncache) * sizeof *c);
-        r->cache = c;
-        r->ncache = n;
+    if (r->wrote) {
+        pthread_mutex_unlock(&r->mu);
+        return;
     }
-    char *have = r->cache[idx];
+    r->wrote = 1;
+    char **c = r->cache;
+    uint64_t n = r->ncache;
+    r->cache = NULL;
+    r->ncache = 0;
     pthread_mutex_unlock(&r->mu);
-    if (have) {
-        *out = have;
+    for (uint64_t i = 0; i < n; i++)
+        free(c[i]);
+    free(c);
+}
+
+/* Bytes [in, in + n) of object idx into dst from its copy, reading the
+ * object whole on first use.  The copy is made under mu, so a writer's
+ * stop_caching never frees a copy being read; a copy read while the
+ * writer started writing is used once and not kept. */
+static int cached_read(struct rio *r, uint64_t idx, char *dst, uint64_t in, size_t n)
+{
+    pthread_mutex_lock(&r->mu);
+    if (idx < r->ncache && r->cache[idx]) {
+        memcpy(dst, r->cache[idx] + in, n);
+        pthread_mutex_unlock(&r->mu);
         return 0;
     }
+    pthread_mutex_unlock(&r->mu);
     char *obj = malloc(r->osize), oid[sizeof r->head + 20];
     if (!obj)
         return CB_ENOMEM;
@@ -466,14 +496,27 @@ static int cached_object(struct rio *r, uint64_t idx, const char **out)
     }
     memset(obj + got, 0, (size_t)(r->osize - (uint64_t)got));
     pthread_mutex_lock(&r->mu);
-    if (r->cache[idx]) { /* another thread read it meanwhile: keep the first */
-        free(obj);
-        obj = r->cache[idx];
-    } else {
-        r->cache[idx] = obj;
+    if (!r->wrote && idx >= r->ncache) {
+        uint64_t m = idx + 1 > 2 * r->ncache ? idx + 1 : 2 * r->ncache;
+        char **c = realloc(r->cache, m * sizeof *c);
+        if (c) {
+            memset(c + r->ncache, 0, (m - r->ncache) * sizeof *c);
+            r->cache = c;
+            r->ncache = m;
+        }
     }
+    if (r->wrote || idx >= r->ncache) {   /* not kept (or no room to keep it) */
+        memcpy(dst, obj + in, n);
+        pthread_mutex_unlock(&r->mu);
+        free(obj);
+        return 0;
+    }
+    if (r->cache[idx])                     /* another thread read it meanwhile: keep the first */
+        free(obj);
+    else
+        r->cache[idx] = obj;
+    memcpy(dst, r->cache[idx] + in, n);
     pthread_mutex_unlock(&r->mu);
-    *out = obj;
     return 0;
 }
 
@@ -525,7 +568,7 @@ static int read_sync(struct rio *r, const char *name, char *p, size_t n, uint64_
 static int r_preadv(cb_io *io, const struct cb_io_vec *v, size_t nv)
 {
     struct rio *r = (struct rio *)io;
-    int cache = (r->flags & CB_IO_READONLY) && r->fenced;
+    int cache = caching(r);
     struct rread q[RIO_MAX_READS];
     size_t first = 0, queued = 0;
     int err = 0;
@@ -540,11 +583,9 @@ static int r_preadv(cb_io *io, const struct cb_io_vec *v, size_t nv)
                 n = r->head_bytes - off < len ? r->head_bytes - off : len;
                 err = read_sync(r, r->head, p, (size_t)n, off);
             } else if (cache) {
-                const char *obj;
                 in = off & (r->osize - 1);
                 n = r->osize - in < len ? r->osize - in : len;
-                if (!(err = cached_object(r, off >> r->oshift, &obj)))
-                    memcpy(p, obj + in, (size_t)n);
+                err = cached_read(r, off >> r->oshift, p, in, (size_t)n);
             } else {
                 in = off & (r->osize - 1);
                 n = r->osize - in < len ? r->osize - in : len;
@@ -600,6 +641,7 @@ static int r_pwrite(cb_io *io, const void *buf, size_t len, uint64_t off)
         return -EBADF;
     if (LOST(r))
         return LOST(r);
+    stop_caching(r);
     const char *p = buf;
     r->scan_idx = UINT64_MAX;
     if (off + len > r->size)
@@ -686,6 +728,7 @@ static int r_punch(cb_io *io, uint64_t off, uint64_t len)
     r->scan_idx = UINT64_MAX;
     if (LOST(r))
         return LOST(r);
+    stop_caching(r);
     if (off < r->head_bytes) { /* never done by the pool; zeros, guarded */
         uint64_t n = r->head_bytes - off < len ? r->head_bytes - off : len;
         char *z = calloc(1, (size_t)n);
@@ -723,6 +766,7 @@ static int r_truncate(cb_io *io, uint64_t size)
     struct rio *r = (struct rio *)io;
     if (r->flags & CB_IO_READONLY)
         return -EBADF;
+    stop_caching(r);
     int rc = 0;
     if (size < r->size && r->size > r->head_bytes) {
         uint64_t from = size > r->head_bytes ? size : r->head_bytes;

@@ -758,3 +758,34 @@ def test_osd_error_during_aio_read_is_clear(own_cluster):
             os.kill(osd, signal.SIGCONT)
         assert d.read(MiB, len(data)) == data
         assert p.check().messages == []
+
+
+def _osd_reads(c):
+    """Read ops the OSD has served (its admin socket's op_r counter)."""
+    out = c.cmd("ceph", "--admin-daemon", os.path.join(c.dir, "run", "osd.0.asok"),
+                "perf", "dump")
+    return json.loads(out)["osd"]["op_r"]
+
+
+def test_writer_loads_metadata_per_object_then_sees_its_own_writes(ceph):
+    """A writer's open reads each metadata object once, not each page; its
+    first write ends that, so what it reads after comes from RADOS."""
+    url = rados_url(ceph)
+    with cowblock.Pool.create(url, size=256 * MiB, block_size=4 * KiB) as p:
+        d = p.create_device("d", 16 * MiB)
+        d.write(0, rnd(16 * MiB, 15))                 # 4,096 entries: dozens of pages
+        p.snapshot("d", "s")
+    before = _osd_reads(ceph)
+    with cowblock.Pool.open(url) as p:
+        reads = _osd_reads(ceph) - before
+        assert reads < 24, reads                      # 14 here; a page at a time: 48
+        s = p.device("s")
+        s.write(0, b"new" * 1000)                     # copy-up: new pages at the commit
+        p.snapshot("s", "t")
+        p.flush()
+        report = p.check()                            # reads the new pages back
+        assert report.ok and report.messages == [], report.messages
+        assert p.device("t").read(0, 3000) == b"new" * 1000
+    with cowblock.Pool.open(url) as p:
+        assert p.check().messages == []
+        assert sorted(p.devices()) == ["d", "s", "t"]
