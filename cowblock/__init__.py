@@ -23,6 +23,7 @@ from .errors import (
     PoolFailedError,
     PoolFullError,
     ReadOnlyError,
+    StaleError,
     UnsupportedVersionError,
 )
 from .pool import (
@@ -38,5 +39,5 @@ __all__ = [
     "CowblockError", "InvalidArgumentError", "NotFoundError", "ExistsError",
     "ReadOnlyError", "PoolFullError", "CorruptError", "UnsupportedVersionError",
     "BusyError", "PoolFailedError", "LimitError", "ExternalOriginError",
-    "ClosedError", "IOFailedError", "backends",
+    "ClosedError", "IOFailedError", "StaleError", "backends",
 ]

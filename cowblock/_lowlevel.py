@@ -63,6 +63,7 @@ _CLASSES = {
     lib.CB_EEXTERNAL: errors.ExternalOriginError,
     lib.CB_ECLOSED: errors.ClosedError,
     lib.CB_EFENCED: errors.PoolFailedError,
+    lib.CB_ESTALE: errors.StaleError,
 }
 
 
@@ -138,14 +139,6 @@ _URL = re.compile(rb"^[a-z][a-z0-9+]*://")
 def is_url(location):
     """A pool location (bytes) that names a backend ("rados://...") rather than a directory."""
     return _URL.match(location) is not None
-
-
-# A reader of a pool shared with a writer on another host (a URL) reads the
-# superblock, then the metadata it names; a commit in between can reuse a page
-# that superblock still named, which the load then finds newer than it and
-# reports as damage.  The pool itself is fine: it opens again.  Real damage
-# fails every attempt.
-_READER_RETRIES = 8
 
 
 # -- for other C modules ----------------------------------------------------------
@@ -274,11 +267,6 @@ class PoolHandle:
         flags = ((lib.CB_OPEN_READONLY if readonly else 0) | (lib.CB_OPEN_DIRECT if direct else 0)
                  | (lib.CB_OPEN_MMAP if mmap else 0))
         rc = lib.cb_pool_open(path, flags, out)
-        tries = _READER_RETRIES if readonly and is_url(path) else 0
-        while rc == lib.CB_ECORRUPT and tries:
-            tries -= 1
-            lib.cb_corrupt_detail(ffi.NULL, 0, ffi.NULL)  # this attempt's, not the next's
-            rc = lib.cb_pool_open(path, flags, out)
         if rc:
             if rc == lib.CB_ENOENT:
                 raise errors.NotFoundError(f"no pool in {os.fsdecode(path)!r}", code=rc)
@@ -299,6 +287,14 @@ class PoolHandle:
         rc = lib.cb_pool_flush(self._p)
         if rc:
             raise_for(rc, f"flush pool {self.path!r}")
+
+    def refresh(self):
+        """``cb_pool_refresh``: a reader moves to the newest commit; its generation."""
+        out = ffi.new("uint64_t *")
+        rc = lib.cb_pool_refresh(self._p, out)
+        if rc:
+            raise_for(rc, f"refresh pool {self.path!r}")
+        return out[0]
 
     def uuid(self):
         """The pool's 16-byte identity."""
@@ -417,6 +413,46 @@ class PoolHandle:
             return ffi.unpack(out[0], length[0])
         finally:
             lib.cb_free(out[0])
+
+    def doc_get(self, name, known_gen):
+        """``cb_pool_doc_get``: ``(generation, bytes)``; generation 0 when there is
+        no such document, bytes None when it is still ``known_gen``."""
+        out = ffi.new("char **")
+        length = ffi.new("size_t *")
+        gen = ffi.new("uint64_t *")
+        rc = lib.cb_pool_doc_get(self._p, name, known_gen, out, length, gen)
+        if rc:
+            _raise_located(rc, f"read document {name.decode()!r} of pool {self.path!r}")
+        if out[0] == ffi.NULL:
+            return gen[0], None
+        try:
+            return gen[0], ffi.unpack(out[0], length[0])
+        finally:
+            lib.cb_free(out[0])
+
+    def doc_put(self, name, data):
+        """``cb_pool_doc_put``: replace document ``name`` (bytes) with ``data``
+        atomically, fenced; its new generation."""
+        gen = ffi.new("uint64_t *")
+        rc = lib.cb_pool_doc_put(self._p, name, data, len(data), gen)
+        if rc:
+            _raise_located(rc, f"write document {name.decode()!r} of pool {self.path!r}")
+        return gen[0]
+
+    def doc_list(self):
+        """``cb_pool_doc_list``: the names of the pool's documents (str), sorted."""
+        out = ffi.new("char **")
+        length = ffi.new("size_t *")
+        rc = lib.cb_pool_doc_list(self._p, out, length)
+        if rc:
+            _raise_located(rc, f"list the documents of pool {self.path!r}")
+        if out[0] == ffi.NULL:
+            return []
+        try:
+            raw = ffi.unpack(out[0], length[0])
+        finally:
+            lib.cb_free(out[0])
+        return sorted(n.decode() for n in raw.split(b"\0") if n)
 
     def scrub(self, max_damage, rate):
         """A :class:`Scrub` of this pool, not started."""

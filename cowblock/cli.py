@@ -209,12 +209,14 @@ def cmd_pool_info(args) -> int:
                 "data_bytes_on_disk": stats.get("data_bytes_on_disk"),
                 "meta_bytes": stats.get("meta_bytes"),
                 "meta_bytes_on_disk": stats.get("meta_bytes_on_disk"),
-                "generation": stats.get("generation")}
+                "generation": stats.get("generation"),
+                "held": stats["held_blocks"] * pool.block_size}
     if args.json:
         _emit_json(info)
         return EXIT_OK
     rows = [("path", info["path"]), ("size", _exact(info["size"])),
             ("block size", _exact(info["block_size"])), ("used", _exact(info["used"])),
+            ("held for readers", _exact(info["held"])),
             ("data checksums", "on" if info["checksums"] else "off"),
             ("devices", info["devices"]),
             ("data file on disk", _exact(info["data_bytes_on_disk"])),

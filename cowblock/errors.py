@@ -82,6 +82,18 @@ class PoolFailedError(CowblockError):
     """
 
 
+class StaleError(CowblockError):
+    """A read-only opener's lease on the generation it reads has lapsed.
+
+    Readers of a pool shared with a writer on other hosts (RADOS) register
+    the generation they read under a lease the library renews.  Once the
+    lease may have lapsed (the process stalled, the cluster was
+    unreachable), the writer may already have reused what that generation
+    reached, so reads are refused rather than served: call
+    :meth:`cowblock.Pool.refresh` to move to the current commit and read on.
+    """
+
+
 class LimitError(CowblockError):
     """A fixed limit was reached (number of devices or external origins)."""
 

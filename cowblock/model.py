@@ -16,7 +16,9 @@ Devices are managed through a :class:`~cowblock.snapshotter.Snapshotter` in
 the namespace ``model`` (keys ``layer/<id>``, ``container/<name>@<n>``,
 ``volume/<name>``); the model itself (image names, layer notes, containers,
 attachments, binds) is kept in ``model.json`` in the pool directory, replaced
-atomically. ``model.json`` only names snapshots that exist: new snapshots are
+atomically (in a pool at a URL, RADOS, as the document ``model.json`` in the
+pool's own store, replaced by one fenced atomic op: snapshotter.PoolDocument,
+so that every host sharing the pool sees the same model). ``model.json`` only names snapshots that exist: new snapshots are
 made before they are recorded, and records are dropped before their
 snapshots are removed, so an interrupted operation can only leave unnamed
 snapshots behind, which :meth:`Store.prune` removes.
@@ -40,7 +42,7 @@ from .errors import (BusyError, CorruptError, ExistsError, InvalidArgumentError,
                      NotFoundError, PoolFullError, ReadOnlyError)
 from .imagefile import (RawImageFile, TransferResult, check_raw_file, export_raw, import_raw,
                         open_source)
-from .snapshotter import Snapshotter, StateFile, Usage, state_dir
+from .snapshotter import Snapshotter, StateFile, Usage, state_file, state_names
 
 __all__ = ["Store", "Image", "Layer", "Container", "Volume", "Bind", "check"]
 
@@ -83,15 +85,15 @@ def device_usages(pool) -> dict:
 
 
 def _state_file(pool) -> StateFile:
-    return StateFile(os.path.join(state_dir(pool), STATE_FILE), "cowblock-model", 1,
-                     lambda: {t: {} for t in _TABLES})
+    return state_file(pool, STATE_FILE, "cowblock-model", 1, lambda: {t: {} for t in _TABLES})
 
 
 def _namespaces(pool) -> list[str]:
     """The model's snapshotter namespace and every other one with a state
-    file (``snapshots.<namespace>.json``) in the pool directory."""
+    file (``snapshots.<namespace>.json``) in the pool directory, or such a
+    document in the store of a pool at a URL."""
     found = {NAMESPACE}
-    for entry in os.listdir(str(pool.path)):
+    for entry in state_names(pool):
         if entry.startswith("snapshots.") and entry.endswith(".json"):
             found.add(entry[len("snapshots."):-len(".json")])
     return sorted(found)
@@ -109,8 +111,6 @@ def check(pool) -> list[str]:
     images, volumes and binds that exist; bind files exist.
     """
     problems: list[str] = []
-    if getattr(pool, "directory", "") is None:
-        return problems  # a pool at a URL keeps no model (snapshotter.state_dir)
     snaps: Snapshotter | None = None
     for ns in _namespaces(pool):
         prefix = DEVICE_PREFIX if ns == NAMESPACE else None
@@ -123,16 +123,18 @@ def check(pool) -> list[str]:
             problems.append(str(exc))
             continue
         except (KeyError, TypeError, AttributeError) as exc:
-            problems.append(f"{os.path.join(str(pool.path), f'snapshots.{ns}.json')}: "
+            where = state_file(pool, f"snapshots.{ns}.json", "", 0, dict).path
+            problems.append(f"{where}: "
                             f"malformed ({type(exc).__name__}: {exc})")
             continue
         if ns == NAMESPACE:
             snaps = sn
         problems += [f"snapshot {k!r} (namespace {ns}) has no device in the pool"
                      for k in missing]
-    path = os.path.join(str(pool.path), STATE_FILE)
+    sf = _state_file(pool)
+    path = sf.path  # the file, or the document in a RADOS pool's store
     try:
-        doc = _state_file(pool).load()
+        doc = sf.load()
     except CorruptError as exc:
         return problems + [str(exc)]
     for t in _TABLES:
@@ -591,6 +593,17 @@ class Store:
     def _writable(self) -> None:
         if getattr(self.pool, "readonly", False):
             raise ReadOnlyError("the pool is open read-only; the model cannot change")
+
+    def refresh(self) -> int:
+        """Move a read-only Store's pool to the writer's newest commit; its generation.
+
+        The model's documents are always read as they are now, the pool's
+        devices as of its open or last refresh (:meth:`cowblock.Pool.refresh`):
+        after this, every image, layer and container the model names can be
+        read, as the writer last committed them.
+        """
+        with self._lock:
+            return self.pool.refresh()
 
     def close(self) -> None:
         """Close the files of open binds. Idempotent."""
@@ -1360,7 +1373,7 @@ class Store:
                 "block_size": self.pool.block_size}
         stats = self.pool.stats()
         for k in ("data_bytes_on_disk", "meta_bytes", "meta_bytes_on_disk"):
-            if k in stats:
+            if stats.get(k) is not None:  # a pool at a URL has no files to measure
                 pool[k] = int(stats[k])
         return {"pool": pool, "images": images, "layers": layers, "containers": containers,
                 "volumes": volumes, "binds": binds, "snapshots": snapshots, "other": other}

@@ -8,6 +8,7 @@ with their origin until one side writes to it.
 import dataclasses
 import json
 import os
+import re
 import threading
 import weakref
 
@@ -390,6 +391,27 @@ class Pool:
         """Make everything written so far durable (the durability point)."""
         self._handle().flush()
 
+    def refresh(self):
+        """Move a read-only opener to the writer's newest commit; return its generation.
+
+        A pool opened ``readonly=True`` at a ``rados://`` URL reads the
+        commit that was newest when it opened (or last refreshed), whatever
+        the writer on another host does meanwhile: it is registered as that
+        commit's reader, under a lease renewed in the background, and the
+        writer holds back every block that commit reaches. ``refresh()``
+        registers it at the newest commit and loads it; open :class:`Device`
+        objects read their devices as that commit has them (one the writer
+        deleted raises :class:`NotFoundError`).
+
+        If the lease lapsed (the process stalled or lost the cluster for a
+        whole lease, ``lease=`` in the URL, 30 s by default), reads raise
+        :class:`StaleError` instead of returning what the writer may have
+        reused since; ``refresh()`` is what makes them work again.  On a
+        writer, or a reader of a pool in a directory (whose lock keeps
+        writers out), it changes nothing.
+        """
+        return self._handle().refresh()
+
     # -- devices ------------------------------------------------------------------
 
     def create_device(self, name, size, *, external=None):
@@ -498,7 +520,7 @@ class Pool:
             "reads", "bytes_read", "writes", "bytes_written", "data_bytes_written",
             "copyups", "copyup_bytes", "commits", "punched_blocks", "generation",
             "time", "ndevices", "used_blocks", "meta_pages", "meta_file_pages",
-            "checksum_failures", "kept_blocks")}
+            "checksum_failures", "kept_blocks", "held_blocks")}
         out["checksums"] = bool(st.checksums)
         out["block_size"] = self._block_size
         out["size"] = self._size
@@ -582,6 +604,35 @@ class Pool:
         (``"uncommitted"`` says whether there are any).
         """
         return json.loads(self._handle().dump())
+
+    # -- documents ----------------------------------------------------------------
+
+    def read_document(self, name, known_generation=0):
+        """Document ``name`` kept in the pool's store (a pool at a URL; see
+        ``cowblock.h``, "Documents"), as it is now: ``(generation, data)``.
+        Generation 0: there is no such document; data None: the document is
+        still at ``known_generation``.  A pool in a directory keeps its
+        documents as files beside it instead (InvalidArgumentError here)."""
+        return self._handle().doc_get(_doc_name(name), known_generation)
+
+    def write_document(self, name, data):
+        """Replace document ``name`` with ``data`` (bytes) in one atomic,
+        fenced op, after every write made before it, and return its new
+        generation.  Flush first: this does not commit.  PoolFailedError
+        when another writer took the pool over (the document is unchanged);
+        InvalidArgumentError past the size limit (8 MiB)."""
+        return self._handle().doc_put(_doc_name(name), bytes(data))
+
+    def documents(self):
+        """The names of the documents kept in the pool's store, sorted."""
+        return self._handle().doc_list()
+
+
+def _doc_name(name):
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9._-]{1,64}$", name):
+        raise errors.InvalidArgumentError(
+            f"invalid document name {name!r}: 1..64 of A-Z a-z 0-9 . _ -")
+    return name.encode()
 
 
 def _disk_bytes(path):

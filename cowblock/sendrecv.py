@@ -7,7 +7,8 @@ applies it to a hidden device, which becomes the named one only once the
 whole stream has been verified.
 
 State kept beside the pool, in ``streams.json`` in the pool directory
-(replaced atomically, like ``model.json``):
+(replaced atomically, like ``model.json``; a pool at a URL keeps it as a
+document in its own store, see snapshotter.PoolDocument):
 
 * ``received``: for each device made by a receive, the identity of the
   source state it holds (source pool UUID, device id, creation time,
@@ -30,7 +31,7 @@ import time
 
 from . import stream as S
 from .errors import CowblockError, ExistsError, InvalidArgumentError, NotFoundError, ReadOnlyError
-from .snapshotter import StateFile, state_dir
+from .snapshotter import StateFile, state_file
 
 __all__ = ["send", "receive", "resume_token", "abort_receive", "received",
            "ReceiveInterrupted", "STATE_FILE"]
@@ -61,8 +62,8 @@ def sub_block_size(block_size):
 
 
 def _state(pool):
-    return StateFile(os.path.join(state_dir(pool), STATE_FILE), "cowblock-streams", 1,
-                     lambda: {"received": {}, "partial": {}})
+    return state_file(pool, STATE_FILE, "cowblock-streams", 1,
+                      lambda: {"received": {}, "partial": {}})
 
 
 def _auto_progress(progress, desc):

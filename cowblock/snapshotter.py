@@ -12,7 +12,9 @@ Each snapshot is one pool device. Keys are free-form strings (they may contain
 ``/`` and be long), so every key maps to a generated device name such as
 ``s-12-layer_abc``. The key -> device, parent, kind and labels metadata lives
 in a JSON file in the pool directory, replaced atomically (write a temporary
-file, fsync, rename, fsync the directory).
+file, fsync, rename, fsync the directory); a pool at a URL (RADOS) keeps the
+same JSON as a document in its own store, replaced by one fenced, atomic op
+(:class:`PoolDocument`), so every host sharing the pool sees it.
 
 Crash consistency between that file and the pool: the file only ever names
 devices that are durable in the pool. A device being created or deleted is
@@ -22,8 +24,8 @@ device is left over, still named as pending, and the next mutating call (or
 pending are never touched.
 
 One Snapshotter per pool and namespace at a time is the intended use; several
-instances in one process see each other's changes because the file is
-re-read whenever it changed on disk.
+instances (in one process, or on hosts sharing a RADOS pool) see each
+other's changes because the document is re-read whenever it changed.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from typing import Any, Callable, Iterator
 from .errors import (BusyError, CorruptError, ExistsError, InvalidArgumentError,
                      NotFoundError, ReadOnlyError)
 
-__all__ = ["Snapshotter", "Info", "Usage", "StateFile", "compile_filter",
+__all__ = ["Snapshotter", "Info", "Usage", "StateFile", "PoolDocument", "state_file",
+           "compile_filter",
            "KIND_ACTIVE", "KIND_VIEW", "KIND_COMMITTED"]
 
 KIND_ACTIVE = "active"
@@ -56,20 +59,33 @@ DEFAULT_SIZE = 10 * 2**30
 # Persistent JSON state
 
 
-def state_dir(pool) -> str:
-    """The directory that holds the state files kept beside ``pool``.
+def state_dir(pool) -> str | None:
+    """The directory that holds the state files kept beside ``pool``, or
+    None for a pool at a URL, which keeps its state documents in its own
+    store instead (:class:`PoolDocument`)."""
+    return getattr(pool, "directory", str(pool.path))
 
-    A pool at a URL (in RADOS) has no directory on this host, and state
-    kept on one host would not be seen by the others that share the pool:
-    the snapshotter and the Docker model refuse such a pool for now.
-    """
-    d = getattr(pool, "directory", str(pool.path))
+
+def state_file(pool, name: str, kind: str, version: int,
+               empty: Callable[[], dict]) -> "StateFile":
+    """The state document ``name`` (``model.json``, ``snapshots.NS.json``,
+    ``streams.json``) of ``pool``: a file of that name beside a pool in a
+    directory, as it always was; for a pool at a URL (RADOS) a document of
+    that name in the pool's own store, where every host that opens the pool
+    sees it (state kept in a file on one host would be seen by no other)."""
+    d = state_dir(pool)
     if d is None:
-        raise InvalidArgumentError(
-            f"the snapshotter and the Docker model keep their state in files beside the "
-            f"pool, and the pool at {pool.path!r} has no directory: use them with a pool "
-            f"in a directory (RADOS pools serve devices only, for now)")
-    return str(d)
+        return PoolDocument(pool, name, kind, version, empty)
+    return StateFile(os.path.join(str(d), name), kind, version, empty)
+
+
+def state_names(pool) -> list[str]:
+    """The names of the state documents ``pool`` has (files in its
+    directory, or documents in its store), sorted."""
+    d = state_dir(pool)
+    if d is None:
+        return pool.documents()
+    return sorted(e for e in os.listdir(str(d)) if e.endswith(".json"))
 
 
 class StateFile:
@@ -79,6 +95,9 @@ class StateFile:
     since it was last read or written; :meth:`save` writes a temporary file,
     fsyncs it, renames it over the old one and fsyncs the directory, so a
     crash leaves either the old or the new document, never a mix.
+
+    ``path`` names the document in messages.  Subclasses keep the document
+    elsewhere by overriding :meth:`_fetch` and :meth:`_store`.
     """
 
     def __init__(self, path: str, kind: str, version: int, empty: Callable[[], dict]):
@@ -87,7 +106,7 @@ class StateFile:
         self.version = version
         self._empty = empty
         self._doc: dict | None = None
-        self._stamp: tuple | None = None
+        self._stamp: Any = None
 
     def _stat_stamp(self) -> tuple | None:
         try:
@@ -96,34 +115,20 @@ class StateFile:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def load(self) -> dict:
-        """Return the document (a fresh empty one if the file does not exist)."""
+    def _fetch(self, known: Any) -> tuple[Any, bytes | None]:
+        """``(stamp, data)``: stamp None when there is no document; data None
+        when the stamp is ``known`` (the cached copy is current)."""
         stamp = self._stat_stamp()
-        if self._doc is not None and stamp == self._stamp:
-            return self._doc
-        if stamp is None:
-            doc = self._empty()
-            doc.update(format=self.kind, version=self.version)
-        else:
-            try:
-                with open(self.path, "rb") as fh:
-                    doc = json.load(fh)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise CorruptError(f"{self.path}: not valid JSON: {exc}") from None
-            if not isinstance(doc, dict) or doc.get("format") != self.kind:
-                raise CorruptError(f"{self.path}: not a {self.kind} file")
-            if doc.get("version") != self.version:
-                raise CorruptError(
-                    f"{self.path}: unsupported {self.kind} version "
-                    f"{doc.get('version')!r} (this cowblock reads version {self.version})")
-        self._doc, self._stamp = doc, stamp
-        return doc
+        if stamp is None or stamp == known:
+            return stamp, None
+        try:
+            with open(self.path, "rb") as fh:
+                return stamp, fh.read()
+        except FileNotFoundError:
+            return None, None
 
-    def save(self, doc: dict) -> None:
-        """Replace the file with ``doc`` atomically and durably."""
-        doc["format"] = self.kind
-        doc["version"] = self.version
-        data = json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+    def _store(self, data: bytes) -> Any:
+        """Replace the document with ``data`` atomically and durably; its new stamp."""
         directory = os.path.dirname(os.path.abspath(self.path))
         tmp = f"{self.path}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -140,7 +145,79 @@ class StateFile:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        self._doc, self._stamp = doc, self._stat_stamp()
+        return self._stat_stamp()
+
+    def load(self) -> dict:
+        """Return the document (a fresh empty one if it does not exist)."""
+        known = self._stamp if self._doc is not None else None
+        stamp, data = self._fetch(known)
+        if self._doc is not None and stamp == self._stamp:
+            return self._doc
+        if stamp is None:
+            doc = self._empty()
+            doc.update(format=self.kind, version=self.version)
+        else:
+            try:
+                doc = json.loads(data)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise CorruptError(f"{self.path}: not valid JSON: {exc}") from None
+            if not isinstance(doc, dict) or doc.get("format") != self.kind:
+                raise CorruptError(f"{self.path}: not a {self.kind} file")
+            if doc.get("version") != self.version:
+                raise CorruptError(
+                    f"{self.path}: unsupported {self.kind} version "
+                    f"{doc.get('version')!r} (this cowblock reads version {self.version})")
+        self._doc, self._stamp = doc, stamp
+        return doc
+
+    def save(self, doc: dict) -> None:
+        """Replace the document with ``doc`` atomically and durably."""
+        doc["format"] = self.kind
+        doc["version"] = self.version
+        data = json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+        try:
+            stamp = self._store(data)
+        except BaseException:
+            # callers change the cached document in place before they save
+            # it: after a failed save the next load reads what is stored
+            self._doc = self._stamp = None
+            raise
+        self._doc, self._stamp = doc, stamp
+
+
+class PoolDocument(StateFile):
+    """A state document kept in the store of a pool at a URL (RADOS), with
+    the semantics of :class:`StateFile`.
+
+    Why in the store: every host that opens the pool must see the same
+    model; a file on one host is seen by no other.  Where in the store, and
+    why there (the core's ``cb_pool_doc_*``, ``cowblock.h`` "Documents"):
+    the omap of the metadata head object, written by one RADOS op that also
+    asserts and bumps the fence sequence the superblock writes assert, so a
+    save is atomic (the whole old or the whole new document, whatever
+    happens to the writer) and fenced (a writer whose lock was broken gets
+    PoolFailedError and the document stays as the newer writer left it).
+    A save is ordered after every write made before it; the callers flush
+    first, so the document only names durable devices, as with files.
+
+    The stamp is the document's generation (the fence sequence its save
+    set; it only grows), so :meth:`load` costs one small read of the
+    generation and re-reads the document only when another instance, in
+    this process or on another host, saved it since.  A read-only opener
+    reads the document as it is now, without a lock.
+    """
+
+    def __init__(self, pool, name: str, kind: str, version: int, empty: Callable[[], dict]):
+        super().__init__(f"{pool.path} (document {name})", kind, version, empty)
+        self.pool = pool
+        self.name = name
+
+    def _fetch(self, known: Any) -> tuple[Any, bytes | None]:
+        gen, data = self.pool.read_document(self.name, known or 0)
+        return (gen or None), data
+
+    def _store(self, data: bytes) -> Any:
+        return self.pool.write_document(self.name, data)
 
 
 # --------------------------------------------------------------------------
@@ -310,9 +387,8 @@ class Snapshotter:
         self.device_prefix = device_prefix
         self.default_size = default_size
         self._lock = threading.RLock()
-        self._file = StateFile(
-            os.path.join(state_dir(pool), f"snapshots.{namespace}.json"),
-            "cowblock-snapshotter", 1,
+        self._file = state_file(
+            pool, f"snapshots.{namespace}.json", "cowblock-snapshotter", 1,
             lambda: {"namespace": namespace, "next_id": 1, "snapshots": {}, "pending": []})
         self._file.load()
 

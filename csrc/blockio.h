@@ -39,6 +39,40 @@ struct cb_io_ops {
      * holder named in cb_corrupt_detail, when another writer holds it.
      * Released by close. */
     int (*lock)(cb_io *io, int exclusive);
+    /* Optional, all three or none (NULL: readers cannot share the store
+     * with a writer, as the file backend's flock ensures).  The reader
+     * table of a store that readers on other hosts share with a writer:
+     *   pin         register this (read-only) opener as a reader of
+     *               generation gen, or move its registration to gen; held
+     *               under a lease the backend renews.  With forget, also
+     *               drops what the opener cached of the store, so that the
+     *               next reads see the store as it is now.
+     *   pin_valid   0 while the registration's lease holds by this host's
+     *               clock (with a margin), CB_ESTALE once it may have
+     *               lapsed: from then on a writer may reuse what the
+     *               pinned generation reaches.  Sticky until the next pin.
+     *   oldest_pin  the oldest generation a live reader has pinned, or
+     *               UINT64_MAX when no reader is registered. */
+    int (*pin)(cb_io *io, uint64_t gen, int forget);
+    int (*pin_valid)(cb_io *io);
+    int (*oldest_pin)(cb_io *io, uint64_t *gen);
+    /* Optional, all three or none (NULL: the store keeps no documents; a
+     * pool in a directory keeps its documents as files beside it, written by
+     * the binding).  Small named documents (the snapshotter's and the Docker
+     * model's JSON, cowblock.h "Documents") kept in the store itself, so
+     * that every host sharing it sees them.  doc_put replaces one whole
+     * document in one atomic op, fenced like the superblock (CB_EFENCED,
+     * sticky, once another writer took over) and ordered after every write
+     * queued before it; *gen gets the document's new generation.  doc_get
+     * sets *gen to the document's generation (0: no such document) and, when
+     * it differs from known, *data (malloc'd; free()) and *len to its
+     * bytes, read in one op with the generation; *data stays NULL
+     * otherwise.  doc_list gives the names, each NUL-terminated, back to
+     * back in *names (malloc'd, NULL when none) and their bytes in *len. */
+    int (*doc_get)(cb_io *io, const char *name, uint64_t known, char **data, size_t *len,
+                   uint64_t *gen);
+    int (*doc_put)(cb_io *io, const char *name, const void *data, size_t len, uint64_t *gen);
+    int (*doc_list)(cb_io *io, char **names, size_t *len);
     /* Optional (NULL: one pread per piece, in order).  The n pieces of v
      * (not overlapping in memory), each read as pread reads it; once it
      * returns, nothing is still being read into any of the buffers.  A

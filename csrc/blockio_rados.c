@@ -41,6 +41,9 @@
 #define RIO_MAX_OSIZE (32u << 20)
 #define RIO_NAME_MAX 96
 #define RIO_LOCK "cowblock"
+#define RIO_READERS "cowblock.readers"
+#define RIO_READER_TAG "cowblock"
+#define RIO_READER_LEASE 30u  /* a reader's lease when the writer's is 0 (none) */
 #define LOST(r) __atomic_load_n(&(r)->lost, __ATOMIC_ACQUIRE)
 
 /* ---- the location ---------------------------------------------------------- */
@@ -247,6 +250,15 @@ struct rio {
     int stop;              /* tells renewer to end (under lease_mu) */
     pthread_mutex_t lease_mu;
     pthread_cond_t lease_cv;
+    /* The reader table (read-only openers of the meta store): a shared
+     * lock RIO_READERS on the head whose cookie names the pinned
+     * generation.  pin_until is when the lease may lapse, by this host's
+     * monotonic clock (ns); pin_lost is sticky until the next pin.  All
+     * three under lease_mu. */
+    int pinned;
+    char pin_cookie[160];
+    uint64_t pin_until;
+    int pin_lost;
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -757,7 +769,15 @@ static int r_punch(cb_io *io, uint64_t off, uint64_t len)
 
 static int r_size(cb_io *io, uint64_t *out)
 {
-    *out = ((struct rio *)io)->size;
+    struct rio *r = (struct rio *)io;
+    /* a reader of the meta store sees it grow as the writer commits (the
+     * writer persists a new size before the superblock that needs it) */
+    if ((r->flags & CB_IO_READONLY) && r->fenced) {
+        int rc = get_xattr_u64(r, "cb.size", &r->size);
+        if (rc)
+            return rc;
+    }
+    *out = r->size;
     return 0;
 }
 
@@ -857,23 +877,81 @@ static uint64_t mono_s(void)
     return (uint64_t)ts.tv_sec;
 }
 
-/* Renew the lock every lease / 3 s.  A renewal that fails for a whole
- * lease means another writer may have it now: the store is fenced. */
+static unsigned reader_lease(const struct rio *r)
+{
+    return r->lease ? r->lease : RIO_READER_LEASE;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* How long before the lease's end by this host's clock a reader stops
+ * trusting it: the OSD starts the lease when it takes the request, after
+ * this host sent it, so only a difference in clock rates (a tenth) and a
+ * late wake-up of the reader's thread (up to 1 s) are covered.  Renewals
+ * come every lease / 3, well inside what is left. */
+static uint64_t pin_margin_ns(const struct rio *r)
+{
+    uint64_t lease = (uint64_t)reader_lease(r) * 1000000000ull;
+    return lease / 10 + (lease / 4 < 1000000000ull ? lease / 4 : 1000000000ull);
+}
+
+/* Take (flags 0) or renew (LIBRADOS_LOCK_FLAG_MUST_RENEW) the reader
+ * lock under cookie; on success *sent is when the request left. */
+static int lock_pin(struct rio *r, const char *cookie, uint8_t flags, uint64_t *sent)
+{
+    struct timeval dur = {(time_t)reader_lease(r), 0};
+    *sent = mono_ns();
+    return rados_lock_shared(r->ctx, r->head, RIO_READERS, cookie, RIO_READER_TAG,
+                             "cowblock reader", &dur, flags);
+}
+
+/* One round of the reader's renewal (lease_mu held, dropped meanwhile). */
+static void renew_pin(struct rio *r)
+{
+    if (!r->pinned || r->pin_lost)
+        return;
+    char cookie[sizeof r->pin_cookie];
+    memcpy(cookie, r->pin_cookie, sizeof cookie);
+    pthread_mutex_unlock(&r->lease_mu);
+    uint64_t sent;
+    int rc = lock_pin(r, cookie, LIBRADOS_LOCK_FLAG_MUST_RENEW, &sent);
+    pthread_mutex_lock(&r->lease_mu);
+    if (strcmp(cookie, r->pin_cookie))
+        return; /* pinned anew meanwhile */
+    if (rc >= 0 && sent + (uint64_t)reader_lease(r) * 1000000000ull > r->pin_until + pin_margin_ns(r))
+        r->pin_until = sent + (uint64_t)reader_lease(r) * 1000000000ull - pin_margin_ns(r);
+    else if (rc == -ENOENT || rc == -ESHUTDOWN || mono_ns() >= r->pin_until)
+        r->pin_lost = 1; /* lapsed: a writer may have reused what it reached */
+}
+
+/* Renew the writer's lock, or the reader's pin, every lease / 3 s.  A
+ * writer's renewal that fails for a whole lease means another writer may
+ * have the lock now: the store is fenced. */
 static void *renew_main(void *arg)
 {
     struct rio *r = arg;
     uint64_t last_ok = mono_s();
+    unsigned lease = r->locked ? r->lease : reader_lease(r);
     pthread_mutex_lock(&r->lease_mu);
     while (!r->stop) {
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
-        uint64_t ns = (uint64_t)until.tv_nsec + (uint64_t)r->lease * 1000000000ull / 3;
+        uint64_t ns = (uint64_t)until.tv_nsec + (uint64_t)lease * 1000000000ull / 3;
         until.tv_sec += (time_t)(ns / 1000000000ull);
         until.tv_nsec = (long)(ns % 1000000000ull);
         while (!r->stop && pthread_cond_timedwait(&r->lease_cv, &r->lease_mu, &until) == 0)
             ;
         if (r->stop)
             break;
+        if (!r->locked) {
+            renew_pin(r);
+            continue;
+        }
         pthread_mutex_unlock(&r->lease_mu);
         struct timeval dur = {(time_t)r->lease, 0};
         int rc = rados_lock_exclusive(r->ctx, r->head, RIO_LOCK, r->cookie, "cowblock writer",
@@ -989,6 +1067,8 @@ static void r_close(cb_io *io)
         int rc = drain(r);
         if (!rc && !LOST(r) && !(r->flags & CB_IO_READONLY) && r->size != r->size_saved)
             (void)head_op(r, NULL, 0, 0, 0);
+        if (r->pinned && !r->pin_lost)
+            (void)rados_unlock(r->ctx, r->head, RIO_READERS, r->pin_cookie);
         if (r->locked && !LOST(r)) { /* a clean close: nobody to fence after it */
             (void)rados_setxattr(r->ctx, r->head, "cb.writer", "", 0);
             (void)rados_unlock(r->ctx, r->head, RIO_LOCK, r->cookie);
@@ -1008,6 +1088,126 @@ static void r_close(cb_io *io)
     free(r);
 }
 
+/* ---- the reader table ---------------------------------------------------------- */
+
+/* Drop the read-only opener's copies of the meta store's objects. */
+static void forget_cache(struct rio *r)
+{
+    pthread_mutex_lock(&r->mu);
+    for (uint64_t i = 0; i < r->ncache; i++) {
+        free(r->cache[i]);
+        r->cache[i] = NULL;
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static int r_pin(cb_io *io, uint64_t gen, int forget)
+{
+    struct rio *r = (struct rio *)io;
+    if (!(r->flags & CB_IO_READONLY) || !r->fenced)
+        return CB_EINVAL;
+    char host[64] = "?", cookie[sizeof r->pin_cookie];
+    unsigned char rnd[8] = {0};
+    gethostname(host, sizeof host - 1);
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+        memset(rnd, 0, sizeof rnd);
+    snprintf(cookie, sizeof cookie, "g%llu pid %d on %s %02x%02x%02x%02x%02x%02x%02x%02x",
+             (unsigned long long)gen, (int)getpid(), host, rnd[0], rnd[1], rnd[2], rnd[3],
+             rnd[4], rnd[5], rnd[6], rnd[7]);
+    uint64_t sent;
+    int rc = lock_pin(r, cookie, 0, &sent);
+    if (rc < 0)
+        return map_err(rc);
+    if (forget)
+        forget_cache(r);
+    pthread_mutex_lock(&r->lease_mu);
+    char old[sizeof r->pin_cookie];
+    int had = r->pinned && !r->pin_lost;
+    memcpy(old, r->pin_cookie, sizeof old);
+    memcpy(r->pin_cookie, cookie, sizeof cookie);
+    r->pin_until = sent + (uint64_t)reader_lease(r) * 1000000000ull - pin_margin_ns(r);
+    r->pinned = 1;
+    r->pin_lost = 0;
+    pthread_mutex_unlock(&r->lease_mu);
+    /* the new registration is in place before the old one goes, so a
+     * writer never sees this reader unregistered */
+    if (had)
+        (void)rados_unlock(r->ctx, r->head, RIO_READERS, old);
+    if (!r->renewing) {
+        if ((rc = pthread_create(&r->renewer, NULL, renew_main, r)))
+            return -rc;
+        r->renewing = 1;
+    }
+    return 0;
+}
+
+static int r_pin_valid(cb_io *io)
+{
+    struct rio *r = (struct rio *)io;
+    pthread_mutex_lock(&r->lease_mu);
+    if (r->pinned && !r->pin_lost && mono_ns() >= r->pin_until)
+        r->pin_lost = 1;
+    int rc = r->pinned && r->pin_lost ? CB_ESTALE : 0;
+    pthread_mutex_unlock(&r->lease_mu);
+    return rc;
+}
+
+/* The generation a reader cookie names ("g<gen> ..."); 0 (holding every
+ * generation back) for one this backend did not write. */
+static uint64_t cookie_gen(const char *c)
+{
+    uint64_t g = 0;
+    if (*c++ != 'g')
+        return 0;
+    size_t n = strspn(c, "0123456789");
+    return parse_u64(c, n, &g) ? 0 : g;
+}
+
+static int r_oldest_pin(cb_io *io, uint64_t *gen)
+{
+    struct rio *r = (struct rio *)io;
+    size_t cap = 4096;
+    for (;;) {
+        char *buf = malloc(4 * cap);
+        if (!buf)
+            return CB_ENOMEM;
+        int excl;
+        size_t tl = cap, cl = cap, kl = cap, al = cap;
+        ssize_t n = rados_list_lockers(r->ctx, r->head, RIO_READERS, &excl, buf, &tl,
+                                       buf + cap, &cl, buf + 2 * cap, &kl, buf + 3 * cap, &al);
+        if (n == -ERANGE && cap < (64u << 20)) {
+            free(buf);
+            cap *= 4;
+            continue;
+        }
+        if (n == -ENOENT || n == 0) {
+            free(buf);
+            *gen = UINT64_MAX;
+            return 0;
+        }
+        if (n < 0) {
+            free(buf);
+            return map_err((int)n);
+        }
+        uint64_t oldest = UINT64_MAX;
+        const char *c = buf + 2 * cap, *end = c + (kl < cap ? kl : cap);
+        for (ssize_t i = 0; i < n && c < end; i++) {
+            uint64_t g = cookie_gen(c);
+            if (g < oldest)
+                oldest = g;
+            c += strnlen(c, (size_t)(end - c)) + 1;
+        }
+        free(buf);
+        *gen = oldest;
+        return 0;
+    }
+}
+/* documents: the section at the end of this file */
+static int r_doc_get(cb_io *io, const char *name, uint64_t known, char **data, size_t *len,
+                     uint64_t *gen);
+static int r_doc_put(cb_io *io, const char *name, const void *data, size_t len, uint64_t *gen);
+static int r_doc_list(cb_io *io, char **names, size_t *len);
+
 static const struct cb_io_ops rados_ops = {
     .pread = r_pread,
     .pwrite = r_pwrite,
@@ -1018,6 +1218,12 @@ static const struct cb_io_ops rados_ops = {
     .next_data = r_next_data,
     .close = r_close,
     .lock = r_lock,
+    .pin = r_pin,
+    .pin_valid = r_pin_valid,
+    .oldest_pin = r_oldest_pin,
+    .doc_get = r_doc_get,
+    .doc_put = r_doc_put,
+    .doc_list = r_doc_list,
     .preadv = r_preadv,
 };
 
@@ -1154,4 +1360,260 @@ int cb_rados_break_lock(const char *url, char *holder, size_t len)
     rados_shutdown(cl);
     return rc < 0 ? rc : 0;
 }
+/* ---- documents (blockio.h doc_*, cowblock.h "Documents") ----------------------
+ *
+ * Each document of a pool is two omap entries of the meta head NAME.meta:
+ *   cb.doc.DOC   its bytes
+ *   cb.gen.DOC   its generation, decimal: the cb.seq the put set
+ * Why the head's omap: a RADOS op is atomic on one object only, and the
+ * fence (cb.seq, an xattr of the head) must be asserted by the very op that
+ * changes the document, or a writer whose lock was broken could still
+ * write one after a newer writer took over.  So a put is the same guarded
+ * op as a superblock write -- cmpxattr cb.seq == what this opener last saw,
+ * set it to seq + 1 -- with the two omap entries set in it; it leaves the
+ * superblock bytes and cb.size alone.  A separate object per document
+ * could not be guarded by the head's cb.seq, and a generation kept inside
+ * each document's object would fence nothing.  omap rather than xattrs:
+ * values of megabytes are what omap is for, and reading one key does not
+ * read the others.  The generation is the new cb.seq, which only grows
+ * (every put and commit of every writer bumps it under the fence), so
+ * two versions of one document never share a generation, and a reader can
+ * tell a change by reading cb.gen.DOC alone (one small read) before it
+ * reads the document with its generation in one read op, which RADOS runs
+ * atomically against the writer's ops on the head.  Readers (read-only
+ * openers included) take no lock and read the head as it is now. */
+
+#define DOC_KEY_MAX (CB_DOC_NAME_MAX + 8)
+#define DOC_LIST_STEP 1000
+
+static void doc_keys(const char *name, char *doc, char *gen)
+{
+    snprintf(doc, DOC_KEY_MAX, "cb.doc.%s", name);
+    snprintf(gen, DOC_KEY_MAX, "cb.gen.%s", name);
+}
+
+static int doc_parse_gen(struct rio *r, const char *name, const char *val, size_t n,
+                         uint64_t *out)
+{
+    if (parse_u64(val, n, out) || *out == 0) {
+        cb_meta_bad(0, 0, "RADOS object '%s': the generation of document '%s' is malformed",
+                    r->head, name);
+        return CB_ECORRUPT;
+    }
+    return 0;
+}
+
+/* Read the omap values of keys[0..nkeys) of the head in one op: vals[i]
+ * (malloc'd, or NULL when the key is absent) and lens[i]. */
+static int doc_read(struct rio *r, const char *const *keys, size_t nkeys, char **vals,
+                    size_t *lens)
+{
+    for (size_t i = 0; i < nkeys; i++) {
+        vals[i] = NULL;
+        lens[i] = 0;
+    }
+    rados_read_op_t op = rados_create_read_op();
+    if (!op)
+        return CB_ENOMEM;
+    rados_omap_iter_t it = NULL;
+    int prval = 0;
+    rados_read_op_omap_get_vals_by_keys(op, keys, nkeys, &it, &prval);
+    int rc = rados_read_op_operate(op, r->ctx, r->head, 0);
+    if (rc >= 0 && prval < 0)
+        rc = prval;
+    if (rc >= 0) {
+        for (;;) {
+            char *k, *v;
+            size_t vl;
+            if ((rc = rados_omap_get_next(it, &k, &v, &vl)) < 0 || !k)
+                break;
+            for (size_t i = 0; i < nkeys; i++) {
+                if (strcmp(k, keys[i]) || vals[i])
+                    continue;
+                if (!(vals[i] = malloc(vl + 1))) {
+                    rc = CB_ENOMEM;
+                    break;
+                }
+                if (vl)
+                    memcpy(vals[i], v, vl);
+                vals[i][vl] = 0;
+                lens[i] = vl;
+            }
+            if (rc)
+                break;
+        }
+    }
+    if (it)
+        rados_omap_get_end(it);
+    rados_release_read_op(op);
+    if (rc < 0) {
+        for (size_t i = 0; i < nkeys; i++) {
+            free(vals[i]);
+            vals[i] = NULL;
+        }
+        return rc == CB_ENOMEM ? rc : map_err(rc);
+    }
+    return 0;
+}
+
+static int r_doc_get(cb_io *io, const char *name, uint64_t known, char **data, size_t *len,
+                     uint64_t *gen)
+{
+    struct rio *r = (struct rio *)io;
+    char dkey[DOC_KEY_MAX], gkey[DOC_KEY_MAX];
+    doc_keys(name, dkey, gkey);
+    *data = NULL;
+    *len = 0;
+    *gen = 0;
+    const char *gonly[1] = {gkey};
+    char *v[2];
+    size_t l[2];
+    int rc = doc_read(r, gonly, 1, v, l);
+    if (rc)
+        return rc;
+    if (!v[0])
+        return 0; /* no such document */
+    rc = doc_parse_gen(r, name, v[0], l[0], gen);
+    free(v[0]);
+    if (rc || *gen == known)
+        return rc;
+    /* changed: the bytes and their generation, together */
+    const char *both[2] = {dkey, gkey};
+    if ((rc = doc_read(r, both, 2, v, l)))
+        return rc;
+    if (!v[1]) { /* removed by hand meanwhile */
+        free(v[0]);
+        *gen = 0;
+        return 0;
+    }
+    rc = doc_parse_gen(r, name, v[1], l[1], gen);
+    free(v[1]);
+    if (!rc && !v[0]) {
+        cb_meta_bad(0, 0, "RADOS object '%s' has a generation for document '%s' but not "
+                    "the document", r->head, name);
+        rc = CB_ECORRUPT;
+    }
+    if (rc) {
+        free(v[0]);
+        *gen = 0;
+        return rc;
+    }
+    *data = v[0];
+    *len = l[0];
+    return 0;
+}
+
+static int r_doc_put(cb_io *io, const char *name, const void *data, size_t len, uint64_t *gen)
+{
+    struct rio *r = (struct rio *)io;
+    if (r->flags & CB_IO_READONLY)
+        return -EBADF;
+    if (!r->fenced)
+        return CB_EINVAL; /* documents live on the meta store's head only */
+    if (LOST(r))
+        return LOST(r);
+    int rc = drain(r); /* after every write queued before it, as a commit is */
+    if (rc)
+        return rc;
+    char dkey[DOC_KEY_MAX], gkey[DOC_KEY_MAX], cur[24], next[24];
+    doc_keys(name, dkey, gkey);
+    uint64_t nseq = r->seq + 1;
+    snprintf(cur, sizeof cur, "%llu", (unsigned long long)r->seq);
+    snprintf(next, sizeof next, "%llu", (unsigned long long)nseq);
+    rados_write_op_t op = rados_create_write_op();
+    if (!op)
+        return CB_ENOMEM;
+    rados_write_op_cmpxattr(op, "cb.seq", LIBRADOS_CMPXATTR_OP_EQ, cur, strlen(cur));
+    rados_write_op_setxattr(op, "cb.seq", next, strlen(next));
+    const char *keys[2] = {dkey, gkey};
+    const char *vals[2] = {data, next};
+    size_t lens[2] = {len, strlen(next)};
+    rados_write_op_omap_set(op, keys, vals, lens, 2);
+    rc = rados_write_op_operate(op, r->ctx, r->head, NULL, 0);
+    rados_release_write_op(op);
+    if (rc == -ECANCELED || rc == -ENODATA) {
+        /* another opener changed the head since this one last did */
+        __atomic_store_n(&r->lost, CB_EFENCED, __ATOMIC_RELEASE);
+        return CB_EFENCED;
+    }
+    if (rc < 0) {
+        rc = map_err(rc);
+        if (rc == CB_EFENCED)
+            __atomic_store_n(&r->lost, rc, __ATOMIC_RELEASE);
+        return rc;
+    }
+    r->seq = nseq;
+    *gen = nseq;
+    return 0;
+}
+
+static int r_doc_list(cb_io *io, char **names, size_t *len)
+{
+    struct rio *r = (struct rio *)io;
+    char *out = NULL, *after = NULL; /* the last key seen */
+    size_t used = 0, cap = 0;
+    int rc = 0;
+    unsigned char more = 1;
+    *names = NULL;
+    *len = 0;
+    while (!rc && more) {
+        rados_read_op_t op = rados_create_read_op();
+        if (!op) {
+            rc = CB_ENOMEM;
+            break;
+        }
+        rados_omap_iter_t it = NULL;
+        int prval = 0;
+        more = 0;
+        rados_read_op_omap_get_vals2(op, after ? after : "", "cb.gen.", DOC_LIST_STEP, &it, &more, &prval);
+        rc = rados_read_op_operate(op, r->ctx, r->head, 0);
+        if (rc >= 0 && prval < 0)
+            rc = prval;
+        rc = rc < 0 ? map_err(rc) : 0;
+        while (!rc) {
+            char *k, *v;
+            size_t vl;
+            if ((rc = rados_omap_get_next(it, &k, &v, &vl)) < 0) {
+                rc = map_err(rc);
+                break;
+            }
+            if (!k)
+                break;
+            size_t kl = strlen(k);
+            free(after);
+            if (!(after = strdup(k))) {
+                rc = CB_ENOMEM;
+                break;
+            }
+            if (kl <= 7 || kl >= DOC_KEY_MAX)
+                continue; /* not one of ours (too long for a document name) */
+            if (used + kl - 7 + 1 > cap) {
+                size_t ncap = cap ? 2 * cap : 256;
+                while (ncap < used + kl)
+                    ncap *= 2;
+                char *n = realloc(out, ncap);
+                if (!n) {
+                    rc = CB_ENOMEM;
+                    break;
+                }
+                out = n;
+                cap = ncap;
+            }
+            memcpy(out + used, k + 7, kl - 7 + 1);
+            used += kl - 7 + 1;
+        }
+        if (it)
+            rados_omap_get_end(it);
+        rados_release_read_op(op);
+    }
+    free(after);
+    if (rc) {
+        free(out);
+        return rc;
+    }
+    *names = out;
+    *len = used;
+    return 0;
+}
+
 #endif /* CB_HAVE_RADOS */

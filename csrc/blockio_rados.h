@@ -30,7 +30,10 @@
  *                       cb.size (bytes the store spans), cb.seq (fence
  *                       sequence, below); for the meta store also the first
  *                       CB_IO_HEAD_BYTES of the store (the two superblock
- *                       slots) and the pool's writer lock
+ *                       slots) and the pool's writer lock; and in its omap
+ *                       the pool's documents (cowblock.h "Documents"):
+ *                       cb.doc.DOC and cb.gen.DOC, written under the fence
+ *                       (the last section of blockio_rados.c says why there)
  *   NAME.S.%016x        bytes [i * osize, (i + 1) * osize) of the store;
  *                       absent = zeros (reads zero-fill, punch removes)
  *

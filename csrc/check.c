@@ -17,7 +17,8 @@
  *   3. data reference counts are recomputed from the leaves and compared
  *      with the space map, and every entry is checked (flags, bitmap,
  *      blocks in range);
- *   4. the space map's busy bits agree with the counts;
+ *   4. the space map's busy bits agree with the counts (a block held for
+ *      readers of older commits, txn.c, is busy and unreferenced);
  *   5. the data file is scanned (SEEK_DATA) for free blocks that still
  *      hold data: a leak of disk space, repaired by punching it out (open
  *      does this by itself after an unclean shutdown, see txn.c);
@@ -302,9 +303,12 @@ static void compare_counts(struct cb_checker *c)
         for (uint64_t i = 0; i < limit; i++) {
             uint64_t have = ch ? ch->rc[i] : 0, w = want ? want[i] : 0;
             int busy = ch && (ch->busy[i / 64] >> (i % 64)) & 1;
+            int held = ch && (ch->held[i / 64] >> (i % 64)) & 1;
             if (have != w)
                 error(c, "data block reference count wrong (block, count)", base + i, have);
-            if (busy != (w > 0))
+            if (held && w > 0)
+                error(c, "block held for readers but in use (block, count)", base + i, w);
+            else if (busy != (w > 0 || held))
                 error(c, "block both free and used (block, count)", base + i, w);
         }
     }
@@ -325,11 +329,11 @@ int cb_check_free_data(struct cb_store *p, int punch, uint64_t *found, uint64_t 
         if (hole > end)
             hole = end;
         for (uint64_t b = data / bs; b * bs < hole; b++) {
-            if (cb_sm_rc(&p->sm, b) || cb_sm_kept(&p->sm, b))
-                continue; /* in use, or kept for reuse on purpose */
+            if (cb_sm_rc(&p->sm, b) || cb_sm_kept(&p->sm, b) || cb_sm_held(&p->sm, b))
+                continue; /* in use, kept for reuse or held for readers on purpose */
             uint64_t first = b;
             while ((b + 1) * bs < hole && cb_sm_rc(&p->sm, b + 1) == 0 &&
-                   !cb_sm_kept(&p->sm, b + 1))
+                   !cb_sm_kept(&p->sm, b + 1) && !cb_sm_held(&p->sm, b + 1))
                 b++;
             *found += b - first + 1;
             if (punch && cb_datafile_punch(&p->data, first, b - first + 1) == 0)

@@ -15,6 +15,7 @@
 #define CB_ECHECKSUM ...
 #define CB_ECLOSED ...
 #define CB_EFENCED ...
+#define CB_ESTALE ...
 #define CB_NAME_MAX ...
 #define CB_PATH_MAX ...
 #define CB_MIN_BLOCK_SIZE ...
@@ -36,7 +37,7 @@ typedef struct cb_stat {
     uint64_t meta_pages, meta_file_pages;
     uint64_t reads, bytes_read, writes, bytes_written, data_bytes_written;
     uint64_t copyups, copyup_bytes, commits, punched_blocks;
-    uint64_t checksums, checksum_failures, kept_blocks;
+    uint64_t checksums, checksum_failures, kept_blocks, held_blocks;
 } cb_stat;
 
 typedef struct cb_devinfo {
@@ -91,6 +92,7 @@ int cb_pool_close(cb_pool *pool);
 void cb_pool_retain(cb_pool *pool);
 void cb_pool_release(cb_pool *pool);
 int cb_pool_flush(cb_pool *pool);
+int cb_pool_refresh(cb_pool *pool, uint64_t *generation);
 int cb_pool_set_keep(cb_pool *pool, uint64_t max_blocks);
 int cb_pool_stat(cb_pool *pool, cb_stat *out);
 int cb_pool_uuid(cb_pool *pool, uint8_t out[16]);
@@ -108,6 +110,14 @@ int cb_pool_dump(cb_pool *pool, char **json, size_t *len);
 int cb_pool_scrub(cb_pool *pool, cb_scrub *progress, cb_scrub_bad *bad,
                   size_t n, size_t *count);
 void cb_free(void *ptr);
+
+#define CB_DOC_NAME_MAX ...
+#define CB_DOC_MAX ...
+int cb_pool_doc_get(cb_pool *pool, const char *name, uint64_t known_gen, char **data,
+                    size_t *len, uint64_t *gen);
+int cb_pool_doc_put(cb_pool *pool, const char *name, const void *data, size_t len,
+                    uint64_t *gen);
+int cb_pool_doc_list(cb_pool *pool, char **names, size_t *len);
 
 int cb_dev_open(cb_pool *pool, const char *name, cb_dev **out);
 void cb_dev_close(cb_dev *dev);

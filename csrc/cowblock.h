@@ -81,7 +81,9 @@ extern "C" {
 #define CB_ECLOSED   (-30686) /* pool closed (cb_pool_close), or being closed */
 #define CB_EFENCED   (-30685) /* this writer's lock was broken and another writer
                                * committed (or it was blocklisted): the pool fails */
-#define CB_ERR_LAST  (-30685)
+#define CB_ESTALE    (-30684) /* a read-only opener's reader lease lapsed: what it read
+                               * may have been reused; cb_pool_refresh moves it on */
+#define CB_ERR_LAST  (-30684)
 
 /* ---- limits ----------------------------------------------------------- */
 #define CB_NAME_MAX       127          /* bytes of a device name, no NUL */
@@ -127,6 +129,8 @@ typedef struct cb_stat {
     uint64_t checksums;                   /* 1 if the pool keeps data checksums */
     uint64_t checksum_failures;           /* sub-blocks that failed verification */
     uint64_t kept_blocks;                 /* free blocks kept allocated for reuse */
+    uint64_t held_blocks;                 /* freed blocks held for readers of older commits
+                                           * (counted in used_blocks: not yet free) */
 } cb_stat;
 
 /* One device's description.  name is NUL-terminated. */
@@ -238,8 +242,15 @@ const char *cb_backends(void);
  * "rados://POOL/NAME?conf=PATH" (the RADOS backend, when built: see
  * blockio_rados.h), where the writer's lock is a RADOS lock and a writer
  * whose lock was broken fails with CB_EFENCED instead of overwriting a
- * newer commit.  A read-only open of a RADOS pool takes no lock: it sees
- * the last commit made before it opened.  A malformed URL, or one of a
+ * newer commit.  A read-only open of a RADOS pool takes no lock: it
+ * registers in the pool's reader table as a reader of the newest commit,
+ * under a lease renewed in the background, and reads that commit, whatever
+ * the writer does meanwhile (the writer holds back the blocks a registered
+ * reader's commit reaches, and copies up instead of writing a committed
+ * block in place); cb_pool_refresh moves it to a newer commit.  Once its
+ * lease may have lapsed (the process stalled or lost the cluster for a
+ * whole lease), its reads fail with CB_ESTALE, never returning data of
+ * another commit, until cb_pool_refresh succeeds.  A malformed URL, or one of a
  * backend this build lacks, gives CB_EINVAL (cb_corrupt_detail says why);
  * CB_EBUSY from an open names the lock's holder there too. */
 /* Break the writer lock of the pool at location (a URL): its holder is
@@ -329,6 +340,20 @@ void cb_pool_release(cb_pool *pool);
  *   record written once to a fresh page) and the blocks it freed, plus up
  *   to three fdatasyncs; nothing at all when nothing changed. */
 int cb_pool_flush(cb_pool *pool);
+/* Move a read-only opener of a RADOS pool to the writer's newest commit:
+ * register as its reader, load it, and re-attach open device handles to
+ * their devices in it (a handle whose device the writer deleted gets
+ * CB_ENOENT from then on).  *generation (may be NULL) gets the generation
+ * now read.  On a writer, or a reader of a pool in a directory (its flock
+ * keeps every writer out), it changes nothing and gives the generation.
+ * Errors: CB_ECORRUPT, CB_ENOMEM, -errno, CB_EBUSY (the writer committed
+ * faster than the registration could settle); after such an error the
+ * old commit is no longer safe to read: reads fail with CB_ESTALE until a
+ * refresh succeeds.
+ * Lock: exclusive.
+ * Cost: what an open costs (every metadata page once), plus a few round
+ *   trips to the cluster. */
+int cb_pool_refresh(cb_pool *pool, uint64_t *generation);
 /* Keep up to max_blocks freed data blocks allocated in the data file
  * instead of punching them out once the commit that freed them is durable,
  * and hand them out first to later writes, which then land in space the
@@ -454,6 +479,52 @@ int cb_pool_scrub(cb_pool *pool, cb_scrub *progress, cb_scrub_bad *bad,
                   size_t n, size_t *count);
 /* Release memory the library handed out (cb_pool_dump).  NULL is a no-op. */
 void cb_free(void *ptr);
+
+/* ---- documents ------------------------------------------------------------
+ * Small named documents a binding keeps with the pool: the snapshotter's and
+ * the Docker model's JSON.  A pool in a directory has none here (its binding
+ * keeps them as files beside the pool's: CB_EINVAL, cb_corrupt_detail says
+ * so); a pool in RADOS keeps each in the omap of its metadata head object
+ * (blockio_rados.h), so that every host that opens the pool sees them.
+ * Names: 1..CB_DOC_NAME_MAX of [A-Za-z0-9._-].  A document is at most
+ * CB_DOC_MAX bytes: the whole of it goes in one RADOS op. */
+#define CB_DOC_NAME_MAX 64
+#define CB_DOC_MAX (8u << 20)
+/* Document `name` as the store has it now (not as of the pool's open: a
+ * read-only opener sees another host's later puts).  *gen gets its
+ * generation, 0 if there is no such document; when that differs from
+ * known_gen, *data (malloc'd, released with cb_free) and *len get its
+ * bytes, read together with the generation in one atomic read; otherwise
+ * *data is NULL (the caller's copy of generation known_gen is current).
+ * Errors: CB_EINVAL (NULL argument, bad name, a pool in a directory),
+ *   CB_ECORRUPT (the generation is malformed, or names no document),
+ *   CB_ENOMEM, -errno (e.g. -ETIMEDOUT from the cluster).
+ * Lock: shared.  Cost: one round trip to the store; two when it changed. */
+int cb_pool_doc_get(cb_pool *pool, const char *name, uint64_t known_gen, char **data,
+                    size_t *len, uint64_t *gen);
+/* Replace document `name` with len bytes of data, atomically: a reader
+ * gets the whole old or the whole new document, never a mix, whatever
+ * happens to this process meanwhile.  Ordered after every write made
+ * before it (flush first to make the devices it names durable: the put
+ * does not commit).  Fenced like a commit: a writer whose lock was broken
+ * and whose pool another writer has written since gets CB_EFENCED and the
+ * document is unchanged.  Any failure but CB_EINVAL fails the pool, as a
+ * failed commit does (the store's state is not known).  *gen (if not NULL)
+ * gets the new generation: the pool's fence sequence, which every put and
+ * every commit increases, so two versions of a document never share one.
+ * Errors: CB_EINVAL (NULL argument, bad name, len > CB_DOC_MAX: the detail
+ *   names the limit; a pool in a directory), CB_EFENCED, CB_ENOMEM, -errno.
+ * Lock: exclusive.  Cost: one synchronous round trip, after the writes in
+ *   flight have completed. */
+int cb_pool_doc_put(cb_pool *pool, const char *name, const void *data, size_t len,
+                    uint64_t *gen);
+/* The names of every document, each NUL-terminated, back to back in *names
+ * (malloc'd, released with cb_free; NULL when there are none), *len bytes
+ * in all.
+ * Errors: CB_EINVAL (NULL argument, a pool in a directory), CB_ENOMEM,
+ *   -errno.
+ * Lock: shared.  Cost: one round trip per 1000 documents. */
+int cb_pool_doc_list(cb_pool *pool, char **names, size_t *len);
 
 /* ---- devices --------------------------------------------------------------
  * A cb_dev is a handle on one device.  A handle stays valid until

@@ -425,10 +425,15 @@ static int dump_freelog(struct dumper *D, uint64_t page, unsigned char *pg)
                 jb_printf(b, "%s%llu", first ? "" : ", ", (unsigned long long)pgno);
                 first = 0;
             }
+            /* runs of an earlier commit, held for readers, say which (meta.h) */
+            uint64_t age = cb_get32(pg + 24), pgen = cb_get64(pg + 16);
             for (uint32_t i = 0; pass == 1 && i < n; i++) {
-                jb_printf(b, "%s\n    {\"start\": %llu, \"count\": %llu}", first ? "" : ",",
+                jb_printf(b, "%s\n    {\"start\": %llu, \"count\": %llu", first ? "" : ",",
                           (unsigned long long)cb_get64(pg + 48 + 16 * i),
                           (unsigned long long)cb_get64(pg + 56 + 16 * i));
+                if (age && age < pgen)
+                    jb_printf(b, ", \"held_since\": %llu", (unsigned long long)(pgen - age));
+                jb_printf(b, "}");
                 first = 0;
             }
             pgno = cb_get64(pg + 32);

@@ -145,6 +145,21 @@ void cb_meta_clear(void)
     detail_context = 0;
 }
 
+void cb_meta_save(struct cb_meta_saved *out)
+{
+    _Static_assert(sizeof out->text == sizeof detail, "the saved detail's size");
+    memcpy(out->text, detail, sizeof detail);
+    out->page = detail_page;
+    out->context = detail_context;
+}
+
+void cb_meta_restore(const struct cb_meta_saved *in)
+{
+    memcpy(detail, in->text, sizeof detail);
+    detail_page = in->page;
+    detail_context = in->context;
+}
+
 size_t cb_corrupt_detail(char *buf, size_t len, uint64_t *page)
 {
     size_t n = strlen(detail);

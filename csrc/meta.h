@@ -42,7 +42,11 @@
  * Free log page: 32 u64 next, 40 u32 n, 48 (u64 start, u64 count)[253]:
  *   the data blocks the committing transaction freed, punched out of the
  *   data file once the commit is durable (and again at open, in case the
- *   process died in between).
+ *   process died in between).  The header's time field is the runs' age:
+ *   0 for the committing transaction's; a (generation - age) for blocks
+ *   that commit freed and that are held for readers of older commits
+ *   (txn.c, "Readers"; superblock incompat bit CB_INCOMPAT_HELD while any
+ *   are listed).  The pages of one age come together, newest first.
  *
  * The data file: nblocks blocks of block_size bytes, then (with
  * CB_INCOMPAT_CSUM) one u32 checksum per sub-block, in whole pages
@@ -64,7 +68,9 @@
 /* incompat feature bits (superblock offset 44): readers that do not know a
  * bit must refuse the pool */
 #define CB_INCOMPAT_CSUM 1u   /* data checksums at the tail of the data file (csum.h) */
-#define CB_INCOMPAT_KNOWN CB_INCOMPAT_CSUM
+#define CB_INCOMPAT_HELD 2u    /* the free log holds runs of earlier commits, kept for
+                                * readers (txn.c, "Readers"): never punch them blind */
+#define CB_INCOMPAT_KNOWN (CB_INCOMPAT_CSUM | CB_INCOMPAT_HELD)
 
 enum cb_page_type {
     CB_PT_SUPER = 0x42534243,   /* "CBSB" */
@@ -192,6 +198,14 @@ void cb_meta_bad(uint64_t page, uint32_t type, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void cb_meta_context(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void cb_meta_clear(void);
+/* The detail kept aside while code that may set it runs (and restored). */
+struct cb_meta_saved {
+    char text[320];
+    uint64_t page;
+    int context;
+};
+void cb_meta_save(struct cb_meta_saved *out);
+void cb_meta_restore(const struct cb_meta_saved *in);
 /* Verify superblock page sb read from slot: 0, CB_ECORRUPT or CB_EVERSION
  * with the thread's corruption detail saying why.  Open and check parse a
  * slot the same way. */

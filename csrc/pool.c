@@ -114,6 +114,8 @@ const char *cb_strerror(int code)
     case CB_ECLOSED: return "pool is closed";
     case CB_EFENCED: return "another writer took the pool over (this writer's lock was "
                             "broken): its writes are refused";
+    case CB_ESTALE: return "this reader's lease on the pool lapsed: what it pinned may have "
+                           "been reused (refresh the pool to read on)";
     default:
         if (code < 0 && code > -4096)
             return strerror(-code); /* glibc: static strings for errno values */
@@ -301,6 +303,8 @@ static int open_files(struct cb_pool *p, unsigned ioflags)
     unsigned map = (p->flags & CB_OPEN_MMAP) ? CB_IO_MMAP : 0; /* data file only */
     int rc = cb_backend_open(p->path, "meta", ioflags | ro | CB_IO_FENCED, NULL, &p->s.meta);
     if (!rc)
+        p->s.shared_readers = p->s.meta->ops->pin != NULL;
+    if (!rc)
         rc = pool_lock_file(p);
     if (!rc)
         rc = cb_backend_open(p->path, "data", ioflags | ro | direct | map, p->s.meta,
@@ -361,7 +365,7 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
         rc = cb_csum_init(&s->csum, s->data.io, s->nblocks * (uint64_t)block_size,
                           s->nblocks * s->nsub);
     if (!rc && !(rc = cb_sm_init(&s->sm, s->nblocks)))
-        s->sm.track_fresh = s->csum_on;
+        s->sm.track_fresh = s->csum_on || s->shared_readers;
     if (!rc)
         rc = cb_pm_init(&s->pm, 2);
     if (!rc && !(s->devs = calloc((size_t)CB_SB_DEVTAB_MAX * CB_DEVTAB_RECS, sizeof *s->devs)))
@@ -382,6 +386,84 @@ int cb_pool_create(const char *path, uint64_t size, uint32_t block_size,
     return 0;
 }
 
+/* ---- readers of a shared pool (txn.c, "Readers") ---------------------------- */
+
+#define READER_TRIES 16 /* loads that met a page reused by a newer commit */
+
+/* Register as a reader: pin the generation the superblock shows now.  A
+ * pin at g keeps what g and every later generation reach from the commits
+ * published after it, so the load that follows, which reads the superblock
+ * after the pin is in place, may load any commit it finds (txn.c,
+ * "Readers"). */
+static int pin_newest(struct cb_store *s)
+{
+    uint64_t g;
+    int rc = cb_txn_peek(s, &g);
+    return rc ? rc : s->meta->ops->pin(s->meta, g, 1);
+}
+
+/* Free what a failed load left in s, keeping its stores open. */
+static void reset_store(struct cb_store *s)
+{
+    cb_io *meta = s->meta, *data = s->data.io;
+    int shared = s->shared_readers;
+    uint64_t keep = s->keep_max;
+    s->meta = NULL;
+    s->data.io = NULL;
+    cb_store_destroy(s);
+    struct cb_holder holder = s->holder;
+    cb_store_init(s);
+    s->holder = holder;
+    s->path = NULL;
+    s->meta = meta;
+    s->data.io = data;
+    s->shared_readers = shared;
+    s->keep_max = keep;
+}
+
+/* Load a read-only store whose stores are open: for a shared pool,
+ * pinned first; a load that met a page a newer commit reused is made
+ * again.  Then the pin moves up to the generation loaded. */
+static int load_reader(struct cb_store *s)
+{
+    if (!s->shared_readers)
+        return cb_txn_load(s, 1);
+    for (int i = 0;; i++) {
+        int rc = pin_newest(s);
+        if (!rc)
+            rc = cb_txn_load(s, 1);
+        if (!rc)
+            return s->meta->ops->pin(s->meta, s->generation, 0);
+        uint64_t now;
+        if (rc != CB_ECORRUPT || i + 1 >= READER_TRIES || cb_txn_peek(s, &now) ||
+            now == s->generation)
+            return rc; /* not a page reused under the load: damage */
+        const char *path = s->path;
+        reset_store(s);
+        s->path = path;
+    }
+}
+
+/* After a read by a reader of a shared pool: 0 if its registration still
+ * held when the read completed, else CB_ESTALE (what it read may be
+ * another commit's data). */
+static int reader_valid(struct cb_pool *p)
+{
+    if (!(p->flags & CB_OPEN_READONLY) || !p->s.shared_readers)
+        return 0;
+    if (__atomic_load_n(&p->stale, __ATOMIC_ACQUIRE))
+        return CB_ESTALE;
+    return p->s.meta->ops->pin_valid(p->s.meta);
+}
+
+/* The reads' result, unless the reader's lease lapsed meanwhile: that
+ * error wins (a checksum or corruption error then says nothing). */
+static int read_result(struct cb_pool *p, int rc)
+{
+    int stale = reader_valid(p);
+    return stale ? stale : rc;
+}
+
 int cb_pool_open(const char *path, unsigned flags, cb_pool **out)
 {
     if (!path || !out || (flags & ~(CB_OPEN_READONLY | CB_OPEN_DIRECT | CB_OPEN_MMAP)) ||
@@ -396,7 +478,7 @@ int cb_pool_open(const char *path, unsigned flags, cb_pool **out)
     if (rc == -ENOENT)
         rc = CB_ENOENT;
     if (!rc)
-        rc = cb_txn_load(&p->s, (flags & CB_OPEN_READONLY) != 0);
+        rc = (flags & CB_OPEN_READONLY) ? load_reader(&p->s) : cb_txn_load(&p->s, 0);
     if (!rc && !(flags & CB_OPEN_READONLY)) {
         /* After an unclean shutdown, blocks the lost transaction had
          * allocated and written hold data but are free: punch them out.
@@ -458,6 +540,79 @@ int cb_pool_flush(cb_pool *p)
     return rc ? rc : pool_leave(p, pool_commit(p, CB_TXN_FLUSH));
 }
 
+/* Give handle h the record of its device in store ns, or, if ns has no
+ * device of that id (deleted by the writer), keep its record detached
+ * from the table and marked deleted. */
+static void rehome_handle(struct cb_pool *p, struct cb_dev *h, struct cb_store *ns)
+{
+    struct cb_devrec *d = h->rec, *nd = NULL;
+    for (unsigned i = 0; i < ns->ndevslots && !nd; i++)
+        if (ns->devs[i] && ns->devs[i]->id == d->id)
+            nd = ns->devs[i];
+    if (!nd) {
+        if (!d->deleted) { /* out of the old table, which is freed next */
+            p->s.devs[d->slot] = NULL;
+            cb_node_put(&p->s.map, d->root);
+            d->root = NULL;
+            d->deleted = 1;
+        }
+        return;
+    }
+    nd->handles++;
+    h->rec = nd;
+    if (--d->handles == 0 && d->deleted)
+        free(d);
+}
+
+int cb_pool_refresh(cb_pool *p, uint64_t *generation)
+{
+    int rc = pool_enter(p, EXCLUSIVE);
+    if (rc)
+        return rc;
+    /* a writer is always at the newest commit; a reader of a file pool
+     * holds its flock, which keeps every writer out */
+    if (!(p->flags & CB_OPEN_READONLY) || !p->s.shared_readers) {
+        if (generation)
+            *generation = p->s.generation;
+        return pool_leave(p, 0);
+    }
+    struct cb_store *ns = malloc(sizeof *ns);
+    if (!ns)
+        return pool_leave(p, CB_ENOMEM);
+    cb_store_init(ns);
+    ns->holder = p->s.holder; /* this thread holds the lock (debug builds) */
+    ns->path = p->path;
+    ns->meta = p->s.meta;
+    ns->data.io = p->s.data.io;
+    ns->shared_readers = 1;
+    ns->keep_max = p->s.keep_max;
+    rc = load_reader(ns);
+    if (rc) {
+        /* the pin may have moved on already: the old state is not safe to
+         * read any more, until a refresh succeeds */
+        __atomic_store_n(&p->stale, 1, __ATOMIC_RELEASE);
+        ns->meta = NULL;
+        ns->data.io = NULL;
+        cb_store_destroy(ns);
+        free(ns);
+        return pool_leave(p, rc);
+    }
+    for (struct cb_dev *h = p->handles; h; h = h->next)
+        rehome_handle(p, h, ns);
+    ns->st = p->s.st;
+    p->s.meta = NULL;
+    p->s.data.io = NULL;
+    cb_store_destroy(&p->s);
+    memcpy(&p->s, ns, sizeof *ns);
+    p->s.map.sm = &p->s.sm; /* the two pointers into the store itself */
+    p->s.map.pm = &p->s.pm;
+    free(ns);
+    __atomic_store_n(&p->stale, 0, __ATOMIC_RELEASE);
+    if (generation)
+        *generation = p->s.generation;
+    return pool_leave(p, 0);
+}
+
 int cb_pool_stat(cb_pool *p, cb_stat *out)
 {
     int rc = pool_enter(p, SHARED);
@@ -477,6 +632,7 @@ int cb_pool_stat(cb_pool *p, cb_stat *out)
     out->meta_file_pages = s->pm.npages;
     out->checksums = (uint64_t)s->csum_on;
     out->kept_blocks = s->sm.nkept;
+    out->held_blocks = s->sm.nheld;
     out->checksum_failures = __atomic_load_n(&s->st.checksum_failures, __ATOMIC_RELAXED);
     return pool_leave(p, 0);
 }
@@ -824,7 +980,7 @@ int cb_pool_scrub(cb_pool *p, cb_scrub *progress, cb_scrub_bad *bad, size_t n, s
     while (!rc && cb_scrub_more(x)) {
         if ((rc = cb_scrub_cancelled(x)) || (rc = pool_enter(p, SHARED)))
             break;
-        rc = pool_leave(p, cb_scrub_slice(x, bad, n, count));
+        rc = pool_leave(p, read_result(p, cb_scrub_slice(x, bad, n, count)));
         cb_scrub_pace(x);
     }
     cb_scrub_end(x);
@@ -913,6 +1069,8 @@ static int dev_write(struct cb_pool *p, struct cb_devrec *d, const char *src, ui
     for (;;) {
         uint64_t done;
         int rc = cb_thin_write(&p->s, d, src, len, off, &done);
+        if (rc == CB_ENOSPC && cb_txn_release_held(&p->s))
+            rc = CB_THIN_COMMIT; /* room again: go on where the write stopped */
         if (rc != CB_THIN_COMMIT)
             return rc;
         assert(done <= len);
@@ -941,7 +1099,7 @@ int cb_dev_read(cb_dev *h, void *buf, uint64_t len, uint64_t off)
     struct cb_store *s = &h->pool->s;
     if (!in_range(h->rec, len, off) || (!buf && len))
         return pool_leave(h->pool, CB_EINVAL);
-    rc = cb_thin_read(s, h->rec, buf, len, off);
+    rc = read_result(h->pool, cb_thin_read(s, h->rec, buf, len, off));
     __atomic_fetch_add(&s->st.reads, 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&s->st.bytes_read, len, __ATOMIC_RELAXED);
     return pool_leave(h->pool, rc);
@@ -971,8 +1129,9 @@ int cb_dev_discard(cb_dev *h, uint64_t len, uint64_t off)
     struct cb_pool *p = h->pool;
     if (!in_range(h->rec, len, off))
         return pool_leave(p, CB_EINVAL);
-    while ((rc = cb_thin_discard(&p->s, h->rec, len, off)) == CB_THIN_COMMIT)
-        if ((rc = pool_commit(p, CB_TXN_FLUSH)))
+    while ((rc = cb_thin_discard(&p->s, h->rec, len, off)) == CB_THIN_COMMIT ||
+           (rc == CB_ENOSPC && cb_txn_release_held(&p->s)))
+        if (rc == CB_THIN_COMMIT && (rc = pool_commit(p, CB_TXN_FLUSH)))
             break;
     if (!rc)
         rc = pool_maybe_commit(p);
@@ -1005,6 +1164,7 @@ int cb_dev_read_blocks(cb_dev *h, const uint64_t *idx, size_t n, void *buf)
     if ((n && (!idx || !buf)) || !blocks_in_range(p, h->rec, idx, n))
         return pool_leave(p, CB_EINVAL);
     rc = cb_thin_read_blocks(s, h->rec, idx, n, buf);
+    rc = read_result(p, rc);
     __atomic_fetch_add(&s->st.reads, n, __ATOMIC_RELAXED);
     __atomic_fetch_add(&s->st.bytes_read, n * (uint64_t)s->block_size, __ATOMIC_RELAXED);
     return pool_leave(p, rc);
@@ -1083,4 +1243,90 @@ int cb_dev_usage(cb_dev *h, cb_usage *out)
         return CB_EINVAL;
     int rc = dev_enter(h, SHARED);
     return rc ? rc : pool_leave(h->pool, cb_thin_dev_usage(&h->pool->s, h->rec, out));
+}
+
+/* ---- documents (cowblock.h "Documents") -------------------------------------
+ * The store's own: the meta store's backend keeps them (blockio.h doc_*),
+ * or has none (the file backend: the binding keeps files beside the pool). */
+
+static int doc_name_ok(const char *name)
+{
+    size_t n = name ? strnlen(name, CB_DOC_NAME_MAX + 1) : 0;
+    if (n == 0 || n > CB_DOC_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* The pool's meta store, if it keeps documents; else the detail says why. */
+static cb_io *doc_store(struct cb_pool *p)
+{
+    cb_io *m = p->s.meta;
+    if (m->ops->doc_get && m->ops->doc_put && m->ops->doc_list)
+        return m;
+    cb_meta_bad(0, 0, "the pool in '%.200s' keeps no documents in its store (a pool in a "
+                "directory keeps them as files beside it)", p->path);
+    return NULL;
+}
+
+int cb_pool_doc_get(cb_pool *p, const char *name, uint64_t known_gen, char **data,
+                    size_t *len, uint64_t *gen)
+{
+    if (!p || !data || !len || !gen)
+        return CB_EINVAL;
+    *data = NULL;
+    *len = 0;
+    *gen = 0;
+    if (!doc_name_ok(name))
+        return CB_EINVAL;
+    int rc = pool_enter(p, SHARED);
+    if (rc)
+        return rc;
+    cb_io *m = doc_store(p);
+    return pool_leave(p, m ? m->ops->doc_get(m, name, known_gen, data, len, gen) : CB_EINVAL);
+}
+
+int cb_pool_doc_put(cb_pool *p, const char *name, const void *data, size_t len, uint64_t *gen)
+{
+    if (!p || (!data && len))
+        return CB_EINVAL;
+    if (!doc_name_ok(name))
+        return CB_EINVAL;
+    if (len > CB_DOC_MAX) {
+        cb_meta_bad(0, 0, "document '%s' is %zu bytes, more than the %u bytes "
+                    "(CB_DOC_MAX, 8 MiB) one op of the store may carry", name, len,
+                    (unsigned)CB_DOC_MAX);
+        return CB_EINVAL;
+    }
+    int rc = pool_enter(p, MUTATE);
+    if (rc)
+        return rc;
+    cb_io *m = doc_store(p);
+    if (!m)
+        return pool_leave(p, CB_EINVAL);
+    uint64_t g = 0;
+    rc = m->ops->doc_put(m, name, data ? data : "", len, &g);
+    if (rc)
+        return pool_leave(p, pool_fail(p, rc));
+    if (gen)
+        *gen = g;
+    return pool_leave(p, 0);
+}
+
+int cb_pool_doc_list(cb_pool *p, char **names, size_t *len)
+{
+    if (!p || !names || !len)
+        return CB_EINVAL;
+    *names = NULL;
+    *len = 0;
+    int rc = pool_enter(p, SHARED);
+    if (rc)
+        return rc;
+    cb_io *m = doc_store(p);
+    return pool_leave(p, m ? m->ops->doc_list(m, names, len) : CB_EINVAL);
 }

@@ -26,6 +26,10 @@ struct cb_pool {
     /* State (see the diagram at the top of pool.c): 0 while OPEN; the
      * sticky error code once FAILED (set by pool_fail only). */
     int failed;
+    /* A reader of a shared pool whose refresh failed after its pin moved:
+     * its state may name reused blocks, so reads give CB_ESTALE until a
+     * refresh succeeds (atomic; set and cleared under the lock). */
+    int stale;
     struct cb_dev *handles;    /* open device handles (list) */
 };
 

@@ -2,9 +2,10 @@
  * spacemap.c - see spacemap.h.
  *
  * Invariants (checked by cb_pool_check):
- *  1. busy bit set  <=>  rc > 0, or the block is on the pending list.
+ *  1. busy bit set  <=>  rc > 0, or the block is on the pending list, or
+ *     its held bit is set.
  *  2. nbusy of a chunk and sm->busy equal the number of busy bits.
- *  3. A block on the pending list has rc == 0.
+ *  3. A block on the pending list, or held, has rc == 0.
  */
 #include "spacemap.h"
 #include "cowblock.h"
@@ -268,10 +269,51 @@ void cb_sm_release_pending(struct cb_spacemap *sm)
         uint64_t b = sm->pending.v[k];
         struct cb_sm_chunk *c = sm->chunks[b / CB_SM_CHUNK];
         uint64_t i = b % CB_SM_CHUNK;
-        if (c && c->rc[i] == 0)
+        if (c && c->rc[i] == 0 && !((c->held[i / 64] >> (i % 64)) & 1))
             clear_busy(sm, c, i);
     }
     sm->pending.n = 0;
+}
+
+int cb_sm_hold(struct cb_spacemap *sm, uint64_t b)
+{
+    struct cb_sm_chunk *c = b < sm->nblocks ? chunk_get(sm, b) : NULL;
+    if (!c)
+        return b < sm->nblocks ? CB_ENOMEM : CB_ECORRUPT;
+    uint64_t i = b % CB_SM_CHUNK, m = 1ull << (i % 64);
+    if (c->rc[i])
+        return CB_ECORRUPT;
+    if (c->kept[i / 64] & m) {
+        c->kept[i / 64] &= ~m;
+        sm->nkept--;
+    }
+    if (!(c->held[i / 64] & m)) {
+        c->held[i / 64] |= m;
+        sm->nheld++;
+    }
+    set_busy(sm, c, i);
+    return 0;
+}
+
+void cb_sm_unhold(struct cb_spacemap *sm, uint64_t b)
+{
+    struct cb_sm_chunk *c = b < sm->nblocks ? sm->chunks[b / CB_SM_CHUNK] : NULL;
+    uint64_t i = b % CB_SM_CHUNK, m = 1ull << (i % 64);
+    if (!c || !(c->held[i / 64] & m))
+        return;
+    c->held[i / 64] &= ~m;
+    sm->nheld--;
+    if (c->rc[i] == 0)
+        clear_busy(sm, c, i);
+}
+
+int cb_sm_held(const struct cb_spacemap *sm, uint64_t b)
+{
+    if (b >= sm->nblocks)
+        return 0;
+    const struct cb_sm_chunk *c = sm->chunks[b / CB_SM_CHUNK];
+    uint64_t i = b % CB_SM_CHUNK;
+    return c && (c->held[i / 64] >> (i % 64)) & 1;
 }
 
 /* ---- tallies ------------------------------------------------------------ */

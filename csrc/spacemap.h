@@ -12,6 +12,9 @@
  * pending list of the open transaction, stays busy, and is released (and
  * punched out of the data file) only after the commit that freed it is
  * durable (DESIGN.md invariant 5).  Metadata pages follow the same rule.
+ * Where readers on other hosts share the pool (txn.c, "Readers"), a freed
+ * block may instead be held after that commit: busy, not punched, until no
+ * registered reader's generation can reach it any more.
  *
  * Not thread-safe: the pool's write lock guards every mutation.
  */
@@ -27,6 +30,7 @@ struct cb_sm_chunk {
     uint64_t busy[CB_SM_CHUNK / 64];  /* rc > 0 or pending */
     uint64_t fresh[CB_SM_CHUNK / 64]; /* allocated since the last commit */
     uint64_t kept[CB_SM_CHUNK / 64];  /* free, not punched: reused first */
+    uint64_t held[CB_SM_CHUNK / 64];  /* rc == 0, kept busy for readers of older commits */
     uint32_t rc[CB_SM_CHUNK];
 };
 
@@ -48,6 +52,7 @@ struct cb_spacemap {
     struct cb_u64vec fresh;    /* allocated in the open transaction */
     uint64_t nkept;            /* blocks with the kept bit */
     struct cb_u64vec kept;     /* kept blocks (entries whose bit is clear are stale) */
+    uint64_t nheld;            /* blocks with the held bit */
 };
 
 int cb_sm_init(struct cb_spacemap *sm, uint64_t nblocks);
@@ -61,14 +66,23 @@ int cb_sm_dec(struct cb_spacemap *sm, uint64_t b);
 int cb_sm_alloc(struct cb_spacemap *sm, uint64_t *out);
 /* Undo an allocation that no mapping ever saw: free at once. */
 void cb_sm_unalloc(struct cb_spacemap *sm, uint64_t b);
-/* After a durable commit: make every pending block free again.  The
- * caller punches them first. */
+/* After a durable commit: make every pending block free again, but for
+ * those cb_sm_hold made held.  The caller punches them first. */
 void cb_sm_release_pending(struct cb_spacemap *sm);
 /* With track_fresh: was b allocated after the last commit (so that no
  * committed mapping can name it)?  Always 0 without track_fresh. */
 int cb_sm_fresh(const struct cb_spacemap *sm, uint64_t b);
 /* After a durable commit: nothing is fresh any more. */
 void cb_sm_forget_fresh(struct cb_spacemap *sm);
+
+/* Held blocks: unreferenced, yet busy (never allocated, never punched)
+ * because a reader of an older commit may still read them.  hold: b has
+ * rc == 0 and is pending (after a commit) or free (at load); CB_ECORRUPT
+ * if b is out of range or referenced.  unhold: b becomes free (the
+ * caller punches or keeps it). */
+int cb_sm_hold(struct cb_spacemap *sm, uint64_t b);
+void cb_sm_unhold(struct cb_spacemap *sm, uint64_t b);
+int cb_sm_held(const struct cb_spacemap *sm, uint64_t b);
 
 /* Kept blocks: free blocks whose space is still allocated in the data file
  * (not punched, see txn.c), which cb_sm_alloc hands out before any other,

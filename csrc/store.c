@@ -46,6 +46,7 @@ void cb_store_destroy(struct cb_store *s)
     cb_pm_destroy(&s->pm);
     cb_csum_destroy(&s->csum);
     cb_u64vec_free(&s->freelog_pages);
+    cb_u64vec_free(&s->held);
     cb_datafile_close(&s->data);
     if (s->meta)
         s->meta->ops->close(s->meta); /* drops the flock */

@@ -112,6 +112,14 @@ struct cb_store {
     struct cb_external ext[CB_MAX_EXTERNALS]; /* id = index + 1 */
     uint64_t freelog_page;     /* committed free log chain head */
     struct cb_u64vec freelog_pages; /* pages of the committed free log */
+    /* Readers on other hosts (txn.c, "Readers"): the backend keeps a reader
+     * table (blockio.h, pin).  Then no committed block is written in place
+     * (every first write after a commit copies up, as with checksums), and
+     * the blocks a commit frees are held while a reader of an older commit
+     * is registered: (gen, start, count) triples, gen the commit that freed
+     * [start, start + count), oldest first. */
+    int shared_readers;
+    struct cb_u64vec held;
 
     cb_stat st;                /* counters */
     unsigned char *zero;       /* a block of zeros */

@@ -29,7 +29,9 @@
  *     entry names it (private also means "allocated since the last
  *     commit"), and only in whole sub-blocks, whose checksums are recorded
  *     with the write; every sub-block read from the data file is verified
- *     (see csum.h).
+ *     (see csum.h).  The same holds where readers on other hosts share the
+ *     pool (shared_readers, store.h): a reader reads a committed state, so
+ *     no committed block may change under it.
  */
 #include "thin.h"
 
@@ -410,7 +412,8 @@ static void give_back(struct cb_store *p, uint64_t b)
 static int private_entry(struct cb_store *p, const struct cb_devrec *d, const struct cb_entry *e)
 {
     return e && (e->flags & CB_E_MAPPED) && e->time >= d->snap_time &&
-           cb_sm_rc(&p->sm, e->block) == 1 && (!p->csum_on || cb_sm_fresh(&p->sm, e->block));
+           cb_sm_rc(&p->sm, e->block) == 1 &&
+           (!(p->csum_on || p->shared_readers) || cb_sm_fresh(&p->sm, e->block));
 }
 
 /* Blocks a write of [off, off + len) will allocate, at most. */

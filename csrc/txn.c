@@ -44,7 +44,9 @@ static void encode_super(struct cb_store *p, unsigned char *pg, uint64_t gen, in
     memset(pg, 0, CB_PAGE);
     memcpy(pg + 32, "cowblock", 8);
     cb_put32(pg + 40, CB_FORMAT_VERSION);
-    cb_put32(pg + 44, p->csum_on ? CB_INCOMPAT_CSUM : 0);
+    /* the free log about to be committed lists held runs (txn.c,
+     * "Readers"), which a build that does not know them would punch */
+    cb_put32(pg + 44, (p->csum_on ? CB_INCOMPAT_CSUM : 0) | (p->held.n ? CB_INCOMPAT_HELD : 0));
     /* a failed punch leaves space behind: let the next open reclaim it */
     cb_put32(pg + 48, clean && !p->data.leaky ? CB_COMPAT_CLEAN : 0);
     cb_put32(pg + 52, p->block_size);
@@ -182,6 +184,27 @@ static size_t pending_runs(struct cb_u64vec *pend, struct cb_u64vec *runs)
     return runs->n / 2;
 }
 
+/* The free log: this transaction's freed runs (age 0), then each group of
+ * held runs (meta.h: a page's time field is its runs' age, how many
+ * commits ago they were freed), one group per freeing commit. */
+struct loggroup {
+    uint64_t age;
+    const uint64_t *v;    /* (start, count) pairs, or (gen, start, count) triples */
+    size_t n, stride;
+};
+
+static size_t held_group(const struct cb_store *p, size_t i, uint64_t gen, struct loggroup *g)
+{
+    size_t j = i;
+    while (j < p->held.n && p->held.v[j] == p->held.v[i])
+        j += 3;
+    g->age = gen - p->held.v[i];
+    g->v = p->held.v + i + 1;
+    g->n = (j - i) / 3;
+    g->stride = 3;
+    return j;
+}
+
 static int write_freelog(struct cb_store *p, const struct cb_u64vec *runs,
                          unsigned char *pg, uint64_t gen)
 {
@@ -191,27 +214,39 @@ static int write_freelog(struct cb_store *p, const struct cb_u64vec *runs,
             return rc;
     p->freelog_pages.n = 0;
     p->freelog_page = 0;
-    size_t nruns = runs->n / 2;
-    size_t npages = (nruns + CB_FREELOG_MAX - 1) / CB_FREELOG_MAX;
+    size_t npages = 0;
+    struct loggroup g = {0, runs->v, runs->n / 2, 2};
+    for (size_t i = 0;;) {
+        npages += (g.n + CB_FREELOG_MAX - 1) / CB_FREELOG_MAX;
+        if (i >= p->held.n)
+            break;
+        i = held_group(p, i, gen, &g);
+    }
     for (size_t k = 0; k < npages; k++) {
         uint64_t q;
         if ((rc = cb_pm_alloc(&p->pm, &q)) || (rc = cb_u64vec_push(&p->freelog_pages, q)))
             return rc;
     }
-    for (size_t k = 0; k < npages; k++) {
-        memset(pg, 0, CB_PAGE);
-        size_t first = k * CB_FREELOG_MAX;
-        size_t cnt = nruns - first < CB_FREELOG_MAX ? nruns - first : CB_FREELOG_MAX;
-        cb_put64(pg + 32, k + 1 < npages ? p->freelog_pages.v[k + 1] : 0);
-        cb_put32(pg + 40, (uint32_t)cnt);
-        for (size_t i = 0; i < cnt; i++) {
-            cb_put64(pg + 48 + 16 * i, runs->v[2 * (first + i)]);
-            cb_put64(pg + 56 + 16 * i, runs->v[2 * (first + i) + 1]);
+    size_t k = 0;
+    g = (struct loggroup){0, runs->v, runs->n / 2, 2};
+    for (size_t i = 0;;) {
+        for (size_t first = 0; first < g.n; first += CB_FREELOG_MAX, k++) {
+            memset(pg, 0, CB_PAGE);
+            size_t cnt = g.n - first < CB_FREELOG_MAX ? g.n - first : CB_FREELOG_MAX;
+            cb_put64(pg + 32, k + 1 < npages ? p->freelog_pages.v[k + 1] : 0);
+            cb_put32(pg + 40, (uint32_t)cnt);
+            for (size_t r = 0; r < cnt; r++) {
+                cb_put64(pg + 48 + 16 * r, g.v[g.stride * (first + r)]);
+                cb_put64(pg + 56 + 16 * r, g.v[g.stride * (first + r) + 1]);
+            }
+            uint64_t page = p->freelog_pages.v[k];
+            cb_page_seal(pg, CB_PT_FREELOG, page, gen, (uint32_t)g.age, 0, (uint16_t)cnt);
+            if ((rc = write_page(p, pg, page)))
+                return rc;
         }
-        uint64_t page = p->freelog_pages.v[k];
-        cb_page_seal(pg, CB_PT_FREELOG, page, gen, 0, 0, (uint16_t)cnt);
-        if ((rc = write_page(p, pg, page)))
-            return rc;
+        if (i >= p->held.n)
+            break;
+        i = held_group(p, i, gen, &g);
     }
     p->freelog_page = npages ? p->freelog_pages.v[0] : 0;
     return 0;
@@ -242,6 +277,96 @@ static void punch_runs(struct cb_store *p, const uint64_t *runs, size_t nruns, u
         else
             p->data.leaky = 1;
     }
+}
+
+/* ---- readers ---------------------------------------------------------------
+ *
+ * Readers on other hosts (a backend with a reader table, blockio.h: pin)
+ * read the state of the commit they opened, with no lock against the
+ * writer.  Two rules keep what they read unchanged:
+ *   1. No committed data block is written in place (shared_readers makes
+ *      thin copy up every first write after a commit, store.h).
+ *   2. A data block freed by commit g is reachable from every generation
+ *      before g.  After publishing g the writer asks for the oldest
+ *      generation a registered reader pins (m); blocks freed by g are
+ *      released (punched, or kept for reuse) only if m >= g, else held:
+ *      busy, never punched, listed in the free log with their age, until a
+ *      later commit finds m >= g.  A reader registers (at a generation no
+ *      newer than any it may load) before it reads the superblock it loads
+ *      (pool.c: pin, then load), so the writer's question after each
+ *      commit published from then on finds it.
+ * Metadata pages are not held: a reader loads all of them at open, and a
+ * page reused under a load carries a newer generation than the superblock
+ * the reader loads, which the load refuses (pool.c then loads again).
+ * A reader whose registration lapsed is refused reads (CB_ESTALE): the
+ * writer may have reused what it reached.
+ */
+
+/* The oldest generation a registered reader pins: UINT64_MAX when none
+ * (or the backend has no readers), 0 when the backend cannot tell (then
+ * everything freed is held). */
+static uint64_t oldest_reader(struct cb_store *p)
+{
+    uint64_t m = UINT64_MAX;
+    if (p->shared_readers && p->meta->ops->oldest_pin(p->meta, &m))
+        m = 0;
+    return m;
+}
+
+/* Record run (gen, start, count) as held; out of memory: the blocks stay
+ * busy until the pool is opened again (the free log lists them). */
+static void push_held(struct cb_store *p, uint64_t gen, uint64_t b, uint64_t n)
+{
+    if (cb_u64vec_push(&p->held, gen) || cb_u64vec_push(&p->held, b) ||
+        cb_u64vec_push(&p->held, n)) {
+        p->held.n -= p->held.n % 3;
+        p->data.leaky = 1;
+    }
+}
+
+/* Hold the runs commit gen freed (they are pending: rc == 0, busy). */
+static void hold_runs(struct cb_store *p, uint64_t gen, const struct cb_u64vec *runs)
+{
+    for (size_t i = 0; i + 1 < runs->n; i += 2) {
+        uint64_t b = runs->v[i], n = runs->v[i + 1];
+        for (uint64_t k = 0; k < n; k++)
+            (void)cb_sm_hold(&p->sm, b + k);
+        push_held(p, gen, b, n);
+    }
+}
+
+/* Release the held runs no registered reader can reach any more (freed by
+ * a commit <= m): punched, or kept for reuse. */
+static void release_held(struct cb_store *p, uint64_t m)
+{
+    struct cb_u64vec runs = {NULL, 0, 0};
+    size_t keep = 0;
+    for (size_t i = 0; i + 2 < p->held.n; i += 3) {
+        uint64_t t = p->held.v[i], b = p->held.v[i + 1], n = p->held.v[i + 2];
+        if (t > m) {
+            memmove(p->held.v + keep, p->held.v + i, 3 * sizeof *p->held.v);
+            keep += 3;
+            continue;
+        }
+        for (uint64_t k = 0; k < n; k++)
+            cb_sm_unhold(&p->sm, b + k);
+        if (cb_u64vec_push(&runs, b) || cb_u64vec_push(&runs, n))
+            p->data.leaky = 1; /* not punched: the next open reclaims it */
+    }
+    p->held.n = keep;
+    punch_runs(p, runs.v, runs.n / 2, p->keep_max);
+    cb_u64vec_free(&runs);
+}
+
+uint64_t cb_txn_release_held(struct cb_store *p)
+{
+    CB_MUST_WRITE(p);
+    if (!p->held.n)
+        return 0;
+    uint64_t before = p->sm.nheld, m = oldest_reader(p);
+    if (p->held.v[0] <= m)
+        release_held(p, m);
+    return before - p->sm.nheld;
 }
 
 void cb_txn_trim_kept(struct cb_store *p, uint64_t max)
@@ -353,8 +478,11 @@ int cb_txn_commit(struct cb_store *p, int mode)
         rc = cb_datafile_sync(&p->data);
     if (rc)
         return rc;
+    /* Nothing changed, and the free log lists nothing a commit would
+     * release: no commit. */
     if (mode == CB_TXN_FLUSH && !p->meta_changed && p->map.ndirty == 0 &&
-        p->sm.pending.n == 0 && p->freelog_page == 0)
+        p->sm.pending.n == 0 &&
+        (p->freelog_page == 0 || (p->held.n && p->held.v[0] > oldest_reader(p))))
         return 0;
     uint64_t gen = p->generation + 1;
     struct cb_u64vec runs = {NULL, 0, 0};
@@ -369,10 +497,18 @@ int cb_txn_commit(struct cb_store *p, int mode)
     p->st.commits++;
     cb_sm_forget_fresh(&p->sm);
     /* the freed blocks are free from here on: punched, or kept for reuse
-     * (nothing allocates in between: the caller holds the write lock) */
+     * (nothing allocates in between: the caller holds the write lock);
+     * unless a reader of an older commit may read them ("Readers" above:
+     * asked only now, after the superblock is published) */
+    uint64_t m = runs.n || p->held.n ? oldest_reader(p) : UINT64_MAX;
+    if (gen > m)
+        hold_runs(p, gen, &runs);
     cb_sm_release_pending(&p->sm);
-    punch_runs(p, runs.v, runs.n / 2, p->keep_max);
+    if (gen <= m)
+        punch_runs(p, runs.v, runs.n / 2, p->keep_max);
     cb_u64vec_free(&runs);
+    if (p->held.n && p->held.v[0] <= m)
+        release_held(p, m);
     cb_pm_release_pending(&p->pm);
     /* everything in memory is on disk now */
     assert(p->map.ndirty == 0 && p->sm.pending.n == 0 && p->pm.pending.n == 0);
@@ -723,14 +859,50 @@ static int load_externals(struct loader *L, const unsigned char *sb)
     return 0;
 }
 
+/* (gen, start, count) by generation, then start: the order the free log
+ * keeps them in (each page's runs ascending, load_freelog checks it) */
+static int cmp_triple(const void *a, const void *b)
+{
+    const uint64_t *x = a, *y = b;
+    int c = cmp_u64(x, y);
+    return c ? c : cmp_u64(x + 1, y + 1);
+}
+
+/* The free log's runs of commits before the one loaded: held for readers
+ * (txn.c, "Readers") where a registered reader may still reach them, else
+ * punched (a writer), or left as they are (a reader).  Only blocks no
+ * mapping names are held. */
+static void load_held(struct cb_store *p, struct cb_u64vec *held, int readonly,
+                      struct cb_u64vec *punch)
+{
+    if (held->n)
+        qsort(held->v, held->n / 3, 3 * sizeof *held->v, cmp_triple);
+    uint64_t m = readonly ? 0 : (held->n ? oldest_reader(p) : UINT64_MAX);
+    for (size_t i = 0; i + 2 < held->n; i += 3) {
+        uint64_t t = held->v[i], b = held->v[i + 1], n = held->v[i + 2];
+        if (t <= m) {
+            if (cb_u64vec_push(punch, b) || cb_u64vec_push(punch, n))
+                p->data.leaky = 1;
+            continue;
+        }
+        for (uint64_t k = 0, first = 0; k <= n; k++) {
+            if (k < n && cb_sm_hold(&p->sm, b + k) == 0)
+                continue; /* a block no mapping names: held */
+            if (k > first)
+                push_held(p, t, b + first, k - first);
+            first = k + 1;
+        }
+    }
+}
+
 static int load_freelog(struct loader *L)
 {
     struct cb_store *p = L->p;
     uint64_t page = p->freelog_page;
-    struct cb_u64vec runs = {NULL, 0, 0};
+    struct cb_u64vec runs = {NULL, 0, 0}, held = {NULL, 0, 0};
     int rc = 0;
-    uint64_t end = 0; /* runs are sorted and disjoint (pending_runs) */
     for (uint64_t hops = 0; page && !rc; hops++) {
+        uint64_t end = 0; /* a page's runs are sorted and disjoint (pending_runs) */
         if (hops >= L->meta_pages) {
             cb_meta_bad(page, CB_PT_FREELOG, "the free log's chain loops");
             rc = CB_ECORRUPT;
@@ -745,6 +917,14 @@ static int load_freelog(struct loader *L)
             rc = CB_ECORRUPT;
             break;
         }
+        /* runs freed age commits before the page's: held for readers */
+        uint64_t age = cb_get32(L->pg + 24), pgen = cb_get64(L->pg + 16);
+        if (age >= pgen) {
+            cb_meta_bad(page, CB_PT_FREELOG, "its runs were freed %llu commits before its "
+                        "generation %llu", (unsigned long long)age, (unsigned long long)pgen);
+            rc = CB_ECORRUPT;
+            break;
+        }
         for (uint32_t i = 0; i < n && !rc; i++) {
             uint64_t b = cb_get64(L->pg + 48 + 16 * i), c = cb_get64(L->pg + 56 + 16 * i);
             if (c == 0 || b >= p->nblocks || c > p->nblocks - b || b < end) {
@@ -752,18 +932,58 @@ static int load_freelog(struct loader *L)
                             "out of order", i, (unsigned long long)b, (unsigned long long)c);
                 rc = CB_ECORRUPT;
             }
-            else if (!(rc = cb_u64vec_push(&runs, b)))
+            else if (age == 0 && !(rc = cb_u64vec_push(&runs, b)))
                 rc = cb_u64vec_push(&runs, c);
+            else if (age && !(rc = cb_u64vec_push(&held, pgen - age)) &&
+                     !(rc = cb_u64vec_push(&held, b)))
+                rc = cb_u64vec_push(&held, c);
             end = b + c;
         }
         page = cb_get64(L->pg + 32);
     }
-    /* Finishes an interrupted commit.  Never on a read-only pool, which
-     * changes nothing in its files: the blocks stay allocated until the
-     * next writable open punches them (check counts them as leaked). */
+    /* The last commit's runs: held as the older ones are where a reader
+     * may reach them, else punched, finishing an interrupted commit.  Never
+     * on a read-only pool, which changes nothing in its files: the blocks
+     * stay allocated until the next writable open punches them (check
+     * counts them as leaked). */
+    for (size_t i = 0; !rc && p->shared_readers && !L->readonly && i + 1 < runs.n; i += 2)
+        if (!(rc = cb_u64vec_push(&held, p->generation)) &&
+            !(rc = cb_u64vec_push(&held, runs.v[i])))
+            rc = cb_u64vec_push(&held, runs.v[i + 1]);
+    if (!rc && p->shared_readers && !L->readonly)
+        runs.n = 0; /* all in held now */
+    if (!rc)
+        load_held(p, &held, L->readonly, &runs);
     if (!rc && !L->readonly)
         punch_runs(p, runs.v, runs.n / 2, 0);
     cb_u64vec_free(&runs);
+    cb_u64vec_free(&held);
+    return rc;
+}
+
+int cb_txn_peek(struct cb_store *p, uint64_t *gen)
+{
+    uint64_t msize;
+    struct cb_meta_saved saved; /* a slot's damage is not news: keep the caller's detail */
+    cb_meta_save(&saved);
+    unsigned char *pg = malloc(2 * CB_PAGE);
+    int rc = pg ? 0 : CB_ENOMEM;
+    /* the slots before the size, as cb_txn_load reads them */
+    for (uint64_t s = 0; s < 2 && !rc; s++)
+        rc = cb_io_pread(p->meta, pg + s * CB_PAGE, CB_PAGE, s * CB_PAGE);
+    if (!rc)
+        rc = p->meta->ops->size(p->meta, &msize);
+    *gen = 0;
+    for (uint64_t s = 0; s < 2 && !rc && msize >= 2 * CB_PAGE; s++)
+        if (cb_meta_parse_super(pg + s * CB_PAGE, s, msize / CB_PAGE) == 0 &&
+            cb_get64(pg + s * CB_PAGE + 16) > *gen)
+            *gen = cb_get64(pg + s * CB_PAGE + 16);
+    free(pg);
+    cb_meta_restore(&saved);
+    if (!rc && *gen == 0) {
+        cb_meta_bad(0, 0, "no valid superblock");
+        rc = CB_ECORRUPT;
+    }
     return rc;
 }
 
@@ -772,16 +992,22 @@ int cb_txn_load(struct cb_store *p, int readonly)
     CB_MUST_WRITE(p);
     uint64_t msize, dsize;
     int rc;
-    if ((rc = p->meta->ops->size(p->meta, &msize)) ||
-        (rc = p->data.io->ops->size(p->data.io, &dsize)))
-        return rc;
-    uint64_t mfpages = msize / CB_PAGE;
     unsigned char *sb[2] = {malloc(CB_PAGE), malloc(CB_PAGE)};
     struct loader L = {p, {NULL, NULL, 0, 0}, malloc(CB_PAGE), 0, 0, NULL, readonly};
     if (!sb[0] || !sb[1] || !L.pg) {
         rc = CB_ENOMEM;
         goto out;
     }
+    /* The superblocks before the size: a writer sharing the store with
+     * this (reading) opener makes a new size durable before the superblock
+     * that needs it, so the size read after a superblock covers it. */
+    for (int s = 0; s < 2; s++)
+        if ((rc = cb_io_pread(p->meta, sb[s], CB_PAGE, (uint64_t)s * CB_PAGE)))
+            goto out;
+    if ((rc = p->meta->ops->size(p->meta, &msize)) ||
+        (rc = p->data.io->ops->size(p->data.io, &dsize)))
+        goto out;
+    uint64_t mfpages = msize / CB_PAGE;
     int ok[2];
     cb_meta_clear();
     for (int s = 0; s < 2; s++) {
@@ -793,8 +1019,6 @@ int cb_txn_load(struct cb_store *p, int readonly)
                      (unsigned long long)msize);
             continue;
         }
-        if ((rc = cb_io_pread(p->meta, sb[s], CB_PAGE, (uint64_t)s * CB_PAGE)))
-            goto out;
         if ((ok[s] = cb_meta_parse_super(sb[s], (uint64_t)s, mfpages)))
             cb_corrupt_detail(p->sb_damage[s], sizeof p->sb_damage[s], NULL);
     }
@@ -841,7 +1065,7 @@ int cb_txn_load(struct cb_store *p, int readonly)
     if (p->csum_on && (rc = cb_csum_init(&p->csum, p->data.io, p->nblocks * (uint64_t)p->block_size,
                                          p->nblocks * p->nsub)))
         goto out;
-    p->sm.track_fresh = p->csum_on;
+    p->sm.track_fresh = p->csum_on || p->shared_readers;
     /* parse everything that needs the superblock before L.pg is reused */
     unsigned ndevtab = cb_get32(s + 96);
     if ((rc = load_externals(&L, s)))

@@ -38,6 +38,16 @@ int cb_txn_due(const struct cb_store *s);
  * CB_ENOMEM or an IO error; on error the store holds what was loaded so
  * far, for cb_store_destroy.  Cost: every metadata page once. */
 int cb_txn_load(struct cb_store *s, int readonly);
+/* A full pool whose blocks are held for readers (txn.c, "Readers"): ask
+ * for the readers again and release what none of them reaches any more,
+ * without a commit (the free log's record of them stays true enough: a
+ * later open finds them either named by a commit or free).  The number of
+ * blocks released. */
+uint64_t cb_txn_release_held(struct cb_store *s);
+/* The generation of the newest valid superblock in s->meta, reading only
+ * the two slots (nothing else of s is needed or changed).  CB_ECORRUPT if
+ * neither is valid. */
+int cb_txn_peek(struct cb_store *s, uint64_t *gen);
 /* Write the first superblock of a new pool (generation 1, no devices). */
 int cb_txn_format(struct cb_store *s);
 /* Punch kept blocks until at most max are kept. */

@@ -7,6 +7,10 @@
   Ceph or this build's RADOS backend is missing.
 * ``location``: where a new pool goes, once per backend (``file``: a directory under
   ``tmp_path``; ``rados``: a fresh ``rados://cbtest/NAME?conf=...`` URL).
+* ``backend_pool``: a fresh pool (as ``pool``) at ``location``: once per backend.
+* ``read_state`` / ``write_state``: the raw text of a pool's state document (``model.json``,
+  ``snapshots.NS.json``, ...), a file beside a pool in a directory or a document in a RADOS
+  pool's store; ``state_where`` names it as error messages do.
 * ``--run-slow``: run the tests marked ``@pytest.mark.slow`` (skipped by default) and use the
   bigger hypothesis budgets (see ``run_slow``).
 """
@@ -97,3 +101,41 @@ def location(request, tmp_path):
     if request.param == "file":
         return str(tmp_path / "pool")
     return rados_url(request.getfixturevalue("ceph"))
+
+
+@pytest.fixture
+def backend_pool(location):
+    import cowblock
+
+    p = cowblock.Pool.create(location, size=POOL_SIZE, block_size=BLOCK_SIZE)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def state_where(pool, name):
+    """How error messages name state document ``name`` of ``pool``."""
+    from cowblock.snapshotter import state_file
+    return state_file(pool, name, "", 0, dict).path
+
+
+def read_state(pool, name):
+    """The text of state document ``name`` of ``pool`` (None if it has none)."""
+    if pool.directory is not None:
+        path = os.path.join(pool.directory, name)
+        if not os.path.exists(path):
+            return None
+        with open(path) as fh:
+            return fh.read()
+    gen, data = pool.read_document(name)
+    return data.decode() if gen else None
+
+
+def write_state(pool, name, text):
+    """Replace state document ``name`` of ``pool`` by hand with ``text``."""
+    if pool.directory is not None:
+        with open(os.path.join(pool.directory, name), "w") as fh:
+            fh.write(text)
+    else:
+        pool.write_document(name, text.encode())

@@ -1,4 +1,9 @@
-"""cowblock.model: images, layers, containers, volumes, binds, external bases."""
+"""cowblock.model: images, layers, containers, volumes, binds, external bases.
+
+Every test runs once per backend: ``pool`` is the ``backend_pool`` fixture (a pool in a
+directory, then one in the session's RADOS cluster), and the state documents are read and
+written through conftest's ``read_state``/``write_state``, whichever backend keeps them.
+"""
 
 import hashlib
 import os
@@ -8,9 +13,15 @@ import pytest
 
 import cowblock
 from cowblock.model import Bind, Container, Image, Store, Volume
+from conftest import read_state, state_where, write_state
 
 BS = 64 * 1024
 MiB = 2**20
+
+
+@pytest.fixture
+def pool(backend_pool):
+    return backend_pool
 
 
 @pytest.fixture
@@ -337,8 +348,8 @@ def test_remove_image_keeps_layers_under_a_container_of_an_old_top(store, pool, 
     assert c.device.read(0, 1)
 
 
-def test_model_persists_across_reopen(tmp_path, raw):
-    path = str(tmp_path / "pool")
+def test_model_persists_across_reopen(location, tmp_path, raw):
+    path = location
     scratch = tmp_path / "s.raw"
     with open(scratch, "wb") as fh:
         fh.truncate(MiB)
@@ -353,8 +364,8 @@ def test_model_persists_across_reopen(tmp_path, raw):
         c.attach(v)
         c.attach(b)
         ids = [l.id for l in img.layers]
-    assert "model.json" in os.listdir(path)
     with cowblock.Pool.open(path) as pool, Store(pool) as store:
+        assert read_state(pool, "model.json") is not None
         img = store.image("app")
         assert [l.id for l in img.layers] == ids
         c = store.container("c")
@@ -365,8 +376,8 @@ def test_model_persists_across_reopen(tmp_path, raw):
         assert store.layer(ids[0][:8]) == img.layers[0]
 
 
-def test_read_only_pool_lists_but_refuses_changes(tmp_path, raw):
-    path = str(tmp_path / "pool")
+def test_read_only_pool_lists_but_refuses_changes(location, raw):
+    path = location
     with cowblock.Pool.create(path, size=2**30, block_size=BS) as pool, Store(pool) as store:
         store.import_image("app", raw)
     with cowblock.Pool.open(path, readonly=True) as pool, Store(pool) as store:
@@ -440,7 +451,7 @@ def test_check_finds_nothing_in_a_consistent_model(store, pool, raw, tmp_path):
     # what pool check needs comes from the model: its namespace and files
     assert store.snapshotter.namespace == model.NAMESPACE
     assert store.snapshotter.device_prefix == model.DEVICE_PREFIX
-    assert os.path.exists(os.path.join(str(pool.path), model.STATE_FILE))
+    assert read_state(pool, model.STATE_FILE) is not None
 
 
 @pytest.mark.parametrize("text, why", [
@@ -451,9 +462,8 @@ def test_check_finds_nothing_in_a_consistent_model(store, pool, raw, tmp_path):
 ])
 def test_check_reports_a_broken_model_file(store, pool, text, why):
     from cowblock import model
-    path = os.path.join(str(pool.path), "model.json")
-    with open(path, "w") as fh:
-        fh.write(text)
+    path = state_where(pool, "model.json")
+    write_state(pool, "model.json", text)
     problems = model.check(pool)
     assert problems and all(path in p for p in problems)
     assert any(why in p for p in problems), problems
@@ -465,13 +475,10 @@ def test_check_reports_records_naming_what_does_not_exist(store, pool, raw):
     from cowblock import model
     img = store.import_image("base", raw)
     store.create_container("web", img)
-    path = os.path.join(str(pool.path), "model.json")
-    with open(path) as fh:
-        doc = json.load(fh)
+    doc = json.loads(read_state(pool, "model.json"))
     doc["images"]["ghost"] = {"top": "0" * 64, "created": 0, "updated": 0}
     doc["containers"]["web"]["attached"] = [["volume", "nope"]]
-    with open(path, "w") as fh:
-        json.dump(doc, fh)
+    write_state(pool, "model.json", json.dumps(doc))
     pool.delete(store.container("web").device.name)  # behind the model's back
     problems = "\n".join(model.check(pool))
     assert "image 'ghost': its top layer does not exist" in problems

@@ -12,11 +12,12 @@ from cowblock.model import Store
 
 
 @pytest.fixture
-def stores(tmp_path):
+def stores(tmp_path, location):
+    """A sending store in a directory and a receiving one at ``location`` (each backend)."""
     raw = tmp_path / "base.raw"
     raw.write_bytes(os.urandom(3 << 20))
     p = cowblock.Pool.create(tmp_path / "p", 128 << 20)
-    q = cowblock.Pool.create(tmp_path / "q", 128 << 20)
+    q = cowblock.Pool.create(location, 128 << 20)
     sp, sq = Store(p), Store(q)
     sp.import_image("app:1", str(raw))
     sp.image("app:1").add_layer({0: b"a" * 5000, 1 << 20: b"b" * 4096}, comment="two writes")

@@ -15,6 +15,7 @@ import pytest
 import cowblock
 from cowblock import sendrecv
 from cowblock import stream as S
+from conftest import read_state
 
 BS = 65536
 SIZE = 2 * 127 * BS + 3 * 4096 + 1024  # over a leaf, a partial last block and sub-block
@@ -156,9 +157,10 @@ def test_base_must_be_read_only_and_of_the_same_size(tmp_path):
 # Hostile streams: refused, nothing left behind, the pool unchanged
 
 @pytest.fixture
-def pair(tmp_path):
+def pair(tmp_path, location):
+    """A source pool in a directory and a receiving pool at ``location`` (each backend)."""
     p = cowblock.Pool.create(tmp_path / "p", 64 << 20, BS)
-    q = cowblock.Pool.create(tmp_path / "q", 64 << 20, BS)
+    q = cowblock.Pool.create(location, 64 << 20, BS)
     a = p.create_device("a", 2 << 20)
     rnd = random.Random(9)
     scramble(a, rnd, 10)
@@ -176,8 +178,7 @@ def pair(tmp_path):
 
 
 def snapshot_of(q):
-    with open(os.path.join(q.path, sendrecv.STATE_FILE)) as f:
-        state = json.load(f)
+    state = json.loads(read_state(q, sendrecv.STATE_FILE))
     return q.devices(), q.used, usage_table(q), state
 
 
