@@ -248,7 +248,9 @@ static void f_close(cb_io *io)
 static const struct cb_io_ops file_ops = {
     f_pread, f_pwrite, f_sync, f_punch, f_size, f_truncate, f_next_data, f_close,
     NULL, /* lock: the pool flocks the descriptor */
+    NULL, NULL, NULL, /* reader table: the flock keeps readers and a writer apart */
     NULL, NULL, NULL, /* documents: the binding keeps them as files beside the pool */
+    NULL, /* preadv: one pread per piece (the page cache serves them) */
 };
 
 int cb_file_open(const char *path, unsigned flags, cb_io **out)

@@ -15,6 +15,13 @@
 
 typedef struct cb_io cb_io;
 
+/* One piece of a vectored read: len bytes at off into buf. */
+struct cb_io_vec {
+    void *buf;
+    size_t len;
+    uint64_t off;
+};
+
 struct cb_io_ops {
     int (*pread)(cb_io *io, void *buf, size_t len, uint64_t off);
     int (*pwrite)(cb_io *io, const void *buf, size_t len, uint64_t off);
@@ -66,6 +73,13 @@ struct cb_io_ops {
                    uint64_t *gen);
     int (*doc_put)(cb_io *io, const char *name, const void *data, size_t len, uint64_t *gen);
     int (*doc_list)(cb_io *io, char **names, size_t *len);
+    /* Optional (NULL: one pread per piece, in order).  The n pieces of v
+     * (not overlapping in memory), each read as pread reads it; once it
+     * returns, nothing is still being read into any of the buffers.  A
+     * backend with a high latency per request (RADOS) keeps the pieces in
+     * flight together.  0, or an error of some piece (the buffers then hold
+     * nothing to rely on). */
+    int (*preadv)(cb_io *io, const struct cb_io_vec *v, size_t n);
 };
 
 struct cb_io {
@@ -109,6 +123,17 @@ int cb_file_open(const char *path, unsigned flags, cb_io **out);
 int cb_file_fd(cb_io *io);
 
 static inline int cb_io_pread(cb_io *io, void *b, size_t n, uint64_t o) { return io->ops->pread(io, b, n, o); }
+static inline int cb_io_preadv(cb_io *io, const struct cb_io_vec *v, size_t n)
+{
+    if (io->ops->preadv)
+        return io->ops->preadv(io, v, n);
+    for (size_t i = 0; i < n; i++) {
+        int rc = io->ops->pread(io, v[i].buf, v[i].len, v[i].off);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
 static inline int cb_io_pwrite(cb_io *io, const void *b, size_t n, uint64_t o) { return io->ops->pwrite(io, b, n, o); }
 static inline int cb_io_sync(cb_io *io) { return io->ops->sync(io); }
 static inline int cb_io_punch(cb_io *io, uint64_t o, uint64_t n) { return io->ops->punch(io, o, n); }

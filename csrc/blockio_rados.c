@@ -34,6 +34,8 @@
 
 #define RIO_MAX_OPS 64
 #define RIO_MAX_BYTES (64u << 20)
+#define RIO_READ_CHUNK (1u << 20) /* largest read op: a large read is many in flight */
+#define RIO_MAX_READS 32          /* read ops one pread keeps in flight */
 #define RIO_DEFAULT_OSIZE (4u << 20)
 #define RIO_MIN_OSIZE (64u << 10)
 #define RIO_MAX_OSIZE (32u << 20)
@@ -270,9 +272,15 @@ struct rio {
      * once, and serves every later read from that copy: one RADOS read of
      * an object is atomic with respect to the writer's writes to it, so the
      * pages a reader loads come from one moment of each object, not from
-     * page reads spread over the writer's next commits.  Freed at close. */
+     * page reads spread over the writer's next commits.  Freed at close.
+     * The writer does the same from taking the lock until its first write,
+     * punch or truncate (which frees the copies and stops it: `wrote`), so
+     * that loading the metadata at open is a read per object, not one
+     * round trip per page; nothing else writes the store meanwhile.
+     * Under mu: cache, ncache, wrote. */
     char **cache;          /* by object index, NULL if not read yet */
     uint64_t ncache;
+    int wrote;
 
     char *scan;            /* next_data's copy of object scan_idx (osize bytes) */
     uint64_t scan_idx, scan_len;
@@ -446,27 +454,51 @@ static int head_op(struct rio *r, const void *buf, size_t n, uint64_t off, int c
     return 0;
 }
 
-/* Object idx of a read-only fenced store, read whole on first use. */
-static int cached_object(struct rio *r, uint64_t idx, const char **out)
+/* Whether reads of the store's objects go through `cache` (see there). */
+static int caching(struct rio *r)
+{
+    if (!r->fenced)
+        return 0;
+    if (r->flags & CB_IO_READONLY)
+        return 1;
+    pthread_mutex_lock(&r->mu);
+    int on = r->locked && !r->wrote;
+    pthread_mutex_unlock(&r->mu);
+    return on;
+}
+
+/* The writer's first change of the store: no more copies. */
+static void stop_caching(struct rio *r)
 {
     pthread_mutex_lock(&r->mu);
-    if (idx >= r->ncache) {
-        uint64_t n = idx + 1 > 2 * r->ncache ? idx + 1 : 2 * r->ncache;
-        char **c = realloc(r->cache, n * sizeof *c);
-        if (!c) {
-            pthread_mutex_unlock(&r->mu);
-            return CB_ENOMEM;
-        }
-        memset(c + r->ncache, 0, (n - r->ncache) * sizeof *c);
-        r->cache = c;
-        r->ncache = n;
+    if (r->wrote) {
+        pthread_mutex_unlock(&r->mu);
+        return;
     }
-    char *have = r->cache[idx];
+    r->wrote = 1;
+    char **c = r->cache;
+    uint64_t n = r->ncache;
+    r->cache = NULL;
+    r->ncache = 0;
     pthread_mutex_unlock(&r->mu);
-    if (have) {
-        *out = have;
+    for (uint64_t i = 0; i < n; i++)
+        free(c[i]);
+    free(c);
+}
+
+/* Bytes [in, in + n) of object idx into dst from its copy, reading the
+ * object whole on first use.  The copy is made under mu, so a writer's
+ * stop_caching never frees a copy being read; a copy read while the
+ * writer started writing is used once and not kept. */
+static int cached_read(struct rio *r, uint64_t idx, char *dst, uint64_t in, size_t n)
+{
+    pthread_mutex_lock(&r->mu);
+    if (idx < r->ncache && r->cache[idx]) {
+        memcpy(dst, r->cache[idx] + in, n);
+        pthread_mutex_unlock(&r->mu);
         return 0;
     }
+    pthread_mutex_unlock(&r->mu);
     char *obj = malloc(r->osize), oid[sizeof r->head + 20];
     if (!obj)
         return CB_ENOMEM;
@@ -480,61 +512,142 @@ static int cached_object(struct rio *r, uint64_t idx, const char **out)
     }
     memset(obj + got, 0, (size_t)(r->osize - (uint64_t)got));
     pthread_mutex_lock(&r->mu);
-    if (r->cache[idx]) { /* another thread read it meanwhile: keep the first */
-        free(obj);
-        obj = r->cache[idx];
-    } else {
-        r->cache[idx] = obj;
+    if (!r->wrote && idx >= r->ncache) {
+        uint64_t m = idx + 1 > 2 * r->ncache ? idx + 1 : 2 * r->ncache;
+        char **c = realloc(r->cache, m * sizeof *c);
+        if (c) {
+            memset(c + r->ncache, 0, (m - r->ncache) * sizeof *c);
+            r->cache = c;
+            r->ncache = m;
+        }
     }
+    if (r->wrote || idx >= r->ncache) {   /* not kept (or no room to keep it) */
+        memcpy(dst, obj + in, n);
+        pthread_mutex_unlock(&r->mu);
+        free(obj);
+        return 0;
+    }
+    if (r->cache[idx])                     /* another thread read it meanwhile: keep the first */
+        free(obj);
+    else
+        r->cache[idx] = obj;
+    memcpy(dst, r->cache[idx] + in, n);
     pthread_mutex_unlock(&r->mu);
-    *out = obj;
     return 0;
+}
+
+/* One aio read of a call to r_preadv. */
+struct rread {
+    rados_completion_t comp;
+    char *dst;
+    size_t len;
+};
+
+/* Wait for read q and release it; what the object did not hold (past its
+ * end, or no object at all) reads as zeros. */
+static int read_end(struct rread *q)
+{
+    rados_aio_wait_for_complete(q->comp);
+    int got = rados_aio_get_return_value(q->comp);
+    rados_aio_release(q->comp);
+    if (got == -ENOENT)
+        got = 0;
+    if (got < 0)
+        return map_err(got);
+    if ((size_t)got < q->len)
+        memset(q->dst + got, 0, q->len - (size_t)got);
+    return 0;
+}
+
+/* A synchronous read of [in, in + n) of object `name`, zero-filled. */
+static int read_sync(struct rio *r, const char *name, char *p, size_t n, uint64_t in)
+{
+    int got = rados_read(r->ctx, name, p, n, in);
+    if (got == -ENOENT)
+        got = 0;
+    if (got < 0)
+        return map_err(got);
+    if ((size_t)got < n)
+        memset(p + got, 0, n - (size_t)got);
+    return 0;
+}
+
+/* Every piece is cut at object ends (and into ops of at most
+ * RIO_READ_CHUNK) and read with aio, up to RIO_MAX_READS at once, the
+ * oldest waited for first when that many are out; the call returns only
+ * once every op it queued has completed, so a read that spans objects is
+ * whole before the caller sees it.  Each op sees every write queued before
+ * it (RADOS orders one client's ops on one object).  All state is the
+ * call's own: preads run concurrently from many threads.  The head (the
+ * meta store's superblocks) and a read-only meta store's object copies
+ * are read synchronously, as before. */
+static int r_preadv(cb_io *io, const struct cb_io_vec *v, size_t nv)
+{
+    struct rio *r = (struct rio *)io;
+    int cache = caching(r);
+    struct rread q[RIO_MAX_READS];
+    size_t first = 0, queued = 0;
+    int err = 0;
+    for (size_t i = 0; i < nv && !err; i++) {
+        char *p = v[i].buf;
+        size_t len = v[i].len;
+        uint64_t off = v[i].off;
+        while (len && !err) {
+            char oid[sizeof r->head + 20];
+            uint64_t in, n;
+            if (off < r->head_bytes) {
+                n = r->head_bytes - off < len ? r->head_bytes - off : len;
+                err = read_sync(r, r->head, p, (size_t)n, off);
+            } else if (cache) {
+                in = off & (r->osize - 1);
+                n = r->osize - in < len ? r->osize - in : len;
+                err = cached_read(r, off >> r->oshift, p, in, (size_t)n);
+            } else {
+                in = off & (r->osize - 1);
+                n = r->osize - in < len ? r->osize - in : len;
+                if (n > RIO_READ_CHUNK)
+                    n = RIO_READ_CHUNK;
+                if (queued == RIO_MAX_READS) {
+                    err = read_end(&q[first]);
+                    first = (first + 1) % RIO_MAX_READS;
+                    queued--;
+                    if (err)
+                        break;
+                }
+                struct rread *x = &q[(first + queued) % RIO_MAX_READS];
+                x->dst = p;
+                x->len = (size_t)n;
+                int rc = rados_aio_create_completion2(NULL, NULL, &x->comp);
+                if (rc < 0) {
+                    err = map_err(rc);
+                    break;
+                }
+                oid_of(r, off >> r->oshift, oid, sizeof oid);
+                rc = rados_aio_read(r->ctx, oid, x->comp, p, (size_t)n, in);
+                if (rc < 0) {
+                    rados_aio_release(x->comp);
+                    err = map_err(rc);
+                    break;
+                }
+                queued++;
+            }
+            p += n;
+            off += n;
+            len -= (size_t)n;
+        }
+    }
+    for (; queued; queued--, first = (first + 1) % RIO_MAX_READS) {
+        int rc = read_end(&q[first]);
+        if (!err)
+            err = rc;
+    }
+    return err;
 }
 
 static int r_pread(cb_io *io, void *buf, size_t len, uint64_t off)
 {
-    struct rio *r = (struct rio *)io;
-    char *p = buf;
-    int cache = (r->flags & CB_IO_READONLY) && r->fenced;
-    while (len) {
-        char oid[sizeof r->head + 20];
-        const char *name;
-        uint64_t in, n;
-        if (off < r->head_bytes) {
-            name = r->head;
-            in = off;
-            n = r->head_bytes - off;
-        } else {
-            oid_of(r, off >> r->oshift, oid, sizeof oid);
-            name = oid;
-            in = off & (r->osize - 1);
-            n = r->osize - in;
-        }
-        if (n > len)
-            n = len;
-        if (cache && name == oid) {
-            const char *obj;
-            int rc = cached_object(r, off >> r->oshift, &obj);
-            if (rc)
-                return rc;
-            memcpy(p, obj + in, (size_t)n);
-            p += n;
-            off += n;
-            len -= (size_t)n;
-            continue;
-        }
-        int got = rados_read(r->ctx, name, p, (size_t)n, in);
-        if (got == -ENOENT)
-            got = 0;
-        if (got < 0)
-            return map_err(got);
-        if ((uint64_t)got < n) /* past the object's end, or no object: zeros */
-            memset(p + got, 0, (size_t)(n - (uint64_t)got));
-        p += n;
-        off += n;
-        len -= (size_t)n;
-    }
-    return 0;
+    struct cb_io_vec v = {buf, len, off};
+    return r_preadv(io, &v, 1);
 }
 
 static int r_pwrite(cb_io *io, const void *buf, size_t len, uint64_t off)
@@ -544,6 +657,7 @@ static int r_pwrite(cb_io *io, const void *buf, size_t len, uint64_t off)
         return -EBADF;
     if (LOST(r))
         return LOST(r);
+    stop_caching(r);
     const char *p = buf;
     r->scan_idx = UINT64_MAX;
     if (off + len > r->size)
@@ -630,6 +744,7 @@ static int r_punch(cb_io *io, uint64_t off, uint64_t len)
     r->scan_idx = UINT64_MAX;
     if (LOST(r))
         return LOST(r);
+    stop_caching(r);
     if (off < r->head_bytes) { /* never done by the pool; zeros, guarded */
         uint64_t n = r->head_bytes - off < len ? r->head_bytes - off : len;
         char *z = calloc(1, (size_t)n);
@@ -675,6 +790,7 @@ static int r_truncate(cb_io *io, uint64_t size)
     struct rio *r = (struct rio *)io;
     if (r->flags & CB_IO_READONLY)
         return -EBADF;
+    stop_caching(r);
     int rc = 0;
     if (size < r->size && r->size > r->head_bytes) {
         uint64_t from = size > r->head_bytes ? size : r->head_bytes;
@@ -1128,6 +1244,7 @@ static const struct cb_io_ops rados_ops = {
     .doc_get = r_doc_get,
     .doc_put = r_doc_put,
     .doc_list = r_doc_list,
+    .preadv = r_preadv,
 };
 
 static int open_ctx(const char *url, const char *store, struct rio *peer, struct rurl *u,

@@ -45,6 +45,16 @@
  * a grown size.  RADOS orders the ops of one client on one object, so a
  * read sees every write queued before it.
  *
+ * Reads (pread, and preadv for the core's batches of runs) are cut at
+ * object ends into rados_aio_read ops of at most RIO_READ_CHUNK, up to
+ * RIO_MAX_READS in flight per call; the call returns once all of them have
+ * completed (on an error too), so a read spanning objects is whole when
+ * the caller sees it.  The head is read synchronously.  A fenced (meta)
+ * store's objects are read whole, once each, into copies that serve later
+ * reads: by a read-only opener while it is open, and by the writer from
+ * taking the lock until its first write (so its open loads the metadata an
+ * object at a time, not a round trip per page).
+ *
  * Fencing (CB_IO_FENCED, the meta store): every change of the head --
  * a superblock write, a new size -- is one RADOS op that asserts cb.seq is
  * the value this opener last saw (cmpxattr) and bumps it.  A writer whose

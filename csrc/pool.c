@@ -1163,10 +1163,7 @@ int cb_dev_read_blocks(cb_dev *h, const uint64_t *idx, size_t n, void *buf)
     struct cb_store *s = &p->s;
     if ((n && (!idx || !buf)) || !blocks_in_range(p, h->rec, idx, n))
         return pool_leave(p, CB_EINVAL);
-    char *dst = buf;
-    for (size_t i = 0; i < n && !rc; i++)
-        rc = cb_thin_read(s, h->rec, dst + i * (size_t)s->block_size, s->block_size,
-                          idx[i] << s->block_shift);
+    rc = cb_thin_read_blocks(s, h->rec, idx, n, buf);
     rc = read_result(p, rc);
     __atomic_fetch_add(&s->st.reads, n, __ATOMIC_RELAXED);
     __atomic_fetch_add(&s->st.bytes_read, n * (uint64_t)s->block_size, __ATOMIC_RELAXED);

@@ -70,13 +70,16 @@ static struct cb_external *ext_of(struct cb_store *p, const struct cb_devrec *d)
 
 /* ---- reading ------------------------------------------------------------ */
 
-/* Coalesces reads that are contiguous both in the data file and in the
- * destination buffer into one pread. */
+/* The data-file reads one call collects: reads contiguous both in the data
+ * file and in the destination buffer coalesce into one piece (one pread),
+ * and up to RUNS_MAX pieces go to the backend together (cb_io_preadv, which
+ * keeps them in flight at once where requests have a high latency). */
+#define RUNS_MAX 64u
+
 struct run {
-    uint64_t off;   /* in the data file */
-    char *dst;
-    size_t len;
-    uint64_t vpos;  /* device offset dst stands for (error reports) */
+    size_t n;                   /* pieces collected, not read yet */
+    struct cb_io_vec v[RUNS_MAX];
+    uint64_t vpos[RUNS_MAX];    /* device offset each piece stands for (error reports) */
 };
 
 static __thread uint64_t bad_offset;
@@ -143,25 +146,35 @@ int cb_thin_data_read(struct cb_store *p, void *buf, size_t len, uint64_t off, u
 
 static int run_flush(struct cb_store *p, struct run *r)
 {
-    int rc = 0;
-    if (r->len)
-        rc = cb_thin_data_read(p, r->dst, r->len, r->off, r->vpos);
-    r->len = 0;
-    return rc;
+    size_t n = r->n;
+    r->n = 0;
+    if (!n)
+        return 0;
+    CB_MUST_READ(p);
+    if (!p->csum_on)
+        return cb_io_preadv(p->data.io, r->v, n);
+    for (size_t i = 0; i < n; i++) {
+        int rc = cb_thin_data_read(p, r->v[i].buf, r->v[i].len, r->v[i].off, r->vpos[i]);
+        if (rc)
+            return rc;
+    }
+    return 0;
 }
 
 static int run_add(struct cb_store *p, struct run *r, uint64_t off, char *dst, size_t len,
                    uint64_t vpos)
 {
-    if (r->len && r->off + r->len == off && r->dst + r->len == dst) {
-        r->len += len;
-        return 0;
+    if (r->n) {
+        struct cb_io_vec *last = &r->v[r->n - 1];
+        if (last->off + last->len == off && (char *)last->buf + last->len == dst) {
+            last->len += len;
+            return 0;
+        }
     }
-    int rc = run_flush(p, r);
-    r->off = off;
-    r->dst = dst;
-    r->len = len;
-    r->vpos = vpos;
+    int rc = r->n == RUNS_MAX ? run_flush(p, r) : 0;
+    r->v[r->n] = (struct cb_io_vec){dst, len, off};
+    r->vpos[r->n] = vpos;
+    r->n++;
     return rc;
 }
 
@@ -229,26 +242,49 @@ static int read_part(struct cb_store *p, const struct cb_devrec *d,
     return 0;
 }
 
-int cb_thin_read(struct cb_store *p, struct cb_devrec *d, void *buf,
-                 uint64_t len, uint64_t off)
+/* [off, off + len) into dst, its data-file reads collected in r. */
+static int read_range(struct cb_store *p, struct cb_devrec *d, char *dst, uint64_t len,
+                      uint64_t off, struct run *r)
 {
-    CB_MUST_READ(p);
-    struct run r = {0, NULL, 0, 0};
-    char *dst = buf;
     uint64_t bs = p->block_size;
     while (len) {
         uint64_t v = off >> p->block_shift;
         uint32_t boff = (uint32_t)(off & (bs - 1));
         size_t n = bs - boff < len ? bs - boff : len;
         const struct cb_entry *e = cb_map_lookup(d->root, d->depth, v);
-        int rc = read_part(p, d, e, v, boff, n, dst, &r);
+        int rc = read_part(p, d, e, v, boff, n, dst, r);
         if (rc)
             return rc;
         dst += n;
         off += n;
         len -= n;
     }
-    return run_flush(p, &r);
+    return 0;
+}
+
+/* Pieces are only collected until run_flush reads them (and returns once
+ * they are read): on an error, the ones not read yet are dropped. */
+int cb_thin_read(struct cb_store *p, struct cb_devrec *d, void *buf,
+                 uint64_t len, uint64_t off)
+{
+    CB_MUST_READ(p);
+    struct run r;
+    r.n = 0;
+    int rc = read_range(p, d, buf, len, off, &r);
+    return rc ? rc : run_flush(p, &r);
+}
+
+int cb_thin_read_blocks(struct cb_store *p, struct cb_devrec *d, const uint64_t *idx,
+                        size_t n, void *buf)
+{
+    CB_MUST_READ(p);
+    struct run r;
+    r.n = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++)
+        rc = read_range(p, d, (char *)buf + i * (size_t)p->block_size, p->block_size,
+                        idx[i] << p->block_shift, &r);
+    return rc ? rc : run_flush(p, &r);
 }
 
 /* ---- writing ------------------------------------------------------------ */
@@ -317,7 +353,8 @@ static int write_into(struct cb_store *p, const struct cb_devrec *d,
      * (from wherever the view reads them, target included), then write
      * the whole aligned range. */
     char *buf = (char *)p->scratch;
-    struct run r = {0, NULL, 0, 0};
+    struct run r;
+    r.n = 0;
     int rc = 0;
     if (a != boff) {
         rc = read_part(p, d, view, v, a, sub, buf, &r);

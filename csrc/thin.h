@@ -3,8 +3,9 @@
  * walks that report what a device holds (extents, changes, usage).
  *
  * Lock: the caller holds the pool lock, shared for cb_thin_read,
- * cb_thin_data_read, cb_thin_changed and cb_thin_extents, exclusive for
- * the rest (cb_thin_usage too: it uses the nodes' scratch fields).
+ * cb_thin_read_blocks, cb_thin_data_read, cb_thin_changed and
+ * cb_thin_extents, exclusive for the rest (cb_thin_usage too: it uses the
+ * nodes' scratch fields).
  *
  * Transactions belong to the caller.  Where only a commit could let an
  * operation go on (the pool or the file system is full, and blocks this
@@ -29,6 +30,10 @@ int cb_thin_data_read(struct cb_store *p, void *buf, size_t len, uint64_t off, u
 uint64_t cb_thin_bad_offset(void);
 int cb_thin_read(struct cb_store *p, struct cb_devrec *d, void *buf,
                  uint64_t len, uint64_t off);
+/* Whole blocks idx[0..n) into buf (block idx[i] at buf + i * block size),
+ * their data-file reads sent to the backend together. */
+int cb_thin_read_blocks(struct cb_store *p, struct cb_devrec *d, const uint64_t *idx,
+                        size_t n, void *buf);
 /* Write [off, off + len).  0, a negative code, or CB_THIN_COMMIT with
  * *done = the bytes from off already written (whole blocks' worth or
  * less; the rest is untouched): commit and write buf + *done at

@@ -7,6 +7,7 @@ readers in other processes, a writer killed mid-way, objects given back.
 Every test here that needs the cluster skips, saying why, where Ceph or this
 build's RADOS backend is missing.
 """
+import errno
 import json
 import os
 import random
@@ -617,3 +618,170 @@ def test_damaged_lock_record_says_how_to_clear_it(ceph):
     ceph.cmd("rados", "-p", RADOS_POOL, "rmxattr", head, "lock.cowblock")
     with cowblock.Pool.open(url) as p:
         assert p.check().ok
+
+
+# --------------------------------------------------------------------------- reads in flight
+# A pread of the RADOS backend queues an aio read per object piece (ops of
+# at most 1 MiB, 32 in flight, the oldest waited for first), and the thin
+# read path hands a call's runs to the backend together: these check what a
+# caller gets back is whole, whatever the shape of the read.
+
+
+def _patchwork(d, seed):
+    """Scattered writes over d (objects left absent, objects partly written,
+    runs crossing object ends); the bytes d should read as."""
+    want = bytearray(d.size)
+    r = random.Random(seed)
+    for start, n in [(0, 5), (3 * MiB + 7, 2 * MiB), (9 * MiB, 64 * KiB), (12 * MiB - 1, 2),
+                     (20 * MiB + 4 * KiB, 9 * MiB), (35 * MiB, 1)]:
+        data = r.randbytes(n)
+        d.write(start, data)
+        want[start:start + n] = data
+    return want
+
+
+def test_reads_spanning_objects_and_holes(location):
+    with cowblock.Pool.create(location, size=256 * MiB, block_size=B) as p:
+        d = p.create_device("d", 48 * MiB)           # 12 objects of 4 MiB, some never made
+        want = _patchwork(d, 11)
+        # buffers start as garbage: holes must be zeroed, not left alone
+        # one call spanning every object: 48 ops of 1 MiB, more than are ever in flight
+        buf = bytearray(b"\xee") * d.size
+        d.readinto(0, buf)
+        assert buf == want
+        buf = bytearray(b"\xee") * (17 * MiB + 3)
+        d.readinto(MiB - 1, buf)                     # unaligned both ends
+        assert buf == want[MiB - 1:18 * MiB + 2]
+        buf = bytearray(b"\xee") * (4 * MiB)
+        d.readinto(40 * MiB, buf)                    # a hole of a whole object
+        assert buf == bytes(4 * MiB)
+        # a batch read in random order, unmapped blocks among them
+        idx = list(range(d.size // B))
+        random.Random(12).shuffle(idx)
+        got = bytearray(b"\xee") * d.size
+        d.read_blocks(idx, out=got)
+        for i, b in enumerate(idx):
+            assert got[i * B:(i + 1) * B] == want[b * B:(b + 1) * B], b
+        p.flush()
+    with cowblock.Pool.open(location, readonly=True) as p:
+        assert p.device("d").read(0, 48 * MiB) == bytes(want)
+
+
+def test_read_of_many_runs_through_a_snapshot(location):
+    """Every other sub-block of a snapshot copied up: one read is hundreds
+    of runs, alternating between the snapshot's blocks and its origin's."""
+    base = rnd(8 * MiB, 13)
+    with cowblock.Pool.create(location, size=256 * MiB, block_size=B) as p:
+        d = p.create_device("d", 8 * MiB)
+        d.write(0, base)
+        s = p.snapshot("d", "s")
+        want = bytearray(base)
+        sub = B // 64
+        for off in range(0, 8 * MiB, 2 * sub):
+            s.write(off, b"\x5a" * sub)
+            want[off:off + sub] = b"\x5a" * sub
+        buf = bytearray(b"\xee") * (8 * MiB)
+        s.readinto(0, buf)
+        assert buf == want
+        assert d.read(0, 8 * MiB) == base
+        got = s.read_blocks(list(range(127, -1, -1)))
+        assert b"".join(g.tobytes() for g in got[::-1]) == bytes(want)
+
+
+def test_reads_racing_writes_see_old_or_new(location):
+    """Reads from other threads of a range spanning objects while a writer
+    rewrites it whole, again and again: each read is one write's bytes,
+    never a mix and never a part still unread."""
+    span, off = 6 * MiB, 3 * MiB                      # crosses two object ends
+    fills = [bytes([c]) * span for c in (0x11, 0x22, 0x33)]
+    import threading
+    with cowblock.Pool.create(location, size=256 * MiB, block_size=B) as p:
+        d = p.create_device("d", 16 * MiB)
+        d.write(off, fills[0])
+        stop = threading.Event()
+        bad, reads = [], [0]
+
+        def reader():
+            buf = bytearray(span)
+            while not stop.is_set():
+                d.readinto(off, buf)
+                if buf.count(buf[0]) != span or bytes(buf[:1]) * span not in fills:
+                    bad.append(sorted(set(buf)))
+                    return
+                reads[0] += 1
+
+        threads = [threading.Thread(target=reader) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            deadline = time.monotonic() + 3
+            i = 0
+            while time.monotonic() < deadline and not bad:
+                i += 1
+                d.write(off, fills[i % 3])
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert not bad, bad
+        assert reads[0] > 10 and i > 10
+        assert d.read(off, span) == fills[i % 3]
+
+
+def test_osd_error_during_aio_read_is_clear(own_cluster):
+    """A stopped OSD (SIGSTOP): every read op of a multi-object read times
+    out; the read fails with that error (the pool stays usable), and once the
+    OSD serves again the same read returns the data."""
+    c = own_cluster
+    url = f"rados://{RADOS_POOL}/rdfail?conf={c.conf}&timeout=2"
+    data = rnd(10 * MiB, 14)
+    with cowblock.Pool.create(url, size=64 * MiB, block_size=B) as p:
+        d = p.create_device("d", 16 * MiB)
+        d.write(MiB, data)
+        p.flush()
+        osd = c.pid("osd.0")
+        os.kill(osd, signal.SIGSTOP)
+        try:
+            t = time.monotonic()
+            with pytest.raises(cowblock.IOFailedError) as ei:
+                d.read(MiB, len(data))
+            assert time.monotonic() - t < 20
+            assert ei.value.errno == errno.ETIMEDOUT
+            assert "read from 'd'" in str(ei.value) and "timed out" in str(ei.value)
+            with pytest.raises(cowblock.IOFailedError):
+                d.read_blocks(list(range(16, 176)))
+        finally:
+            os.kill(osd, signal.SIGCONT)
+        assert d.read(MiB, len(data)) == data
+        assert p.check().messages == []
+
+
+def _osd_reads(c):
+    """Read ops the OSD has served (its admin socket's op_r counter)."""
+    out = c.cmd("ceph", "--admin-daemon", os.path.join(c.dir, "run", "osd.0.asok"),
+                "perf", "dump")
+    return json.loads(out)["osd"]["op_r"]
+
+
+def test_writer_loads_metadata_per_object_then_sees_its_own_writes(ceph):
+    """A writer's open reads each metadata object once, not each page; its
+    first write ends that, so what it reads after comes from RADOS."""
+    url = rados_url(ceph)
+    with cowblock.Pool.create(url, size=256 * MiB, block_size=4 * KiB) as p:
+        d = p.create_device("d", 16 * MiB)
+        d.write(0, rnd(16 * MiB, 15))                 # 4,096 entries: dozens of pages
+        p.snapshot("d", "s")
+    before = _osd_reads(ceph)
+    with cowblock.Pool.open(url) as p:
+        reads = _osd_reads(ceph) - before
+        assert reads < 24, reads                      # 14 here; a page at a time: 48
+        s = p.device("s")
+        s.write(0, b"new" * 1000)                     # copy-up: new pages at the commit
+        p.snapshot("s", "t")
+        p.flush()
+        report = p.check()                            # reads the new pages back
+        assert report.ok and report.messages == [], report.messages
+        assert p.device("t").read(0, 3000) == b"new" * 1000
+    with cowblock.Pool.open(url) as p:
+        assert p.check().messages == []
+        assert sorted(p.devices()) == ["d", "s", "t"]
