@@ -418,21 +418,20 @@ static int dump_freelog(struct dumper *D, uint64_t page, unsigned char *pg)
             int rc = read_meta(D, pg, pgno, CB_PT_FREELOG);
             if (rc)
                 return rc;
-            uint32_t n = cb_get32(pg + 40);
-            if (n > CB_FREELOG_MAX)
+            /* held runs (level CB_FREELOG_HELD) say which commit freed them */
+            uint32_t n = cb_get32(pg + 40), held = cb_get16(pg + 28) == CB_FREELOG_HELD;
+            if (n > (held ? CB_HELDLOG_MAX : CB_FREELOG_MAX) || cb_get16(pg + 28) > CB_FREELOG_HELD)
                 return CB_ECORRUPT;
             if (pass == 0) {
                 jb_printf(b, "%s%llu", first ? "" : ", ", (unsigned long long)pgno);
                 first = 0;
             }
-            /* runs of an earlier commit, held for readers, say which (meta.h) */
-            uint64_t age = cb_get32(pg + 24), pgen = cb_get64(pg + 16);
             for (uint32_t i = 0; pass == 1 && i < n; i++) {
+                const unsigned char *e = pg + 48 + (held ? 24 : 16) * i + (held ? 8 : 0);
                 jb_printf(b, "%s\n    {\"start\": %llu, \"count\": %llu", first ? "" : ",",
-                          (unsigned long long)cb_get64(pg + 48 + 16 * i),
-                          (unsigned long long)cb_get64(pg + 56 + 16 * i));
-                if (age && age < pgen)
-                    jb_printf(b, ", \"held_since\": %llu", (unsigned long long)(pgen - age));
+                          (unsigned long long)cb_get64(e), (unsigned long long)cb_get64(e + 8));
+                if (held)
+                    jb_printf(b, ", \"held_since\": %llu", (unsigned long long)cb_get64(e - 8));
                 jb_printf(b, "}");
                 first = 0;
             }

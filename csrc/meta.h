@@ -42,11 +42,11 @@
  * Free log page: 32 u64 next, 40 u32 n, 48 (u64 start, u64 count)[253]:
  *   the data blocks the committing transaction freed, punched out of the
  *   data file once the commit is durable (and again at open, in case the
- *   process died in between).  The header's time field is the runs' age:
- *   0 for the committing transaction's; a (generation - age) for blocks
- *   that commit freed and that are held for readers of older commits
- *   (txn.c, "Readers"; superblock incompat bit CB_INCOMPAT_HELD while any
- *   are listed).  The pages of one age come together, newest first.
+ *   process died in between).  Pages of level CB_FREELOG_HELD come after
+ *   those and hold 168 (u64 freed_by, u64 start, u64 count) runs from
+ *   offset 48: blocks commit freed_by freed that are held for readers of
+ *   older commits (txn.c, "Readers"; superblock incompat bit
+ *   CB_INCOMPAT_HELD while any are listed), sorted by freed_by, then start.
  *
  * The data file: nblocks blocks of block_size bytes, then (with
  * CB_INCOMPAT_CSUM) one u32 checksum per sub-block, in whole pages
@@ -89,6 +89,8 @@ enum cb_page_type {
 #define CB_SB_DEVTAB_OFF 640u
 #define CB_SB_DEVTAB_MAX 432u
 #define CB_FREELOG_MAX 253u
+#define CB_HELDLOG_MAX 168u
+#define CB_FREELOG_HELD 1u  /* level of a free log page of held runs */
 #define CB_EXT_PATH_OFF 48u
 #define CB_EXT_FLAGS_OFF 44u
 #define CB_EXT_STAMP_OFF 3848u /* after the longest path (CB_PATH_MAX) */

@@ -184,27 +184,9 @@ static size_t pending_runs(struct cb_u64vec *pend, struct cb_u64vec *runs)
     return runs->n / 2;
 }
 
-/* The free log: this transaction's freed runs (age 0), then each group of
- * held runs (meta.h: a page's time field is its runs' age, how many
- * commits ago they were freed), one group per freeing commit. */
-struct loggroup {
-    uint64_t age;
-    const uint64_t *v;    /* (start, count) pairs, or (gen, start, count) triples */
-    size_t n, stride;
-};
-
-static size_t held_group(const struct cb_store *p, size_t i, uint64_t gen, struct loggroup *g)
-{
-    size_t j = i;
-    while (j < p->held.n && p->held.v[j] == p->held.v[i])
-        j += 3;
-    g->age = gen - p->held.v[i];
-    g->v = p->held.v + i + 1;
-    g->n = (j - i) / 3;
-    g->stride = 3;
-    return j;
-}
-
+/* The free log: this transaction's freed runs, (start, count) pairs,
+ * then the held runs, (freed_by, start, count) triples (meta.h), each kind
+ * in pages of its own (level 0 and CB_FREELOG_HELD). */
 static int write_freelog(struct cb_store *p, const struct cb_u64vec *runs,
                          unsigned char *pg, uint64_t gen)
 {
@@ -214,39 +196,35 @@ static int write_freelog(struct cb_store *p, const struct cb_u64vec *runs,
             return rc;
     p->freelog_pages.n = 0;
     p->freelog_page = 0;
+    const struct {
+        const uint64_t *v;
+        size_t n, width, max;
+    } kinds[2] = {{runs->v, runs->n / 2, 2, CB_FREELOG_MAX},
+                  {p->held.v, p->held.n / 3, 3, CB_HELDLOG_MAX}};
     size_t npages = 0;
-    struct loggroup g = {0, runs->v, runs->n / 2, 2};
-    for (size_t i = 0;;) {
-        npages += (g.n + CB_FREELOG_MAX - 1) / CB_FREELOG_MAX;
-        if (i >= p->held.n)
-            break;
-        i = held_group(p, i, gen, &g);
-    }
+    for (int k = 0; k < 2; k++)
+        npages += (kinds[k].n + kinds[k].max - 1) / kinds[k].max;
     for (size_t k = 0; k < npages; k++) {
         uint64_t q;
         if ((rc = cb_pm_alloc(&p->pm, &q)) || (rc = cb_u64vec_push(&p->freelog_pages, q)))
             return rc;
     }
-    size_t k = 0;
-    g = (struct loggroup){0, runs->v, runs->n / 2, 2};
-    for (size_t i = 0;;) {
-        for (size_t first = 0; first < g.n; first += CB_FREELOG_MAX, k++) {
+    size_t at = 0;
+    for (uint16_t k = 0; k < 2; k++) {
+        size_t n = kinds[k].n, w = kinds[k].width;
+        for (size_t first = 0; first < n; first += kinds[k].max, at++) {
             memset(pg, 0, CB_PAGE);
-            size_t cnt = g.n - first < CB_FREELOG_MAX ? g.n - first : CB_FREELOG_MAX;
-            cb_put64(pg + 32, k + 1 < npages ? p->freelog_pages.v[k + 1] : 0);
+            size_t cnt = n - first < kinds[k].max ? n - first : kinds[k].max;
+            cb_put64(pg + 32, at + 1 < npages ? p->freelog_pages.v[at + 1] : 0);
             cb_put32(pg + 40, (uint32_t)cnt);
-            for (size_t r = 0; r < cnt; r++) {
-                cb_put64(pg + 48 + 16 * r, g.v[g.stride * (first + r)]);
-                cb_put64(pg + 56 + 16 * r, g.v[g.stride * (first + r) + 1]);
-            }
-            uint64_t page = p->freelog_pages.v[k];
-            cb_page_seal(pg, CB_PT_FREELOG, page, gen, (uint32_t)g.age, 0, (uint16_t)cnt);
+            for (size_t r = 0; r < cnt * w; r++)
+                cb_put64(pg + 48 + 8 * r, kinds[k].v[first * w + r]);
+            uint64_t page = p->freelog_pages.v[at];
+            cb_page_seal(pg, CB_PT_FREELOG, page, gen, 0, k ? CB_FREELOG_HELD : 0,
+                         (uint16_t)cnt);
             if ((rc = write_page(p, pg, page)))
                 return rc;
         }
-        if (i >= p->held.n)
-            break;
-        i = held_group(p, i, gen, &g);
     }
     p->freelog_page = npages ? p->freelog_pages.v[0] : 0;
     return 0;
@@ -911,30 +889,35 @@ static int load_freelog(struct loader *L)
         if ((rc = read_page(L, page, CB_PT_FREELOG)) ||
             (rc = cb_u64vec_push(&p->freelog_pages, page)))
             break;
-        uint32_t n = cb_get32(L->pg + 40);
-        if (n > CB_FREELOG_MAX) {
-            cb_meta_bad(page, CB_PT_FREELOG, "%u runs, at most %u fit", n, CB_FREELOG_MAX);
-            rc = CB_ECORRUPT;
-            break;
-        }
-        /* runs freed age commits before the page's: held for readers */
-        uint64_t age = cb_get32(L->pg + 24), pgen = cb_get64(L->pg + 16);
-        if (age >= pgen) {
-            cb_meta_bad(page, CB_PT_FREELOG, "its runs were freed %llu commits before its "
-                        "generation %llu", (unsigned long long)age, (unsigned long long)pgen);
+        /* level 0: (start, count) runs the last commit freed; CB_FREELOG_HELD:
+         * (freed_by, start, count) runs held for readers (meta.h) */
+        uint32_t n = cb_get32(L->pg + 40), level = cb_get16(L->pg + 28);
+        uint32_t max = level ? CB_HELDLOG_MAX : CB_FREELOG_MAX, w = level ? 3 : 2;
+        uint64_t pgen = cb_get64(L->pg + 16), last = 0;
+        if (level > CB_FREELOG_HELD || n > max) {
+            cb_meta_bad(page, CB_PT_FREELOG, "%u runs of kind %u, at most %u fit", n, level,
+                        max);
             rc = CB_ECORRUPT;
             break;
         }
         for (uint32_t i = 0; i < n && !rc; i++) {
-            uint64_t b = cb_get64(L->pg + 48 + 16 * i), c = cb_get64(L->pg + 56 + 16 * i);
-            if (c == 0 || b >= p->nblocks || c > p->nblocks - b || b < end) {
-                cb_meta_bad(page, CB_PT_FREELOG, "run %u (blocks %llu + %llu) out of range or "
-                            "out of order", i, (unsigned long long)b, (unsigned long long)c);
+            const unsigned char *e = L->pg + 48 + 8 * w * i;
+            uint64_t t = level ? cb_get64(e) : 0, b = cb_get64(e + 8 * (w - 2)),
+                     c = cb_get64(e + 8 * (w - 1));
+            if (t != last)
+                end = 0; /* held runs: sorted by the commit that freed them, then start */
+            last = t;
+            if (c == 0 || b >= p->nblocks || c > p->nblocks - b || b < end ||
+                (level && (t == 0 || t > pgen))) {
+                cb_meta_bad(page, CB_PT_FREELOG, "run %u (blocks %llu + %llu, freed by "
+                            "commit %llu) out of range or out of order", i,
+                            (unsigned long long)b, (unsigned long long)c,
+                            (unsigned long long)(level ? t : pgen));
                 rc = CB_ECORRUPT;
             }
-            else if (age == 0 && !(rc = cb_u64vec_push(&runs, b)))
+            else if (!level && !(rc = cb_u64vec_push(&runs, b)))
                 rc = cb_u64vec_push(&runs, c);
-            else if (age && !(rc = cb_u64vec_push(&held, pgen - age)) &&
+            else if (level && !(rc = cb_u64vec_push(&held, t)) &&
                      !(rc = cb_u64vec_push(&held, b)))
                 rc = cb_u64vec_push(&held, c);
             end = b + c;
