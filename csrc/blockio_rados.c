@@ -406,6 +406,20 @@ static int get_xattr_u64(struct rio *r, const char *name, uint64_t *out)
     return 0;
 }
 
+/* The result of an op on the head that asserted cb.seq (when `fenced`):
+ * a failed assertion, or a blocklisted client, means another writer took
+ * the store over, and the store refuses every later write (sticky). */
+static int fenced_result(struct rio *r, int rc, int fenced)
+{
+    if (rc == -ECANCELED || (rc == -ENODATA && fenced))
+        rc = CB_EFENCED; /* someone else changed the head since this opener last did */
+    else if (rc < 0)
+        rc = map_err(rc);
+    if (rc == CB_EFENCED)
+        __atomic_store_n(&r->lost, rc, __ATOMIC_RELEASE);
+    return rc < 0 ? rc : 0;
+}
+
 /* One op on the head: assert the fence (fenced stores), bump it, set the
  * size, write [off, off + n) of buf.  Synchronous: a commit needs its result. */
 static int head_op(struct rio *r, const void *buf, size_t n, uint64_t off, int create)
@@ -436,19 +450,11 @@ static int head_op(struct rio *r, const void *buf, size_t n, uint64_t off, int c
     rados_write_op_setxattr(op, "cb.size", size, strlen(size));
     if (buf && n)
         rados_write_op_write(op, buf, n, off);
-    int rc = rados_write_op_operate(op, r->ctx, r->head, NULL, 0);
+    int rc = fenced_result(r, rados_write_op_operate(op, r->ctx, r->head, NULL, 0),
+                           r->fenced);
     rados_release_write_op(op);
-    if (rc == -ECANCELED || (rc == -ENODATA && r->fenced)) {
-        /* someone else changed the head since this opener last did */
-        __atomic_store_n(&r->lost, CB_EFENCED, __ATOMIC_RELEASE);
-        return CB_EFENCED;
-    }
-    if (rc < 0) {
-        rc = map_err(rc);
-        if (rc == CB_EFENCED)
-            __atomic_store_n(&r->lost, rc, __ATOMIC_RELEASE);
+    if (rc)
         return rc;
-    }
     r->seq = nseq;
     r->size_saved = r->size;
     return 0;
@@ -1559,19 +1565,10 @@ static int r_doc_put(cb_io *io, const char *name, const void *data, size_t len, 
     const char *vals[2] = {data, next};
     size_t lens[2] = {len, strlen(next)};
     rados_write_op_omap_set(op, keys, vals, lens, 2);
-    rc = rados_write_op_operate(op, r->ctx, r->head, NULL, 0);
+    rc = fenced_result(r, rados_write_op_operate(op, r->ctx, r->head, NULL, 0), 1);
     rados_release_write_op(op);
-    if (rc == -ECANCELED || rc == -ENODATA) {
-        /* another opener changed the head since this one last did */
-        __atomic_store_n(&r->lost, CB_EFENCED, __ATOMIC_RELEASE);
-        return CB_EFENCED;
-    }
-    if (rc < 0) {
-        rc = map_err(rc);
-        if (rc == CB_EFENCED)
-            __atomic_store_n(&r->lost, rc, __ATOMIC_RELEASE);
+    if (rc)
         return rc;
-    }
     r->seq = nseq;
     *gen = nseq;
     return 0;
